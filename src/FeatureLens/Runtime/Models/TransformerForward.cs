@@ -1,0 +1,300 @@
+using System.Numerics.Tensors;
+using FeatureLens.Runtime.Kernels;
+using FeatureLens.Runtime.Tensors;
+using Tensor = FeatureLens.Runtime.Tensors.Tensor;
+
+namespace FeatureLens.Runtime.Models;
+
+/// <summary>Hooks and cache requests of one forward pass.</summary>
+internal sealed class HookSet
+{
+    readonly Dictionary<string, List<HookFunction>> _fns = new(StringComparer.Ordinal);
+    readonly Func<string, bool>? _cacheFilter;
+    public ActivationCache? Cache { get; }
+
+    public HookSet(IEnumerable<(string Name, HookFunction Fn)> hooks, Func<string, bool>? cacheFilter, ActivationCache? cache)
+    {
+        foreach (var (name, fn) in hooks)
+        {
+            if (!_fns.TryGetValue(name, out var list)) _fns[name] = list = [];
+            list.Add(fn);
+        }
+        _cacheFilter = cacheFilter;
+        Cache = cache;
+    }
+
+    public bool HasHook(string name) => _fns.ContainsKey(name);
+    public bool Active(string name) => _fns.ContainsKey(name) || (Cache != null && _cacheFilter!(name));
+
+    /// <summary>Runs the hooks on <paramref name="data"/> (seen with <paramref name="shape"/>) and caches it if asked.</summary>
+    public void Fire(string name, int layer, float[] data, params int[] shape)
+    {
+        if (!Active(name)) return;
+        var t = new Tensor(shape, data);
+        if (_fns.TryGetValue(name, out var fns))
+        {
+            var point = new HookPoint(name, layer);
+            foreach (var fn in fns)
+            {
+                var r = fn(t, point);
+                if (r is null || ReferenceEquals(r.Data, data)) continue;
+                if (!r.Shape.AsSpan().SequenceEqual(shape))
+                    throw new InvalidOperationException($"hook at '{name}' returned shape [{string.Join(",", r.Shape)}], expected [{string.Join(",", shape)}]");
+                r.Data.AsSpan().CopyTo(data);
+            }
+        }
+        if (Cache != null && _cacheFilter!(name)) Cache[name] = t.Clone();
+    }
+}
+
+/// <summary>
+/// Per-layer key/value memory for incremental decoding. K and V of layer l are (B, Smax, NKV, HS),
+/// rotated keys included; <see cref="Length"/> positions are filled.
+/// </summary>
+public sealed class KvCache
+{
+    internal readonly float[][] K, V;
+    public int Batch { get; }
+    public int Capacity { get; }
+    public int Length { get; internal set; }
+
+    public KvCache(ModelConfig cfg, int batch, int capacity)
+    {
+        if (capacity > cfg.NCtx) throw new ArgumentException($"KV cache capacity {capacity} exceeds the model's context of {cfg.NCtx} positions");
+        Batch = batch; Capacity = capacity;
+        K = new float[cfg.NLayers][]; V = new float[cfg.NLayers][];
+        long per = (long)batch * capacity * cfg.NKvHeads * cfg.DHead;
+        for (int l = 0; l < cfg.NLayers; l++) { K[l] = new float[per]; V[l] = new float[per]; }
+    }
+}
+
+/// <summary>
+/// The forward pass shared by GPT-2 and Llama (they differ in norms, positions, biases and the MLP,
+/// all described by <see cref="ModelConfig"/> and <see cref="TransformerWeights"/>).
+/// Notation: B batch, T positions (padded to the longest sequence), R = B·T rows, C d_model, NH/NKV heads,
+/// HS head size, M d_mlp, V vocabulary. Every activation is a row-major (R, ...) buffer, which is exactly
+/// TransformerLens's [batch, pos, ...] layout.
+/// </summary>
+internal static unsafe class TransformerForward
+{
+    /// <summary>Runs the model; returns logits (B, T, V) or null when <paramref name="computeLogits"/> is false.</summary>
+    public static Tensor? Run(ModelConfig cfg, TransformerWeights w, Rope? rope, LayerHookNames[] names,
+        int[][] tokens, HookSet hooks, bool computeLogits, KvCache? kv, int stopAtLayer)
+    {
+        int B = tokens.Length, T = tokens.Max(t => t.Length), R = B * T;
+        int C = cfg.DModel, NH = cfg.NHeads, NKV = cfg.NKvHeads, HS = cfg.DHead, M = cfg.DMlp, V = cfg.VocabSize;
+        int past = kv?.Length ?? 0;
+        bool llama = cfg.Architecture == Architecture.Llama;
+        int[] lengths = tokens.Select(t => t.Length).ToArray();
+
+        var positions = new int[R];
+        for (int r = 0; r < R; r++) positions[r] = past + r % T;
+
+        // ---- embeddings ----
+        var embed = Alloc(R * C);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+            {
+                var row = embed.AsSpan((b * T + t) * C, C);
+                if (t < lengths[b]) w.TokenEmbedding.ReadRow(tokens[b][t], row);
+                else row.Clear(); // padding
+            }
+        hooks.Fire(HookNames.Embed, -1, embed, B, T, C);
+        var resid = embed;
+        if (w.PositionEmbedding is { } wpe)
+        {
+            var pos = Alloc(R * C);
+            for (int r = 0; r < R; r++) wpe.ReadRow(positions[r], pos.AsSpan(r * C, C));
+            hooks.Fire(HookNames.PosEmbed, -1, pos, B, T, C);
+            resid = Alloc(R * C);
+            TensorPrimitives.Add(embed, pos, resid);
+        }
+
+        // ---- scratch buffers reused by every layer ----
+        var normIn = Alloc(R * C); var scale = Alloc(R); var normalized = Alloc(R * C); var normOut = Alloc(R * C);
+        var q = Alloc(R * NH * HS); var k = Alloc(R * NKV * HS); var v = Alloc(R * NKV * HS);
+        var z = Alloc(R * NH * HS); var attnOut = Alloc(R * C); var residMid = Alloc(R * C);
+        var pre = Alloc(R * M); var preLinear = llama ? Alloc(R * M) : null; var post = Alloc(R * M);
+        var mlpOut = Alloc(R * C); var residPost = Alloc(R * C);
+        float[]? mlpIn = null;
+
+        int layers = Math.Min(cfg.NLayers, stopAtLayer);
+        for (int l = 0; l < layers; l++)
+        {
+            var L = w.Layers[l];
+            var n = names[l];
+            hooks.Fire(n.ResidPre, l, resid, B, T, C);
+
+            // ---- attention ----
+            Norm(cfg, resid, L.Ln1Weight, L.Ln1Bias, normIn, scale, normalized, normOut, R, C, hooks, n.Ln1Scale, n.Ln1Normalized, l, B, T);
+            Linear(normOut, R, L.Wq, L.Bq, q);
+            Linear(normOut, R, L.Wk, L.Bk, k);
+            Linear(normOut, R, L.Wv, L.Bv, v);
+            hooks.Fire(n.Q, l, q, B, T, NH, HS);
+            hooks.Fire(n.K, l, k, B, T, NKV, HS);
+            hooks.Fire(n.V, l, v, B, T, NKV, HS);
+            if (rope != null)
+            {
+                rope.Apply(q, positions, NH);
+                rope.Apply(k, positions, NKV);
+                hooks.Fire(n.RotQ, l, q, B, T, NH, HS);
+                hooks.Fire(n.RotK, l, k, B, T, NKV, HS);
+            }
+            float[] keys = k, values = v;
+            int smax = T;
+            if (kv != null)
+            {
+                keys = kv.K[l]; values = kv.V[l]; smax = kv.Capacity;
+                for (int b = 0; b < B; b++)
+                {
+                    int len = T * NKV * HS;
+                    Array.Copy(k, b * len, keys, ((long)b * smax + past) * NKV * HS, len);
+                    Array.Copy(v, b * len, values, ((long)b * smax + past) * NKV * HS, len);
+                }
+            }
+            var shape = new Attention.Shape(B, T, past, smax, NH, NKV, HS);
+            if (hooks.Active(n.Scores) || hooks.Active(n.Pattern))
+            {
+                int S = past + T;
+                var scores = Alloc(B * NH * T * S);
+                Attention.Scores(q, keys, scores, shape);
+                hooks.Fire(n.Scores, l, scores, B, NH, T, S);
+                var pattern = Alloc(B * NH * T * S);
+                Attention.Softmax(scores, pattern, shape);
+                hooks.Fire(n.Pattern, l, pattern, B, NH, T, S);
+                Attention.WeightedValues(pattern, values, z, shape);
+            }
+            else Attention.Forward(q, keys, values, z, shape);
+            hooks.Fire(n.Z, l, z, B, T, NH, HS);
+
+            if (hooks.Active(n.Result))
+            {
+                // result[r,h,:] = z[r,h,:]·Wo[h·HS:(h+1)·HS, :]; attn_out = Σ_h result + bo
+                var result = Alloc(R * NH * C);
+                fixed (float* pz = z, pr = result)
+                    for (int h = 0; h < NH; h++)
+                        Gemm.Multiply(new MatrixView(pz + h * HS, DType.F32, R, HS, NH * HS, 1), L.Wo.RowSlice(h * HS, HS), pr + h * C, NH * C);
+                hooks.Fire(n.Result, l, result, B, T, NH, C);
+                ParallelRows.For(R, (long)NH * C, (r0, r1) =>
+                {
+                    for (int r = r0; r < r1; r++)
+                    {
+                        var o = attnOut.AsSpan(r * C, C);
+                        result.AsSpan(r * NH * C, C).CopyTo(o);
+                        for (int h = 1; h < NH; h++) TensorPrimitives.Add(o, result.AsSpan((r * NH + h) * C, C), o);
+                        if (L.Bo != null) TensorPrimitives.Add(o, L.Bo, o);
+                    }
+                });
+            }
+            else Linear(z, R, L.Wo, L.Bo, attnOut);
+            hooks.Fire(n.AttnOut, l, attnOut, B, T, C);
+            TensorPrimitives.Add(resid, attnOut, residMid);
+            hooks.Fire(n.ResidMid, l, residMid, B, T, C);
+
+            // ---- MLP ----
+            var mlpInput = residMid;
+            if (hooks.Active(n.MlpIn))
+            {
+                mlpIn ??= Alloc(R * C);
+                residMid.AsSpan().CopyTo(mlpIn);
+                hooks.Fire(n.MlpIn, l, mlpIn, B, T, C);
+                mlpInput = mlpIn;
+            }
+            Norm(cfg, mlpInput, L.Ln2Weight, L.Ln2Bias, normIn, scale, normalized, normOut, R, C, hooks, n.Ln2Scale, n.Ln2Normalized, l, B, T);
+            Linear(normOut, R, L.WIn, L.BIn, pre);
+            hooks.Fire(n.MlpPre, l, pre, B, T, M);
+            if (llama)
+            {
+                Linear(normOut, R, L.WUp!.Value, null, preLinear!);
+                hooks.Fire(n.MlpPreLinear, l, preLinear!, B, T, M);
+                ParallelRows.For(R, M, (r0, r1) => Activations.SwiGlu(pre.AsSpan(r0 * M, (r1 - r0) * M), preLinear.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
+            }
+            else
+                ParallelRows.For(R, M, (r0, r1) => Activations.GeluNew(pre.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
+            hooks.Fire(n.MlpPost, l, post, B, T, M);
+            Linear(post, R, L.WOut, L.BOut, mlpOut);
+            hooks.Fire(n.MlpOut, l, mlpOut, B, T, C);
+            TensorPrimitives.Add(residMid, mlpOut, residPost);
+            hooks.Fire(n.ResidPost, l, residPost, B, T, C);
+
+            // resid_post of this layer is resid_pre of the next
+            (resid, residPost) = (residPost, resid);
+        }
+        if (layers < cfg.NLayers)
+        {
+            ZeroPadding(hooks.Cache, lengths, T);
+            return null;
+        }
+        if (kv != null) kv.Length = past + T;
+
+        // ---- final norm and unembedding ----
+        Norm(cfg, resid, w.FinalNormWeight, w.FinalNormBias, normIn, scale, normalized, normOut, R, C, hooks, HookNames.LnFinalScale, HookNames.LnFinalNormalized, -1, B, T);
+        ZeroPadding(hooks.Cache, lengths, T);
+        if (!computeLogits) return null;
+        var logits = new Tensor(B, T, V);
+        Linear(normOut, R, w.Unembed, w.UnembedBias, logits.Data);
+        for (int b = 0; b < B; b++)
+            logits.Data.AsSpan((b * T + lengths[b]) * V, (T - lengths[b]) * V).Clear();
+        return logits;
+    }
+
+    /// <summary>y (R, N) = x (R, K) · W (K, N) + bias.</summary>
+    internal static void Linear(float[] x, int rows, MatrixView wt, float[]? bias, float[] y)
+    {
+        int N = wt.Cols;
+        fixed (float* px = x, py = y)
+            Gemm.Multiply(MatrixView.F32(px, rows, wt.Rows), wt, py, N);
+        if (bias != null)
+            ParallelRows.For(rows, N, (r0, r1) =>
+            {
+                for (int r = r0; r < r1; r++) TensorPrimitives.Add(y.AsSpan(r * N, N), bias, y.AsSpan(r * N, N));
+            });
+    }
+
+    /// <summary>LayerNorm (GPT-2) or RMSNorm (Llama) in TransformerLens's stages, firing hook_scale and hook_normalized.</summary>
+    static void Norm(ModelConfig cfg, float[] x, float[] weight, float[]? bias, float[] centered, float[] scale, float[] normalized, float[] output,
+        int R, int C, HookSet hooks, string scaleName, string normalizedName, int layer, int B, int T)
+    {
+        bool layerNorm = cfg.Architecture == Architecture.Gpt2;
+        var src = layerNorm ? centered : x;
+        ParallelRows.For(R, C, (r0, r1) =>
+        {
+            int n = r1 - r0;
+            if (layerNorm) Norms.LayerNormScale(x.AsSpan(r0 * C, n * C), centered.AsSpan(r0 * C, n * C), scale.AsSpan(r0, n), n, C, cfg.NormEps);
+            else Norms.RmsNormScale(x.AsSpan(r0 * C, n * C), scale.AsSpan(r0, n), n, C, cfg.NormEps);
+        });
+        hooks.Fire(scaleName, layer, scale, B, T, 1);
+        ParallelRows.For(R, C, (r0, r1) => Norms.Normalize(src.AsSpan(r0 * C, (r1 - r0) * C), scale.AsSpan(r0, r1 - r0), normalized.AsSpan(r0 * C, (r1 - r0) * C), r1 - r0, C));
+        hooks.Fire(normalizedName, layer, normalized, B, T, C);
+        ParallelRows.For(R, C, (r0, r1) => Norms.Affine(normalized.AsSpan(r0 * C, (r1 - r0) * C), weight, bias, output.AsSpan(r0 * C, (r1 - r0) * C), r1 - r0, C));
+    }
+
+    /// <summary>Zeros the padded positions of every cached activation, so padding never looks like data.</summary>
+    static void ZeroPadding(ActivationCache? cache, int[] lengths, int T)
+    {
+        if (cache is null || lengths.All(l => l == T)) return;
+        foreach (var (name, t) in cache)
+        {
+            int B = lengths.Length;
+            if (HookNames.IsAttentionMatrix(name))
+            {
+                int NH = t.Shape[1], S = t.Shape[3];
+                for (int b = 0; b < B; b++)
+                    for (int h = 0; h < NH; h++)
+                        for (int i = 0; i < T; i++)
+                        {
+                            var row = t.Data.AsSpan((((b * NH) + h) * T + i) * S, S);
+                            if (i >= lengths[b]) row.Clear();
+                        }
+            }
+            else
+            {
+                int inner = t.Length / (B * T);
+                for (int b = 0; b < B; b++)
+                    t.Data.AsSpan((b * T + lengths[b]) * inner, (T - lengths[b]) * inner).Clear();
+            }
+        }
+    }
+
+    static float[] Alloc(long n) => GC.AllocateUninitializedArray<float>(checked((int)n));
+}

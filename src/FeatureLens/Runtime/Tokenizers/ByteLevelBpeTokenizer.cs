@@ -1,0 +1,201 @@
+using System.Collections.Concurrent;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace FeatureLens.Runtime.Tokenizers;
+
+/// <summary>
+/// GPT-2's byte-level BPE: text is cut by the GPT-2 pre-tokenization regex, each piece's UTF-8 bytes
+/// are mapped to printable characters (bytes_to_unicode), and BPE merges them by merge rank.
+/// Loaded from vocab.json + merges.txt or from a tokenizer.json whose model is BPE with a ByteLevel
+/// pre-tokenizer.
+/// </summary>
+/// <remarks>
+/// The regex runs on .NET's UTF-16 strings, so a letter or digit outside the Basic Multilingual
+/// Plane (e.g. 𝐀, CJK extension B) counts as "other" where Python's <c>regex</c> module sees a
+/// letter; \s is Unicode White_Space, as in Python's <c>regex</c>.
+/// </remarks>
+public sealed class ByteLevelBpeTokenizer : ITokenizer
+{
+    /// <summary>GPT-2's pre-tokenization pattern.</summary>
+    public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+    private const int MaxCacheEntries = 200_000;
+    private static readonly Regex Gpt2Regex = new(Gpt2Pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+
+    private readonly string[] tokenOfId;          // id -> byte-level token string ("Ġthe"); added tokens: their content
+    private readonly bool[] isAdded;              // id -> an added token (decoded as its UTF-8 content)
+    private readonly int[] idOfByte = new int[256]; // byte -> id of its one-character token
+    private readonly short[] byteOfChar;          // byte-level character (U+0000..U+0143) -> byte, -1 for other characters
+    private readonly BpeMergeTable merges;
+    private readonly AddedTokenMatcher addedTokens;
+    private readonly bool addPrefixSpace;
+    private readonly bool useRegex;
+    private readonly ConcurrentDictionary<string, int[]> cache = new(StringComparer.Ordinal);
+
+    /// <summary>The file(s) this tokenizer was read from.</summary>
+    public string Source { get; }
+    public int VocabSize => tokenOfId.Length;
+    public int? BosId { get; }
+    public int? EosId { get; }
+
+    internal ByteLevelBpeTokenizer(string source, IReadOnlyDictionary<string, int> vocab, IReadOnlyList<(string Left, string Right, string Where)> mergeList,
+        IReadOnlyList<AddedToken> added, bool addPrefixSpace, bool useRegex)
+    {
+        Source = source;
+        this.addPrefixSpace = addPrefixSpace;
+        this.useRegex = useRegex;
+        int size = 0;
+        foreach (var (token, id) in vocab)
+        {
+            if (id < 0) throw new FormatException($"{source}: vocabulary entry \"{token}\" has negative id {id}.");
+            size = Math.Max(size, id + 1);
+        }
+        foreach (var t in added) size = Math.Max(size, t.Id + 1);
+        tokenOfId = new string[size];
+        isAdded = new bool[size];
+        foreach (var (token, id) in vocab) tokenOfId[id] = token;
+        foreach (var t in added) { tokenOfId[t.Id] = t.Content; isAdded[t.Id] = true; }
+        for (int id = 0; id < size; id++)
+            if (tokenOfId[id] is null) throw new FormatException($"{source}: no token has id {id} (ids must be 0..{size - 1} without gaps).");
+
+        // bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 to U+0100.. in byte order.
+        char[] charOfByte = BytesToUnicode();
+        byteOfChar = new short[charOfByte.Max() + 1];
+        Array.Fill(byteOfChar, (short)-1);
+        for (int b = 0; b < 256; b++)
+        {
+            byteOfChar[charOfByte[b]] = (short)b;
+            if (!vocab.TryGetValue(charOfByte[b].ToString(), out idOfByte[b]))
+                throw new FormatException($"{source}: the vocabulary lacks the byte-level token \"{charOfByte[b]}\" for byte 0x{b:X2}; a byte-level BPE vocabulary has all 256.");
+        }
+
+        for (int id = 0; id < size; id++)
+            if (!isAdded[id] && tokenOfId[id].Any(c => c >= byteOfChar.Length || byteOfChar[c] < 0))
+                throw new FormatException($"{source}: token {id} (\"{tokenOfId[id]}\") has a character outside GPT-2's byte-level alphabet (bytes_to_unicode).");
+
+        merges = new BpeMergeTable();
+        for (int rank = 0; rank < mergeList.Count; rank++)
+        {
+            var (left, right, where) = mergeList[rank];
+            if (!vocab.TryGetValue(left, out int l) || !vocab.TryGetValue(right, out int r) || !vocab.TryGetValue(left + right, out int merged))
+                throw new FormatException($"{source}: {where} (\"{left} {right}\") uses a token that is not in the vocabulary: \"{(vocab.ContainsKey(left) ? (vocab.ContainsKey(right) ? left + right : right) : left)}\".");
+            merges.Set(l, r, rank, merged);
+        }
+
+        addedTokens = new AddedTokenMatcher(added);
+        var eot = added.FirstOrDefault(t => t.Content == "<|endoftext|>");
+        int? eotId = eot?.Id ?? (vocab.TryGetValue("<|endoftext|>", out int v) ? v : null);
+        BosId = EosId = eotId;
+    }
+
+    /// <summary>
+    /// Loads GPT-2's vocab.json (token → id) and merges.txt (a "#version" line, then one "left right"
+    /// merge per line, highest priority first). A "&lt;|endoftext|&gt;" entry of the vocabulary is matched
+    /// in text as one token, as Hugging Face's GPT2Tokenizer does.
+    /// </summary>
+    public static ByteLevelBpeTokenizer FromVocabAndMerges(string vocabJsonPath, string mergesPath)
+    {
+        Dictionary<string, int> vocab;
+        try
+        {
+            vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllBytes(vocabJsonPath))
+                ?? throw new FormatException($"{vocabJsonPath}: expected a JSON object mapping tokens to ids, found null.");
+        }
+        catch (JsonException e)
+        {
+            throw new FormatException($"{vocabJsonPath}: not a JSON object mapping tokens to integer ids: {e.Message}", e);
+        }
+
+        var mergeList = new List<(string, string, string)>();
+        int lineNumber = 0;
+        foreach (string line in File.ReadLines(mergesPath))
+        {
+            lineNumber++;
+            if ((lineNumber == 1 && line.StartsWith("#version")) || line.Length == 0) continue;
+            string[] parts = line.Split(' ');
+            if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
+                throw new FormatException($"{mergesPath}: line {lineNumber} is \"{line}\"; expected two tokens separated by one space.");
+            mergeList.Add((parts[0], parts[1], $"{Path.GetFileName(mergesPath)} line {lineNumber}"));
+        }
+
+        var added = new List<AddedToken>();
+        if (vocab.TryGetValue("<|endoftext|>", out int eot)) added.Add(new AddedToken(eot, "<|endoftext|>", Special: true));
+        return new ByteLevelBpeTokenizer($"{vocabJsonPath} + {mergesPath}", vocab, mergeList, added, addPrefixSpace: false, useRegex: true);
+    }
+
+    /// <summary>GPT-2's bytes_to_unicode table: byte → the character that stands for it in vocab.json.</summary>
+    internal static char[] BytesToUnicode()
+    {
+        var map = new char[256];
+        int next = 256;
+        for (int b = 0; b < 256; b++)
+        {
+            bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+            map[b] = printable ? (char)b : (char)next++;
+        }
+        return map;
+    }
+
+    public int[] Encode(string text, bool addBos)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addBos && BosId is int bos) ids.Add(bos);
+        bool first = true;
+        foreach (var (start, length, tokenId) in addedTokens.Split(text))
+        {
+            if (tokenId >= 0) { ids.Add(tokenId); first = false; continue; }
+            string segment = text.Substring(start, length);
+            // Hugging Face's ByteLevel add_prefix_space: a space before text that does not start with one.
+            if (addPrefixSpace && first && !segment.StartsWith(' ')) segment = " " + segment;
+            first = false;
+            if (!useRegex) { ids.AddRange(EncodeWord(segment)); continue; }
+            for (var m = Gpt2Regex.Match(segment); m.Success; m = m.NextMatch())
+                ids.AddRange(EncodeWord(m.Value));
+        }
+        return ids.ToArray();
+    }
+
+    /// <summary>BPE of one pre-token: its UTF-8 bytes as byte-level tokens, merged by rank; cached per pre-token.</summary>
+    private int[] EncodeWord(string word)
+    {
+        if (cache.TryGetValue(word, out var cached)) return cached;
+        byte[] bytes = Encoding.UTF8.GetBytes(word);
+        var symbols = new int[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) symbols[i] = idOfByte[bytes[i]];
+        int[] result = merges.Merge(symbols);
+        if (cache.Count >= MaxCacheEntries) cache.Clear();
+        cache[word] = result;
+        return result;
+    }
+
+    /// <summary>Each token's bytes: byte-level characters mapped back to bytes; added tokens as their UTF-8 content.</summary>
+    public byte[] DecodeBytes(ReadOnlySpan<int> ids)
+    {
+        var output = new List<byte>(ids.Length * 4);
+        foreach (int id in ids) AppendBytes(CheckId(id), output);
+        return output.ToArray();
+    }
+
+    private void AppendBytes(int id, List<byte> output)
+    {
+        if (isAdded[id]) { output.AddRange(Encoding.UTF8.GetBytes(tokenOfId[id])); return; }
+        foreach (char c in tokenOfId[id]) output.Add((byte)byteOfChar[c]); // checked at load
+    }
+
+    public string Decode(ReadOnlySpan<int> ids) => TokenBytes.DecodeUtf8(DecodeBytes(ids));
+
+    /// <summary>The token's bytes for display: "Ġthe" shows as " the"; bytes that are not valid UTF-8 on their own as &lt;0xNN&gt;.</summary>
+    public string TokenText(int id)
+    {
+        if (isAdded[CheckId(id)]) return tokenOfId[id];
+        var bytes = new List<byte>();
+        AppendBytes(id, bytes);
+        return TokenBytes.Display(bytes.ToArray());
+    }
+
+    private int CheckId(int id) =>
+        (uint)id < (uint)tokenOfId.Length ? id : throw new ArgumentOutOfRangeException(nameof(id), id, $"token id outside the vocabulary of {tokenOfId.Length} ({Source}).");
+}
