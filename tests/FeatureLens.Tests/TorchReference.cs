@@ -42,7 +42,7 @@ internal static class TorchReference
     {
         string tokPath = outPath + ".tokens.json";
         File.WriteAllText(tokPath, JsonSerializer.Serialize(tokens));
-        Run("run", "--model", model, "--tokens", tokPath, "--out", outPath, "--hooks", "all");
+        Run("run", "--model", model, "--tokens", tokPath, "--out", outPath, "--hooks", "all", "--norm-convention", "tl3");
         return outPath;
     }
 }

@@ -146,6 +146,12 @@ public class SyntheticModelTests
         Assert.Throws<ArgumentException>(() => SyntheticModel.Write(dir.Path, Architecture.Llama, "tiny", DType.I32, 1));
         var gpt2Untied = SyntheticModel.Preset(Architecture.Gpt2, "tiny") with { TiedEmbeddings = false };
         Assert.Throws<ArgumentException>(() => SyntheticModel.Write(dir.Path, gpt2Untied, DType.F32, 1));
+        // A real model folder is never overwritten.
+        using var real = new ScratchDir();
+        File.WriteAllText(real.File("config.json"), "{\"model_type\": \"gpt2\"}");
+        var refused = Assert.Throws<IOException>(() => SyntheticModel.Write(real.Path, Architecture.Gpt2, "tiny", DType.F32, 1));
+        Assert.Contains(real.Path, refused.Message);
+        Assert.Equal("{\"model_type\": \"gpt2\"}", File.ReadAllText(real.File("config.json")));
         var llama7b = SyntheticModel.Preset(Architecture.Llama, "llama-7b");
         Assert.Equal((4096, 32, 32, 32, 11008, 32000, 4096), (llama7b.DModel, llama7b.NLayers, llama7b.NHeads, llama7b.NKvHeads, llama7b.DMlp, llama7b.VocabSize, llama7b.NCtx));
         long bytes = SyntheticModel.TensorShapes(llama7b).Sum(t => Tensor.ElementCount(t.Shape)) * 2;

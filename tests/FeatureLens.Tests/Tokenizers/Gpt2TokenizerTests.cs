@@ -87,18 +87,27 @@ public class Gpt2TokenizerTests
         File.Copy(VocabBpe, folder.File("merges.txt"));
         var fromFolder = TokenizerLoader.Load(folder.Path);
 
-        // Every line through tokenizer.json; the whole corpus text at once through the folder.
+        // The whole text of each corpus through all three (the same pre-tokens as line by line, plus
+        // the newlines), and every wikitext line through tokenizer.json.
         foreach (string file in TokenizerTestData.CorpusFiles)
         {
-            string[] lines = TokenizerTestData.Lines(file);
-            for (int i = 0; i < lines.Length; i++)
-                Assert.True(fromFiles.Encode(lines[i], addBos: false).SequenceEqual(fromJson.Encode(lines[i], addBos: false)), $"{Path.GetFileName(file)} line {i + 1}: tokenizer.json differs");
             string text = File.ReadAllText(file);
             int[] expected = fromFiles.Encode(text, addBos: false);
+            Assert.Equal(expected, fromJson.Encode(text, addBos: false));
             Assert.Equal(expected, fromFolder.Encode(text, addBos: false));
         }
+        string[] lines = TokenizerTestData.Lines(TokenizerTestData.CorpusFiles[1]);
+        for (int i = 0; i < lines.Length; i++)
+            Assert.True(fromFiles.Encode(lines[i], addBos: false).SequenceEqual(fromJson.Encode(lines[i], addBos: false)), $"wikitext line {i + 1}: tokenizer.json differs");
         Assert.Equal([15496, 50256, 995], fromJson.Encode("Hello<|endoftext|> world", addBos: false));
         Assert.Equal("Hello<|endoftext|> world", fromJson.Decode([15496, 50256, 995]));
+
+        // add_prefix_space: a space before each text segment that lacks one (Hugging Face applies it per split).
+        using var prefixed = new TokenizerTestData.TempDir();
+        WriteGpt2TokenizerJson(prefixed.File("tokenizer.json"), addPrefixSpace: true);
+        var withPrefix = TokenizerLoader.Load(prefixed.Path);
+        Assert.Equal([18435, 50256, 995], withPrefix.Encode("Hello<|endoftext|>world", addBos: false));
+        Assert.Equal([18435], withPrefix.Encode(" Hello", addBos: false));
     }
 
     [Fact]
@@ -114,7 +123,7 @@ public class Gpt2TokenizerTests
     }
 
     /// <summary>Writes a GPT-2 tokenizer.json the way Hugging Face serializes one: BPE model, ByteLevel pre-tokenizer and decoder, &lt;|endoftext|&gt; as an added special token.</summary>
-    internal static void WriteGpt2TokenizerJson(string path)
+    internal static void WriteGpt2TokenizerJson(string path, bool addPrefixSpace = false)
     {
         var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllBytes(EncoderJson))!;
         var merges = File.ReadAllLines(VocabBpe).Skip(1).Where(l => l.Length > 0).ToList();
@@ -131,7 +140,7 @@ public class Gpt2TokenizerTests
             ["padding"] = null,
             ["added_tokens"] = new[] { new { id = 50256, content = "<|endoftext|>", single_word = false, lstrip = false, rstrip = false, normalized = true, special = true } },
             ["normalizer"] = null,
-            ["pre_tokenizer"] = new { type = "ByteLevel", add_prefix_space = false, trim_offsets = true, use_regex = true },
+            ["pre_tokenizer"] = new { type = "ByteLevel", add_prefix_space = addPrefixSpace, trim_offsets = true, use_regex = true },
             ["post_processor"] = new { type = "ByteLevel", add_prefix_space = true, trim_offsets = false, use_regex = true },
             ["decoder"] = new { type = "ByteLevel", add_prefix_space = true, trim_offsets = true, use_regex = true },
             ["model"] = model,

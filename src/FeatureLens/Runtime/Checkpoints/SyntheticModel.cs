@@ -65,7 +65,8 @@ public static class SyntheticModel
 
     /// <summary>
     /// Writes config.json and the weights of <paramref name="config"/> into <paramref name="outDir"/> in
-    /// <paramref name="dtype"/> (F32, BF16 or F16). Weight files left there by an earlier write are replaced.
+    /// <paramref name="dtype"/> (F32, BF16 or F16). Weight files left there by an earlier synthetic write are replaced;
+    /// a folder holding any other model is refused.
     /// <paramref name="progress"/> receives the fraction of weight bytes written. Weights larger than
     /// <paramref name="maxShardBytes"/> are split into shards listed by model.safetensors.index.json.
     /// </summary>
@@ -353,9 +354,17 @@ public static class SyntheticModel
         return shards;
     }
 
-    /// <summary>Deletes weight files an earlier write may have left, so the folder holds exactly one checkpoint.</summary>
+    /// <summary>
+    /// Deletes weight files an earlier synthetic write may have left, so the folder holds exactly one checkpoint.
+    /// A folder whose config.json was not written here (a real model) is never touched.
+    /// </summary>
     static void RemoveOldWeights(string dir)
     {
+        string config = Path.Combine(dir, "config.json");
+        bool hasModel = File.Exists(config) || File.Exists(Path.Combine(dir, CheckpointFolder.SingleFileName))
+                        || File.Exists(Path.Combine(dir, CheckpointFolder.IndexFileName));
+        if (hasModel && !(File.Exists(config) && File.ReadAllText(config).Contains("\"featurelens_synthetic_seed\"", StringComparison.Ordinal)))
+            throw new IOException($"{dir} already holds a model that SyntheticModel did not write; refusing to overwrite it (choose an empty or new folder)");
         foreach (var f in Directory.GetFiles(dir, "model*.safetensors"))
         {
             string name = Path.GetFileName(f);

@@ -11,25 +11,10 @@ internal sealed class BpeMergeTable
 {
     private readonly Dictionary<long, (int Priority, int MergedId)> rules = new();
 
-    public int Count => rules.Count;
-
     private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
 
     /// <summary>Adds (or replaces: a later rule for the same pair wins, as in Hugging Face and GPT-2's dict) a rule.</summary>
     public void Set(int left, int right, int priority, int mergedId) => rules[Key(left, right)] = (priority, mergedId);
-
-    public bool TryGet(int left, int right, out int priority, out int mergedId)
-    {
-        if (rules.TryGetValue(Key(left, right), out var rule))
-        {
-            priority = rule.Priority;
-            mergedId = rule.MergedId;
-            return true;
-        }
-        priority = 0;
-        mergedId = 0;
-        return false;
-    }
 
     /// <summary>Up to this many symbols, rescanning all pairs after each merge beats the heap.</summary>
     private const int ShortWord = 24;

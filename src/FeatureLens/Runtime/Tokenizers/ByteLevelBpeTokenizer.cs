@@ -143,14 +143,12 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>(text.Length / 3 + 2);
         if (addBos && BosId is int bos) ids.Add(bos);
-        bool first = true;
         foreach (var (start, length, tokenId) in addedTokens.Split(text))
         {
-            if (tokenId >= 0) { ids.Add(tokenId); first = false; continue; }
+            if (tokenId >= 0) { ids.Add(tokenId); continue; }
             string segment = text.Substring(start, length);
-            // Hugging Face's ByteLevel add_prefix_space: a space before text that does not start with one.
-            if (addPrefixSpace && first && !segment.StartsWith(' ')) segment = " " + segment;
-            first = false;
+            // Hugging Face's ByteLevel add_prefix_space: a space before each segment that does not start with one.
+            if (addPrefixSpace && !segment.StartsWith(' ')) segment = " " + segment;
             if (!useRegex) { ids.AddRange(EncodeWord(segment)); continue; }
             for (var m = Gpt2Regex.Match(segment); m.Success; m = m.NextMatch())
                 ids.AddRange(EncodeWord(m.Value));

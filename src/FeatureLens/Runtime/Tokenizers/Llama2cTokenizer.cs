@@ -17,6 +17,7 @@ namespace FeatureLens.Runtime.Tokenizers;
 public sealed class Llama2cTokenizer : ITokenizer
 {
     private const int FirstByteTokenId = 3; // run.c: byte b is token b + 3
+    private const long MaxFileBytes = 256L << 20;
 
     private readonly byte[][] pieces;   // id -> piece bytes
     private readonly float[] scores;    // id -> merge score (higher merges first)
@@ -90,8 +91,11 @@ public sealed class Llama2cTokenizer : ITokenizer
     {
         if (vocabSize is < 259)
             throw new ArgumentException($"{path}: vocab size {vocabSize} is too small; llama2.c tokenizers have 3 special tokens and 256 byte tokens.", nameof(vocabSize));
-        byte[] data = File.ReadAllBytes(path);
         string name = path;
+        long fileLength = new FileInfo(path).Length;
+        if (fileLength > MaxFileBytes)
+            throw new FormatException($"{name}: {fileLength} bytes is too large for a llama2.c tokenizer.bin (a 128k-token vocabulary is ~2 MB); is this a model checkpoint?");
+        byte[] data = File.ReadAllBytes(path);
         if (data.Length < 4)
             throw new FormatException($"{name}: truncated llama2.c tokenizer: {data.Length} bytes, expected at least the 4-byte max_token_length header.");
         int maxTokenLength = BinaryPrimitives.ReadInt32LittleEndian(data);

@@ -285,7 +285,7 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     public string TokenText(int id)
     {
         string piece = pieceOfId[CheckId(id)];
-        if (spec.AddedTokens.Count > 0 && isSpecial[id]) return piece;
+        if (isSpecial[id]) return piece;
         if (TokenBytes.TryParseBytePiece(piece, out _)) return piece;
         return TokenBytes.Display(Encoding.UTF8.GetBytes(piece.Replace("▁", " ", StringComparison.Ordinal)));
     }
