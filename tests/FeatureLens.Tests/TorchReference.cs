@@ -10,19 +10,22 @@ internal static class TorchReference
 
     public static string Script => Path.Combine(AppContext.BaseDirectory, "python", "torch_reference.py");
 
-    /// <summary>Runs the script with arguments; fails the test with its stderr when it fails.</summary>
-    public static string Run(params string[] args)
+    /// <summary>Runs the reference script with arguments; fails the test with its stderr when it fails.</summary>
+    public static string Run(params string[] args) => RunPython(Script, args);
+
+    /// <summary>Runs a Python file with Debian's python3 (which has torch); returns stdout or throws with stderr.</summary>
+    public static string RunPython(string scriptPath, params string[] args)
     {
         if (!File.Exists(Python)) throw new InvalidOperationException("PyTorch oracle missing: install Debian's python3-torch (apt-get install python3-torch)");
         var psi = new ProcessStartInfo(Python) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Script);
+        psi.ArgumentList.Add(scriptPath);
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["OMP_NUM_THREADS"] = "1";
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException($"torch_reference.py {string.Join(" ", args)} timed out"); }
-        if (p.ExitCode != 0) throw new InvalidOperationException($"torch_reference.py {string.Join(" ", args)} failed ({p.ExitCode}):\n{stderr.Result}");
+        if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException($"{Path.GetFileName(scriptPath)} {string.Join(" ", args)} timed out"); }
+        if (p.ExitCode != 0) throw new InvalidOperationException($"{Path.GetFileName(scriptPath)} {string.Join(" ", args)} failed ({p.ExitCode}):\n{stderr.Result}\n{stdout.Result}");
         return stdout.Result;
     }
 

@@ -43,7 +43,7 @@ public class CheckpointFolderTests
     public void Sharded_folder_serves_every_tensor_from_its_shard()
     {
         int seed = CheckpointTestSupport.NewSeed();
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var tensors = WriteTwoShards(dir.Path, new Random(seed));
         using var src = CheckpointFolder.Open(dir.Path);
         var folder = Assert.IsType<CheckpointFolder>(src);
@@ -66,12 +66,12 @@ public class CheckpointFolderTests
     public void Single_file_folders_open_as_safetensors_files()
     {
         var rng = new Random(CheckpointTestSupport.NewSeed());
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         new SafetensorsWriter().Add("x", RandomTensor(rng, 2)).Write(dir.File("model.safetensors"));
         using (var src = CheckpointFolder.Open(dir.Path))
             Assert.Equal(dir.File("model.safetensors"), Assert.IsType<SafetensorsFile>(src).Location);
 
-        using var other = new ScratchDir();
+        using var other = new TempDir();
         new SafetensorsWriter().Add("y", RandomTensor(rng, 2)).Write(other.File("sae.safetensors"));
         using (var src = CheckpointFolder.Open(other.Path)) Assert.Equal(["y"], src.Names);
         // A file path is accepted as well.
@@ -87,7 +87,7 @@ public class CheckpointFolderTests
     [Fact]
     public void Empty_folder_says_what_was_looked_for()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var ex = Assert.Throws<FileNotFoundException>(() => CheckpointFolder.Open(dir.Path));
         Assert.Contains(dir.Path, ex.Message);
         Assert.Contains("model.safetensors", ex.Message);
@@ -97,7 +97,7 @@ public class CheckpointFolderTests
     [Fact]
     public void Missing_shard_names_index_and_shard()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         WriteTwoShards(dir.Path, new Random(CheckpointTestSupport.NewSeed()));
         File.Delete(dir.File("model-00002-of-00002.safetensors"));
         var ex = Assert.Throws<FileNotFoundException>(() => CheckpointFolder.Open(dir.Path));
@@ -109,7 +109,7 @@ public class CheckpointFolderTests
     [Fact]
     public void Tensor_missing_from_its_shard_names_both()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         WriteTwoShards(dir.Path, new Random(CheckpointTestSupport.NewSeed()));
         WriteIndex(dir.Path, new()
         {
@@ -126,7 +126,7 @@ public class CheckpointFolderTests
     public void Tensor_in_two_shards_is_an_error()
     {
         var rng = new Random(CheckpointTestSupport.NewSeed());
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         WriteTwoShards(dir.Path, rng);
         new SafetensorsWriter().Add("b.weight", RandomTensor(rng, 5, 2)).Add("a.bias", RandomTensor(rng, 4))
             .Write(dir.File("model-00002-of-00002.safetensors"));
@@ -142,7 +142,7 @@ public class CheckpointFolderTests
     [InlineData("{\"weight_map\": {\"a\": \"../elsewhere.safetensors\"}}")]
     public void Malformed_index_is_refused(string json)
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         File.WriteAllText(dir.File(CheckpointFolder.IndexFileName), json);
         var ex = Assert.Throws<InvalidDataException>(() => CheckpointFolder.Open(dir.Path));
         Assert.Contains(CheckpointFolder.IndexFileName, ex.Message);

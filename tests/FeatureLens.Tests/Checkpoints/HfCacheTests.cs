@@ -25,7 +25,7 @@ public class HfCacheTests
     [Fact]
     public void Resolves_main_a_branch_a_commit_and_a_file_inside()
     {
-        using var root = new ScratchDir();
+        using var root = new TempDir();
         string hash = AddRepo(root.Path, "karpathy/tinyllamas");
         string repo = Path.Combine(root.Path, "models--karpathy--tinyllamas");
         Assert.Equal(repo, HfCache.RepoFolder("karpathy/tinyllamas", root.Path));
@@ -50,7 +50,7 @@ public class HfCacheTests
     [Fact]
     public void Missing_repo_revision_or_snapshot_says_what_was_looked_for()
     {
-        using var root = new ScratchDir();
+        using var root = new TempDir();
         var ex = Assert.Throws<DirectoryNotFoundException>(() => HfCache.Resolve("openai-community/gpt2", root.Path));
         Assert.Contains("models--openai-community--gpt2", ex.Message);
         Assert.Contains(root.Path, ex.Message);
@@ -86,7 +86,7 @@ public class HfCacheTests
     [Fact]
     public void ModelPath_prefers_existing_paths_then_the_cache()
     {
-        using var root = new ScratchDir();
+        using var root = new TempDir();
         string hash = AddRepo(root.Path, "karpathy/tinyllamas");
         string file = root.File("local.bin");
         File.WriteAllText(file, "x");

@@ -29,7 +29,7 @@ public class HfConfigReaderTests
     }
     """;
 
-    static string WriteConfig(ScratchDir dir, string json, Action<JsonObject>? edit = null)
+    static string WriteConfig(TempDir dir, string json, Action<JsonObject>? edit = null)
     {
         var node = JsonNode.Parse(json)!.AsObject();
         edit?.Invoke(node);
@@ -49,7 +49,7 @@ public class HfConfigReaderTests
     [Fact]
     public void Reads_gpt2_small()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = WriteConfig(dir, Gpt2Json);
         var c = HfConfigReader.Read(path);
         Assert.Equal(Architecture.Gpt2, c.Architecture);
@@ -66,7 +66,7 @@ public class HfConfigReaderTests
     [Fact]
     public void Gpt2_optional_fields_fall_back()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         int inner = 64 * Random.Shared.Next(1, 100);
         string path = WriteConfig(dir, Gpt2Json, o =>
         {
@@ -85,7 +85,7 @@ public class HfConfigReaderTests
     [Fact]
     public void Reads_llama_2_7b()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var c = HfConfigReader.Read(WriteConfig(dir, LlamaJson));
         Assert.Equal(Architecture.Llama, c.Architecture);
         Assert.Equal((4096, 32, 32, 32, 11008, 32000, 4096), (c.DModel, c.NLayers, c.NHeads, c.NKvHeads, c.DMlp, c.VocabSize, c.NCtx));
@@ -100,7 +100,7 @@ public class HfConfigReaderTests
     [Fact]
     public void Llama_defaults_and_grouped_query_attention()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         float theta = 10000f * Random.Shared.Next(1, 60);
         var c = HfConfigReader.Read(WriteConfig(dir, LlamaJson, o =>
         {
@@ -127,7 +127,7 @@ public class HfConfigReaderTests
     [InlineData("vocab_size")]
     public void Gpt2_missing_field_is_named(string field)
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         Fails<FormatException>(WriteConfig(dir, Gpt2Json, o => o.Remove(field)), $"'{field}'", "missing");
     }
 
@@ -139,14 +139,14 @@ public class HfConfigReaderTests
     [InlineData("max_position_embeddings")]
     public void Llama_missing_field_is_named(string field)
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         Fails<FormatException>(WriteConfig(dir, LlamaJson, o => o.Remove(field)), $"'{field}'", "missing");
     }
 
     [Fact]
     public void Unknown_model_type_lists_the_supported_ones()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         Fails<FormatException>(WriteConfig(dir, LlamaJson, o => o["model_type"] = "mistral"), "'model_type'", "mistral", "\"gpt2\"", "\"llama\"");
         Fails<FormatException>(WriteConfig(dir, LlamaJson, o => { o.Remove("model_type"); o.Remove("architectures"); }), "'model_type'", "\"gpt2\"");
     }
@@ -154,7 +154,7 @@ public class HfConfigReaderTests
     [Fact]
     public void Unsupported_settings_are_refused_by_name()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         Fails<NotSupportedException>(WriteConfig(dir, Gpt2Json, o => o["activation_function"] = "relu"), "'activation_function'", "relu");
         Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["hidden_act"] = "gelu"), "'hidden_act'");
         Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["rope_scaling"] = new JsonObject { ["type"] = "linear", ["factor"] = 2.0 }),
@@ -166,7 +166,7 @@ public class HfConfigReaderTests
     [Fact]
     public void Wrong_types_and_inconsistent_values_are_named()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         Fails<FormatException>(WriteConfig(dir, Gpt2Json, o => o["n_embd"] = "768"), "'n_embd'", "integer");
         Fails<FormatException>(WriteConfig(dir, LlamaJson, o => o["num_key_value_heads"] = 5), "n_kv_heads");
         Fails<FormatException>(WriteConfig(dir, Gpt2Json, o => o["n_head"] = 7), "n_heads");

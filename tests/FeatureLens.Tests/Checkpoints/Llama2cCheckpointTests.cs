@@ -104,7 +104,7 @@ public class Llama2cCheckpointTests
     public void Separate_classifier_is_lm_head_after_the_freq_cis_tables()
     {
         int seed = CheckpointTestSupport.NewSeed();
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = dir.File("unshared.bin");
         var data = WriteUnshared(path, new Random(seed));
         using var ck = Llama2cCheckpoint.Open(path);
@@ -120,7 +120,7 @@ public class Llama2cCheckpointTests
     [Fact]
     public void Wrong_size_names_file_expected_and_actual_bytes()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = dir.File("stories.bin");
         byte[] bytes = File.ReadAllBytes(Stories260K);
         int extra = 4 * Random.Shared.Next(1, 50);
@@ -152,7 +152,7 @@ public class Llama2cCheckpointTests
     [InlineData(new[] { 1 << 30, 1 << 30, 1 << 30, 1, 1, 1 << 30, 1 << 30 }, "more bytes")]
     public void Bad_headers_are_refused(int[] header, string mention)
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = dir.File("bad.bin");
         using (var f = File.Create(path))
         {

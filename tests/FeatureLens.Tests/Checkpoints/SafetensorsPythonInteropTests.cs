@@ -89,7 +89,7 @@ print(json.dumps(out))
     public void Reads_a_file_written_with_torch()
     {
         int seed = CheckpointTestSupport.NewSeed() % 1_000_000;
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = dir.File("torch.safetensors");
         using var expected = JsonDocument.Parse(CheckpointTestSupport.RunPython(TorchWriter, path, seed.ToString(CultureInfo.InvariantCulture)));
 
@@ -130,7 +130,7 @@ print(json.dumps(out))
     {
         int seed = CheckpointTestSupport.NewSeed();
         var rng = new Random(seed);
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = dir.File("ours.safetensors");
 
         var f32 = new Tensor(4, 3);

@@ -56,7 +56,7 @@ public class SafetensorsRoundTripTests
     {
         int seed = CheckpointTestSupport.NewSeed();
         var rng = new Random(seed);
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var expected = new Dictionary<string, (DType dtype, int[] shape, byte[] bytes)>();
         var writer = new SafetensorsWriter();
         foreach (var dtype in AllDTypes)
@@ -136,7 +136,7 @@ public class SafetensorsRoundTripTests
     [Fact]
     public void Int64_values_outside_int32_are_reported_when_narrowed()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         long[] values = [1, -7, (long)int.MaxValue + 1 + Random.Shared.Next(1000)];
         new SafetensorsWriter().Add("ids", DType.I64, [3], MemoryMarshal.AsBytes(values.AsSpan()).ToArray()).Write(dir.File("i.safetensors"));
         using var st = SafetensorsFile.Open(dir.File("i.safetensors"));
@@ -150,7 +150,7 @@ public class SafetensorsRoundTripTests
     {
         int seed = CheckpointTestSupport.NewSeed();
         var rng = new Random(seed);
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         string path = dir.File("s.safetensors");
         File.WriteAllText(path, "old contents");
 
@@ -171,7 +171,7 @@ public class SafetensorsRoundTripTests
     [Fact]
     public void Producer_that_writes_the_wrong_byte_count_fails_and_leaves_no_file()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var w = new SafetensorsWriter().AddStreamed("short", DType.BF16, [4, 4], s => s.Write(new byte[30]));
         var ex = Assert.Throws<InvalidOperationException>(() => w.Write(dir.File("x.safetensors")));
         Assert.Contains("'short'", ex.Message);
@@ -193,7 +193,7 @@ public class SafetensorsRoundTripTests
     [Fact]
     public void Header_is_plain_json_with_offsets_in_layout_order()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var w = new SafetensorsWriter()
             .Add("b16", DType.BF16, [3], new byte[6])
             .Add("f64", DType.F64, [1], new byte[8])

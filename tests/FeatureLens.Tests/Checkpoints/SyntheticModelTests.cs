@@ -43,7 +43,7 @@ public class SyntheticModelTests
     public void Tiny_preset_round_trips_through_config_reader_and_checkpoint_folder(Architecture arch, DType dtype)
     {
         int seed = CheckpointTestSupport.NewSeed();
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var progress = new List<double>();
         SyntheticModel.Write(dir.Path, arch, "tiny", dtype, seed, new SyncProgress(progress.Add));
 
@@ -61,7 +61,7 @@ public class SyntheticModelTests
     public void Values_have_the_intended_statistics_and_follow_the_seed()
     {
         int seed = CheckpointTestSupport.NewSeed();
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         SyntheticModel.Write(dir.Path, Architecture.Gpt2, "tiny", DType.F32, seed);
         using var st = SafetensorsFile.Open(dir.File("model.safetensors"));
 
@@ -81,7 +81,7 @@ public class SyntheticModelTests
         Assert.InRange(Stats(bias).std, 0.007, 0.013);
 
         // Same seed → same bytes; another seed → other values.
-        using var again = new ScratchDir();
+        using var again = new TempDir();
         SyntheticModel.Write(again.Path, Architecture.Gpt2, "tiny", DType.F32, seed);
         Assert.Equal(File.ReadAllBytes(dir.File("model.safetensors")), File.ReadAllBytes(again.File("model.safetensors")));
         SyntheticModel.Write(again.Path, Architecture.Gpt2, "tiny", DType.F32, seed ^ 0x5a5a5a);
@@ -93,7 +93,7 @@ public class SyntheticModelTests
     public void Large_weights_are_sharded_with_an_index()
     {
         int seed = CheckpointTestSupport.NewSeed();
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var config = SyntheticModel.Preset(Architecture.Llama, "tiny") with { TiedEmbeddings = true, NKvHeads = 4 };
         // Leftovers of an earlier single-file write must not survive.
         SyntheticModel.Write(dir.Path, Architecture.Llama, "tiny", DType.F32, seed);
@@ -118,7 +118,7 @@ public class SyntheticModelTests
     public void Gpt2_small_has_the_real_names_and_shapes()
     {
         int seed = CheckpointTestSupport.NewSeed();
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         SyntheticModel.Write(dir.Path, Architecture.Gpt2, "gpt2-small", DType.BF16, seed);
         var c = HfConfigReader.Read(dir.File("config.json"));
         Assert.Equal((768, 12, 12, 3072, 50257, 1024), (c.DModel, c.NLayers, c.NHeads, c.DMlp, c.VocabSize, c.NCtx));
@@ -139,7 +139,7 @@ public class SyntheticModelTests
     [Fact]
     public void Presets_and_configs_are_checked()
     {
-        using var dir = new ScratchDir();
+        using var dir = new TempDir();
         var ex = Assert.Throws<ArgumentException>(() => SyntheticModel.Write(dir.Path, Architecture.Gpt2, "llama-7b", DType.BF16, 1));
         Assert.Contains("llama-7b", ex.Message);
         Assert.Contains("tiny", ex.Message);
@@ -147,7 +147,7 @@ public class SyntheticModelTests
         var gpt2Untied = SyntheticModel.Preset(Architecture.Gpt2, "tiny") with { TiedEmbeddings = false };
         Assert.Throws<ArgumentException>(() => SyntheticModel.Write(dir.Path, gpt2Untied, DType.F32, 1));
         // A real model folder is never overwritten.
-        using var real = new ScratchDir();
+        using var real = new TempDir();
         File.WriteAllText(real.File("config.json"), "{\"model_type\": \"gpt2\"}");
         var refused = Assert.Throws<IOException>(() => SyntheticModel.Write(real.Path, Architecture.Gpt2, "tiny", DType.F32, 1));
         Assert.Contains(real.Path, refused.Message);

@@ -73,11 +73,3 @@ public class TorchParityTests(ITestOutputHelper output)
         }
     }
 }
-
-/// <summary>A temporary folder deleted at dispose.</summary>
-internal sealed class TempDir : IDisposable
-{
-    public string Path { get; } = System.IO.Path.Combine(System.IO.Path.GetTempPath(), "featurelens-test-" + Guid.NewGuid().ToString("N")[..12]);
-    public TempDir() => Directory.CreateDirectory(Path);
-    public void Dispose() { try { Directory.Delete(Path, true); } catch (IOException) { } }
-}
