@@ -14,9 +14,12 @@ public class CliTests
         public string Text => System.Text.Encoding.UTF8.GetString(Stdout);
     }
 
-    internal static Result Run(params string[] args)
+    internal static Result Run(params string[] args) => RunWithEnv(null, args);
+
+    internal static Result RunWithEnv(IDictionary<string, string>? env, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        if (env != null) foreach (var (k, v) in env) psi.Environment[k] = v;
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "featurelens.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
@@ -108,6 +111,37 @@ public class CliTests
         Assert.Contains("Llama", j.Text);
         Assert.Contains("Interleaved", j.Text);
         Assert.Contains("Llama2cTokenizer", j.Text);
+    }
+
+    [Fact]
+    public void ModelsResolveFromTheHuggingFaceCacheByRepoId()
+    {
+        using var dir = new TempDir();
+        string hub = Path.Combine(dir.Path, "hf", "hub");
+        string rev = Convert.ToHexString(Guid.NewGuid().ToByteArray()).ToLowerInvariant() + "00000000";
+        // karpathy/tinyllamas with the two files under stories260K/, as on the Hub
+        string repo = Path.Combine(hub, "models--karpathy--tinyllamas");
+        string snap = Directory.CreateDirectory(Path.Combine(repo, "snapshots", rev, "stories260K")).FullName;
+        foreach (var f in new[] { "stories260K.bin", "tok512.bin" })
+            File.Copy(Path.Combine(TestPaths.Shared, "models", "stories260K", f), Path.Combine(snap, f));
+        Directory.CreateDirectory(Path.Combine(repo, "refs"));
+        File.WriteAllText(Path.Combine(repo, "refs", "main"), rev);
+        // and a GPT-2 folder as org/tiny-gpt2
+        string gptRepo = Path.Combine(hub, "models--org--tiny-gpt2");
+        SyntheticModel.Write(Path.Combine(gptRepo, "snapshots", rev), Architecture.Gpt2, "tiny", FeatureLens.Runtime.Tensors.DType.F32, 3);
+        Directory.CreateDirectory(Path.Combine(gptRepo, "refs"));
+        File.WriteAllText(Path.Combine(gptRepo, "refs", "main"), rev);
+
+        var env = new Dictionary<string, string> { ["HF_HOME"] = Path.Combine(dir.Path, "hf") };
+        var g = RunWithEnv(env, "generate", "--model", "karpathy/tinyllamas/stories260K/stories260K.bin", "--max-new-tokens", "200");
+        Assert.True(g.ExitCode == 0, g.Stderr);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(TestPaths.Shared, "reference", "stories260K", "greedy-n200.txt")), g.Stdout);
+        var i = RunWithEnv(env, "inspect", "org/tiny-gpt2");
+        Assert.True(i.ExitCode == 0, i.Stderr);
+        Assert.Contains("Gpt2", i.Text);
+        var missing = RunWithEnv(env, "inspect", "org/not-downloaded");
+        Assert.NotEqual(0, missing.ExitCode);
+        Assert.Contains("org/not-downloaded", missing.Stderr);
     }
 
     [Theory]

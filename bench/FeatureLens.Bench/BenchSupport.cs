@@ -1,0 +1,50 @@
+using System.Diagnostics;
+using System.Text.Json;
+
+namespace FeatureLens.Bench;
+
+/// <summary>What every benchmark needs: the repository, the PyTorch peer as a subprocess, medians.</summary>
+public static class BenchSupport
+{
+    /// <summary>The folder holding FeatureLens.slnx (searched from the binary, then the working directory).</summary>
+    public static string RepoRoot()
+    {
+        foreach (var start in new[] { AppContext.BaseDirectory, Environment.CurrentDirectory })
+            for (var dir = new DirectoryInfo(start); dir != null; dir = dir.Parent)
+                if (File.Exists(Path.Combine(dir.FullName, "FeatureLens.slnx"))) return dir.FullName;
+        throw new DirectoryNotFoundException($"no FeatureLens.slnx above {AppContext.BaseDirectory} or {Environment.CurrentDirectory}");
+    }
+
+    /// <summary>Where benchmark models are written once and reused (git-ignored).</summary>
+    public static string ModelsDir() => Directory.CreateDirectory(Path.Combine(RepoRoot(), "bench", "models")).FullName;
+
+    /// <summary>Runs bench/SCRIPT with Debian's python3 (torch) and parses the JSON it prints last.</summary>
+    public static JsonElement RunPythonJson(string script, params string[] args)
+    {
+        var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(RepoRoot(), "bench", script));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start /usr/bin/python3");
+        var stderr = p.StandardError.ReadToEndAsync();
+        string stdout = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new InvalidOperationException($"{script} {string.Join(" ", args)} exited with {p.ExitCode}: {stderr.Result.Trim()}");
+        string last = stdout.Trim().Split('\n')[^1];
+        return JsonDocument.Parse(last).RootElement.Clone();
+    }
+
+    public static double Median(IEnumerable<double> xs)
+    {
+        var a = xs.OrderBy(x => x).ToArray();
+        return a.Length == 0 ? double.NaN : a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
+    }
+
+    /// <summary>Peak resident memory of this process so far (VmHWM), in GiB.</summary>
+    public static double PeakRssGiB()
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith("VmHWM:"))
+                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / (1024.0 * 1024.0);
+        return double.NaN;
+    }
+}
