@@ -1,12 +1,15 @@
-"""Times torch.mm for the GEMM benchmark's shapes on 1 and 2 threads; prints JSON.
+"""Times torch.mm for the GEMM benchmark's shapes on a given number of threads; prints JSON.
 
-Usage: /usr/bin/python3 gemm_torch.py '<json list of shapes>' [runs]
+Usage: OPENBLAS_NUM_THREADS=T OMP_NUM_THREADS=T /usr/bin/python3 gemm_torch.py '<json list of shapes>' RUNS T
 Each shape is {"name", "m", "k", "n", "layout"} with layout NN (A[M,K]·B[K,N]),
 NT (A·Wᵀ, W stored [N,K]) or TN (Aᵀ·B, A stored [K,M]); float32 throughout.
-Output: {"torch": "<version>", "results": {name: {"1": gflops, "2": gflops}}} with the
-median GFLOP/s over `runs` timed samples after a warm-up.
+Debian's torch calls the system BLAS (OpenBLAS), whose thread pool follows OPENBLAS_NUM_THREADS,
+not torch.set_num_threads, so the caller sets both (the variables must be set before start-up).
+Output: {"torch": "<version>", "blas": "<library>", "threads": T, "results": {name: gflops}} with the
+median GFLOP/s over RUNS timed samples after a warm-up.
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,16 +46,27 @@ def gflops(m, k, n, layout, runs):
     return statistics.median(samples)
 
 
+def blas_library():
+    """The BLAS shared library this process actually mapped (Debian's alternatives may point anywhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if "blas" in line.lower():
+                    return os.path.realpath(line.split()[-1])
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main():
     shapes = json.loads(sys.argv[1])
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    threads = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    torch.set_num_threads(threads)
     results = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for s in shapes:
-            r = gflops(s["m"], s["k"], s["n"], s["layout"], runs)
-            results.setdefault(s["name"], {})[str(threads)] = r
-    print(json.dumps({"torch": torch.__version__, "results": results}))
+    for s in shapes:
+        results[s["name"]] = gflops(s["m"], s["k"], s["n"], s["layout"], runs)
+    print(json.dumps({"torch": torch.__version__, "blas": blas_library(), "threads": threads, "results": results}))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 #!/usr/bin/python3
 """PyTorch side of the FeatureLens forward benchmarks (run with /usr/bin/python3, torch 1.13 CPU).
 
-Note on this machine's PyTorch: Debian's python3-torch 1.13 is linked against the netlib
-reference BLAS (torch.__config__.show(): BLAS_INFO=generic; /etc/alternatives/libblas.so.3 ->
-netlib), so plain float32 torch.matmul / F.linear run at ~3 GFLOP/s. The build does include
-oneDNN (MKL-DNN 2.6.3), which PyTorch exposes for float32 inference through mkldnn tensors
-(torch.utils.mkldnn's MkldnnLinear = torch._C._nn.mkldnn_linear): ~130 GFLOP/s on one core.
---impl mkldnn (default) uses oneDNN for every matmul; --impl aten uses plain torch ops (BLAS).
+Threads: torch.set_num_threads(T) sets PyTorch's pool (used by oneDNN and elementwise ops); this
+Debian torch 1.13 calls OpenBLAS (libblas.so.3 -> openblas-pthread) for float32 GEMM, so the
+script also sets OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=T before importing torch, so that no pool
+exceeds T. On a shared 2-core machine, timings with T=2 are only meaningful when nothing else runs.
+
+Matmul back ends (--impl): aten = plain torch ops (F.linear/baddbmm/bmm -> OpenBLAS);
+mkldnn = oneDNN through mkldnn tensors (torch._C._nn.mkldnn_linear, what torch.utils.mkldnn's
+MkldnnLinear uses), weights reordered once at load. auto (default): mkldnn for gpt2 (faster for
+(1024 x 768 x 3072)-sized GEMMs), aten for llama (weights change every call there, and oneDNN
+reorders them each time).
 
 GPT-2 (throughput):
   torch_forward.py --arch gpt2 --model DIR --batch 8 --seq 128 --threads 1 --repeats 5 --cache-resid
-                   [--no-logits] [--impl mkldnn|aten]
+                   [--no-logits] [--impl auto|mkldnn|aten]
     Batched float32 forward under torch.no_grad(): one (B*T,C)x(C,OC) GEMM per linear layer
     (weights pre-transposed / pre-reordered once at load), F.layer_norm,
     F.gelu(approximate="tanh") (= gelu_new), causal softmax attention (torch 1.13 has no
@@ -22,11 +26,12 @@ GPT-2 (throughput):
     {arch, impl, threads, batch, seq, logits, cache_resid, load_s, median_s, tokens_per_s, runs, peak_rss_gib}.
 
 Llama (latency of a big bf16 model on a small machine):
-  torch_forward.py --arch llama --model DIR --batch 1 --seq 64 --threads 2 --repeats 1 [--llama-matmul f32|bf16]
+  torch_forward.py --arch llama --model DIR --batch 1 --seq 64 --threads 2 --repeats 1 [--llama-matmul f32|bf16] [--impl auto|mkldnn|aten]
     Loads every tensor of the (sharded) HF folder into memory in its stored dtype (bf16 stays
     bf16: ~2 bytes/param) and reports the load time. --llama-matmul f32 (default): activations are
     float32; each weight matrix is converted bf16->float32 (exact) just before its matmul and
-    dropped right after (oneDNN f32 matmul with --impl mkldnn). --llama-matmul bf16: PyTorch's
+    dropped right after. (torch 1.13's bf16->f32 conversion runs at only ~0.25 G elements/s, so
+    this conversion, not the GEMMs, dominates the f32 latency.) --llama-matmul bf16: PyTorch's
     native CPU bf16 path (oneDNN bf16 GEMM, float32 accumulation, activations rounded to bf16 at
     each linear input/output) -- faster, but not float32 numerics. Peak RSS from
     resource.getrusage (ru_maxrss). Prints JSON:
@@ -42,8 +47,21 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+
+def _threads_from_argv(argv):
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+# must happen before torch (and OpenBLAS) is loaded
+os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads_from_argv(sys.argv)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "FeatureLens.Tests", "python"))
 import safetensors_lite as st  # noqa: E402
@@ -212,11 +230,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--cache-resid", action="store_true")
     ap.add_argument("--no-logits", action="store_true")
-    ap.add_argument("--impl", choices=["mkldnn", "aten"], default="mkldnn")
+    ap.add_argument("--impl", choices=["auto", "mkldnn", "aten"], default="auto")
     ap.add_argument("--llama-matmul", choices=["f32", "bf16"], default="f32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    if args.impl == "auto":
+        args.impl = "mkldnn" if args.arch == "gpt2" else "aten"
     lin = Linear(args.impl)
     gen = torch.Generator().manual_seed(0)
     result = {"arch": args.arch, "impl": args.impl, "threads": args.threads, "batch": args.batch, "seq": args.seq,

@@ -12,7 +12,7 @@ namespace FeatureLens.Bench;
 /// GEMM throughput: ours on 1 and 2 threads against torch.mm (OpenBLAS) on 1 and 2 threads, for
 /// square and GPT-2 shapes, plus the machine's measured FMA peak.
 /// Options: --runs N (timed samples per cell, default 7), --only TEXT (shapes whose name contains it),
-/// --no-torch, --path Auto|Vector512|Vector256|Scalar, --cpu-time (divide by the process's CPU time
+/// --shape MxKxN[:NN|NT|TN][:f32|bf16|f16] (instead of the built-in list, repeatable), --no-torch, --path Auto|Vector512|Vector256|Scalar, --cpu-time (divide by the process's CPU time
 /// per thread instead of wall time: a load-independent estimate when other work shares the cores).
 /// </summary>
 public static class GemmBench
@@ -41,6 +41,7 @@ public static class GemmBench
         int runs = 7;
         string? only = null;
         bool torch = true, cpuTime = false;
+        var extra = new List<Shape>();
         GemmPath path = GemmPath.Auto;
         for (int i = 0; i < args.Length; i++)
         {
@@ -50,18 +51,26 @@ public static class GemmBench
                 case "--only": only = args[++i]; break;
                 case "--no-torch": torch = false; break;
                 case "--cpu-time": cpuTime = true; break;
+                case "--shape": extra.Add(ParseShape(args[++i])); break;
                 case "--path": path = Enum.Parse<GemmPath>(args[++i], ignoreCase: true); break;
                 default:
                     Console.Error.WriteLine($"gemm bench: unknown option '{args[i]}' (expected --runs N, --only TEXT, --no-torch, --path P)");
                     return 2;
             }
         }
-        var shapes = Shapes.Where(s => only == null || s.Name.Contains(only, StringComparison.OrdinalIgnoreCase)).ToArray();
+        var shapes = extra.Count > 0 ? extra.ToArray()
+            : Shapes.Where(s => only == null || s.Name.Contains(only, StringComparison.OrdinalIgnoreCase)).ToArray();
         if (shapes.Length == 0) { Console.Error.WriteLine($"gemm bench: no shape matches '{only}'"); return 2; }
 
         AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 150); // keep the table on one line per shape when piped
         double peak1 = PeakFlops.Measure(1), peak2 = PeakFlops.Measure(2);
         AnsiConsole.MarkupLine($"FMA peak: [bold]{peak1:F0}[/] GFLOP/s on 1 thread, [bold]{peak2:F0}[/] GFLOP/s on 2 threads");
+        if (cpuTime)
+        {
+            // Per-thread CPU time leaves out time spent waiting for a core, so compare with two whole cores.
+            peak2 = 2 * peak1;
+            AnsiConsole.MarkupLine($"--cpu-time: GFLOP/s per CPU-second of each thread; % of peak on 2 threads is against 2 x {peak1:F0}");
+        }
 
         Dictionary<string, double[]>? torchResults = null;
         string torchVersion = "";
@@ -91,6 +100,22 @@ public static class GemmBench
         AnsiConsole.Write(table);
         AnsiConsole.MarkupLineInterpolated($"GFLOP/s, median of {runs} samples after warm-up; path {Gemm.Resolve(path)}; torch {(torchVersion == "" ? "not run" : torchVersion)} (float32 only).");
         return 0;
+    }
+
+    /// <summary>Parses "MxKxN[:layout][:dtype]", e.g. "1024x768x3072:NT:bf16".</summary>
+    static Shape ParseShape(string text)
+    {
+        var parts = text.Split(':');
+        var dims = parts[0].Split('x').Select(d => int.Parse(d, CultureInfo.InvariantCulture)).ToArray();
+        if (dims.Length != 3) throw new FormatException($"--shape '{text}': expected MxKxN[:NN|NT|TN][:f32|bf16|f16]");
+        string layout = parts.Length > 1 ? parts[1].ToUpperInvariant() : "NN";
+        if (layout is not ("NN" or "NT" or "TN")) throw new FormatException($"--shape '{text}': layout must be NN, NT or TN");
+        var type = parts.Length > 2 ? parts[2].ToLowerInvariant() switch
+        {
+            "f32" => DType.F32, "bf16" => DType.BF16, "f16" => DType.F16,
+            _ => throw new FormatException($"--shape '{text}': dtype must be f32, bf16 or f16"),
+        } : DType.F32;
+        return new Shape(text, dims[0], dims[1], dims[2], layout, type);
     }
 
     /// <summary>Median GFLOP/s of our GEMM on <paramref name="threads"/> threads.</summary>
@@ -145,35 +170,38 @@ public static class GemmBench
         }
     }
 
-    /// <summary>Runs bench/gemm_torch.py with /usr/bin/python3; returns torch's version and name → [GFLOP/s 1T, 2T].</summary>
+    /// <summary>Runs bench/gemm_torch.py with /usr/bin/python3 on 1 and 2 threads; returns "torch version, BLAS" and name → [GFLOP/s 1T, 2T].</summary>
     static (string, Dictionary<string, double[]>) RunTorch(Shape[] shapes, int runs)
     {
         string script = FindScript();
-        var list = shapes.Where(s => s.BType == DType.F32).Select(s => new { name = s.Name, m = s.M, k = s.K, n = s.N, layout = s.Layout });
-        var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(script);
-        psi.ArgumentList.Add(JsonSerializer.Serialize(list));
-        psi.ArgumentList.Add(runs.ToString(CultureInfo.InvariantCulture));
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start /usr/bin/python3");
-        var stderr = p.StandardError.ReadToEndAsync();
-        string stdout = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"{script} exited with {p.ExitCode}: {stderr.Result.Trim()}");
-        using var doc = JsonDocument.Parse(stdout);
+        var list = JsonSerializer.Serialize(shapes.Where(s => s.BType == DType.F32).Select(s => new { name = s.Name, m = s.M, k = s.K, n = s.N, layout = s.Layout }));
         var results = new Dictionary<string, double[]>();
-        foreach (var prop in doc.RootElement.GetProperty("results").EnumerateObject())
-            results[prop.Name] = [prop.Value.GetProperty("1").GetDouble(), prop.Value.GetProperty("2").GetDouble()];
-        return (doc.RootElement.GetProperty("torch").GetString() ?? "?", results);
+        string version = "";
+        foreach (int threads in new[] { 1, 2 })
+        {
+            var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            psi.ArgumentList.Add(script);
+            psi.ArgumentList.Add(list);
+            psi.ArgumentList.Add(runs.ToString(CultureInfo.InvariantCulture));
+            psi.ArgumentList.Add(threads.ToString(CultureInfo.InvariantCulture));
+            // OpenBLAS sizes its thread pool from the environment at load time; torch.set_num_threads does not reach it.
+            foreach (var name in new[] { "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS" })
+                psi.Environment[name] = threads.ToString(CultureInfo.InvariantCulture);
+            using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start /usr/bin/python3");
+            var stderr = p.StandardError.ReadToEndAsync();
+            string stdout = p.StandardOutput.ReadToEnd();
+            p.WaitForExit();
+            if (p.ExitCode != 0) throw new InvalidOperationException($"{script} exited with {p.ExitCode}: {stderr.Result.Trim()}");
+            using var doc = JsonDocument.Parse(stdout);
+            foreach (var prop in doc.RootElement.GetProperty("results").EnumerateObject())
+            {
+                if (!results.TryGetValue(prop.Name, out var pair)) results[prop.Name] = pair = new double[2];
+                pair[threads - 1] = prop.Value.GetDouble();
+            }
+            version = $"{doc.RootElement.GetProperty("torch").GetString()} with {doc.RootElement.GetProperty("blas").GetString()}";
+        }
+        return (version, results);
     }
 
-    /// <summary>bench/gemm_torch.py, found by walking up from the binary to the directory holding FeatureLens.slnx.</summary>
-    static string FindScript()
-    {
-        // The binary may live in an --artifacts-path outside the repository: try the working directory too.
-        foreach (var start in new[] { AppContext.BaseDirectory, Environment.CurrentDirectory })
-            for (var dir = new DirectoryInfo(start); dir != null; dir = dir.Parent)
-                if (File.Exists(Path.Combine(dir.FullName, "FeatureLens.slnx")))
-                    return Path.Combine(dir.FullName, "bench", "gemm_torch.py");
-        throw new FileNotFoundException($"bench/gemm_torch.py not found: no FeatureLens.slnx above {AppContext.BaseDirectory} or {Environment.CurrentDirectory}");
-    }
+    static string FindScript() => Path.Combine(BenchSupport.RepoRoot(), "bench", "gemm_torch.py");
 }

@@ -1,11 +1,18 @@
 using FeatureLens.Bench;
 
 // Benchmark dispatcher: `dotnet run -c Release --project bench/FeatureLens.Bench -- <name> [options]`.
+// Every benchmark runs PyTorch (Debian's python3-torch) on the same work in the same run.
 switch (args.Length > 0 ? args[0] : "")
 {
     case "gemm": return GemmBench.Run(args[1..]);
-    case "probe": return TmpKernelProbe.Run(args[1..]);
+    case "forward": return ForwardBench.Run(args[1..]);
+    case "llama7b": return Llama7bBench.Run(args[1..]);
+    case "all":
+        int rc = GemmBench.Run([]);
+        rc |= ForwardBench.Run([]);
+        rc |= Llama7bBench.Run([]);
+        return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options]");
+        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | all");
         return 2;
 }

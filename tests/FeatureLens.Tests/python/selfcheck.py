@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,7 @@ def rel(a, b):
     return maxdiff(a, b) / max(fin.abs().max().item() if fin.numel() else 0.0, 1e-30)
 
 
-def invariants(h, b, n_layers, arch, n_heads, n_kv, hs, d, tokens, tag):
+def invariants(h, b, n_layers, arch, n_heads, n_kv, hs, d, tokens, tag, o_bias=None):
     T = len(tokens)
     g = lambda n: h[f"{b}/{n}"]  # noqa: E731
     check(g("tokens").tolist() == tokens, f"{tag}: tokens stored")
@@ -71,9 +72,7 @@ def invariants(h, b, n_layers, arch, n_heads, n_kv, hs, d, tokens, tag):
         p = f"blocks.{L}."
         worst = max(worst, rel(g(p + "hook_resid_post"), g(p + "hook_resid_mid") + g(p + "hook_mlp_out")))
         worst = max(worst, rel(g(p + "hook_resid_mid"), g(p + "hook_resid_pre") + g(p + "hook_attn_out")))
-        bias = 0
-        if arch == "gpt2":
-            bias = h_weights[tag][L]
+        bias = o_bias[L] if o_bias is not None else 0
         worst = max(worst, rel(g(p + "hook_attn_out"), g(p + "attn.hook_result").sum(1) + bias))
         check(torch.equal(g(p + "hook_mlp_in"), g(p + "hook_resid_mid")), f"{tag} L{L}: mlp_in == resid_mid")
         if L + 1 < n_layers:
@@ -125,7 +124,15 @@ def invariants(h, b, n_layers, arch, n_heads, n_kv, hs, d, tokens, tag):
         check(torch.equal(g("blocks.0.hook_resid_pre"), g("hook_embed")), f"{tag}: resid_pre0 = embed")
 
 
-h_weights = {}
+def load_llama2c_rms(bin_path):
+    """rms_ffn weight of layer 1 from the llama2.c file (independent of torch_reference's loader)."""
+    import struct
+    with open(bin_path, "rb") as f:
+        dim, hidden, L, nh, nkv, vocab, _ = struct.unpack("<7i", f.read(28))
+        kv = dim * nkv // nh
+        off = abs(vocab) * dim + L * dim + L * dim * dim + 2 * L * kv * dim + L * dim * dim + 1 * dim
+        f.seek(28 + 4 * off)
+        return torch.tensor(struct.unpack(f"<{dim}f", f.read(4 * dim)))
 
 
 def main():
@@ -153,7 +160,7 @@ def main():
     check(hdr["h.0.attn.c_attn.weight"]["shape"] == [64, 192] and hdr["h.0.mlp.c_proj.weight"]["shape"] == [256, 64]
           and "lm_head.weight" not in hdr, "gpt2: HF tensor names and Conv1D [in,out] shapes")
     w = st.load(os.path.join(tmp, "gpt2/model.safetensors"))
-    h_weights["gpt2"] = [w[f"h.{L}.attn.c_proj.bias"] for L in range(3)]
+    o_bias = [w[f"h.{L}.attn.c_proj.bias"] for L in range(3)]
     toks = rand_tokens(97, [12, 5, 1])
     with open(os.path.join(tmp, "t.json"), "w") as f:
         json.dump(toks, f)
@@ -161,7 +168,7 @@ def main():
         os.path.join(tmp, "gpt2.out.safetensors"))
     h = st.load(os.path.join(tmp, "gpt2.out.safetensors"))
     for b, t in enumerate(toks):
-        invariants(h, b, 3, "gpt2", 4, 4, 16, 64, t, "gpt2")
+        invariants(h, b, 3, "gpt2", 4, 4, 16, 64, t, "gpt2", o_bias)
     # batch independence: sequence 1 alone gives bit-identical hooks
     with open(os.path.join(tmp, "t1.json"), "w") as f:
         json.dump([toks[1]], f)
@@ -228,6 +235,24 @@ def main():
     check(wq < 1e-5, f"stories: q/k/rot_q/rot_k agree up to the [0,2,4,..,1,3,5,..] permutation ({wq:.2e})")
     check(hb["0/blocks.0.attn.hook_k"].shape[1] == 4, "stories: k has 4 kv heads (not repeated)")
 
+    # norm conventions: tl3 = before weight (and bias); tl2 = LayerNorm output, RMSNorm before weight
+    for conv in ("tl2", "tl3"):
+        ref("run", "--model", bin_path, "--tokens", os.path.join(tmp, "ts.json"), "--out", os.path.join(tmp, conv + ".safetensors"),
+            "--hooks", "blocks.1.ln2.hook_normalized,blocks.1.ln2.hook_scale,logits", "--norm-convention", conv)
+        hc = st.load(os.path.join(tmp, conv + ".safetensors"))
+        wts = load_llama2c_rms(bin_path)
+        check(rel(hc["0/blocks.1.ln2.hook_normalized"] * wts, hb["0/blocks.1.ln2.hook_normalized"]) < 1e-6
+              and torch.equal(hc["0/logits"], hb["0/logits"]), f"stories --norm-convention {conv}: RMSNorm normalized * w = brief's")
+    ref("run", "--model", os.path.join(tmp, "gpt2"), "--tokens", os.path.join(tmp, "t.json"), "--out",
+        os.path.join(tmp, "g3.safetensors"), "--hooks", "blocks.0.ln1.hook_normalized", "--norm-convention", "tl3")
+    ref("run", "--model", os.path.join(tmp, "gpt2"), "--tokens", os.path.join(tmp, "t.json"), "--out",
+        os.path.join(tmp, "g2.safetensors"), "--hooks", "blocks.0.ln1.hook_normalized", "--norm-convention", "tl2")
+    g3, g2 = st.load(os.path.join(tmp, "g3.safetensors")), st.load(os.path.join(tmp, "g2.safetensors"))
+    n3 = g3["0/blocks.0.ln1.hook_normalized"]
+    check(rel(n3 * w["h.0.ln_1.weight"] + w["h.0.ln_1.bias"], g2["0/blocks.0.ln1.hook_normalized"]) < 1e-6
+          and maxdiff(n3.mean(-1), torch.zeros(n3.shape[0])) < 1e-5 and maxdiff(n3.pow(2).mean(-1), torch.ones(n3.shape[0])) < 1e-3,
+          "gpt2 --norm-convention tl3: normalized has mean 0, var ~1; *w+b = tl2's")
+
     # 4. generate
     out = ref("generate", "--model", bin_path, "--steps", "200").strip().split(",")
     expect = [x.strip() for x in open(ids_csv).read().split(",") if x.strip().isdigit()]
@@ -240,7 +265,9 @@ def main():
     d = rel(hb["0/logits"], h64["0/logits"])
     check(d < 1e-4, f"stories: f32 vs f64 logits rel diff {d:.2e}")
 
-    print(f"\n{len(failures)} failures; scratch folder {tmp}")
+    if not failures:
+        shutil.rmtree(tmp)
+    print(f"\n{len(failures)} failures" + (f"; scratch folder kept: {tmp}" if failures else ""))
     sys.exit(1 if failures else 0)
 
 

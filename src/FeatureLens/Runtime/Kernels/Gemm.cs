@@ -35,6 +35,8 @@ public static unsafe class Gemm
     internal const int KCMax = 256;
     /// <summary>Widest column chunk of C (packed B is KC·NC floats = 512 KiB, half the L2 of a Zen 5 core).</summary>
     internal const int NCMax = 512;
+    /// <summary>Column chunks per worker thread aimed for (dynamic load balance), and their least width.</summary>
+    const int ChunksPerThread = 2, MinChunkCols = 256;
     /// <summary>Below this many FLOPs (and this much of B) one thread does the whole product.</summary>
     const double SingleThreadFlops = 4e6;
     const long SingleThreadBElements = 1 << 18;
@@ -151,10 +153,16 @@ public static unsafe class Gemm
             nr = GemmMicroKernels.PanelWidth(path);
             if (2.0 * m * n * k < SingleThreadFlops && (long)k * n < SingleThreadBElements) threads = 1;
 
-            // Column chunks: whole panels, at most NCMax wide, a multiple of the thread count when there are enough.
+            // Column chunks: whole panels, at most NCMax wide. With several threads, aim for a few chunks
+            // per thread so that a thread slowed by other work on its core leaves its share to the others,
+            // but keep chunks at least MinChunkCols wide (every chunk packs the rows of A again).
             int panels = (n + nr - 1) / nr;
             int chunks = (panels + NCMax / nr - 1) / (NCMax / nr);
-            if (threads > 1 && panels >= threads) chunks = Math.Min(panels, (Math.Max(chunks, threads) + threads - 1) / threads * threads);
+            if (threads > 1 && panels >= threads)
+            {
+                int wanted = Math.Min(threads * ChunksPerThread, Math.Max(threads, panels * nr / MinChunkCols));
+                chunks = Math.Min(panels, (Math.Max(chunks, wanted) + threads - 1) / threads * threads);
+            }
             int panelsPerChunk = (panels + chunks - 1) / chunks;
             chunkCols = panelsPerChunk * nr;
             nChunks = (n + chunkCols - 1) / chunkCols;
@@ -203,6 +211,7 @@ public static unsafe class Gemm
                 {
                     int mr = Math.Min(MR, i1 - i);
                     GemmPacking.PackA(a, i, mr, k0, kc, buf.PackedA, out nint aRow, out nint aK);
+                    if (i + MR < i1) GemmPacking.PrefetchA(a, i + MR, Math.Min(MR, i1 - i - MR), k0, kc);
                     float* cRow = c + (long)i * ldc + n0;
                     for (int p = 0; p < panels; p++)
                     {

@@ -98,12 +98,23 @@ internal static unsafe class GemmMicroKernels
 
         if (nValid == NR)
         {
-            Store512(c, c00, c01, add);
-            if (R.Count > 1) Store512(c + ldc, c10, c11, add);
-            if (R.Count > 2) Store512(c + 2 * ldc, c20, c21, add);
-            if (R.Count > 3) Store512(c + 3 * ldc, c30, c31, add);
-            if (R.Count > 4) Store512(c + 4 * ldc, c40, c41, add);
-            if (R.Count > 5) Store512(c + 5 * ldc, c50, c51, add);
+            // All loads of C before any store: with a row stride of 4 KiB a store followed by a load of
+            // the next row looks like a dependency to the CPU (4K aliasing) and would stall.
+            if (add)
+            {
+                c00 += Vector512.Load(c); c01 += Vector512.Load(c + 16);
+                if (R.Count > 1) { c10 += Vector512.Load(c + ldc); c11 += Vector512.Load(c + ldc + 16); }
+                if (R.Count > 2) { c20 += Vector512.Load(c + 2 * ldc); c21 += Vector512.Load(c + 2 * ldc + 16); }
+                if (R.Count > 3) { c30 += Vector512.Load(c + 3 * ldc); c31 += Vector512.Load(c + 3 * ldc + 16); }
+                if (R.Count > 4) { c40 += Vector512.Load(c + 4 * ldc); c41 += Vector512.Load(c + 4 * ldc + 16); }
+                if (R.Count > 5) { c50 += Vector512.Load(c + 5 * ldc); c51 += Vector512.Load(c + 5 * ldc + 16); }
+            }
+            c00.Store(c); c01.Store(c + 16);
+            if (R.Count > 1) { c10.Store(c + ldc); c11.Store(c + ldc + 16); }
+            if (R.Count > 2) { c20.Store(c + 2 * ldc); c21.Store(c + 2 * ldc + 16); }
+            if (R.Count > 3) { c30.Store(c + 3 * ldc); c31.Store(c + 3 * ldc + 16); }
+            if (R.Count > 4) { c40.Store(c + 4 * ldc); c41.Store(c + 4 * ldc + 16); }
+            if (R.Count > 5) { c50.Store(c + 5 * ldc); c51.Store(c + 5 * ldc + 16); }
             return;
         }
         // Right edge: spill the tile and copy the valid columns with the same arithmetic.
@@ -127,13 +138,6 @@ internal static unsafe class GemmMicroKernels
             Sse.Prefetch0(c + r * ldc);
             Sse.Prefetch0(c + r * ldc + nr - 1);
         }
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store512(float* c, Vector512<float> lo, Vector512<float> hi, bool add)
-    {
-        if (add) { lo += Vector512.Load(c); hi += Vector512.Load(c + 16); }
-        lo.Store(c); hi.Store(c + 16);
     }
 
     /// <summary>6×16 tile (mr ≤ 6 rows × 2 ymm) for AVX2+FMA machines.</summary>
@@ -169,12 +173,23 @@ internal static unsafe class GemmMicroKernels
 
         if (nValid == NR)
         {
-            Store256(c, c00, c01, add);
-            if (R.Count > 1) Store256(c + ldc, c10, c11, add);
-            if (R.Count > 2) Store256(c + 2 * ldc, c20, c21, add);
-            if (R.Count > 3) Store256(c + 3 * ldc, c30, c31, add);
-            if (R.Count > 4) Store256(c + 4 * ldc, c40, c41, add);
-            if (R.Count > 5) Store256(c + 5 * ldc, c50, c51, add);
+            // All loads of C before any store: with a row stride of 4 KiB a store followed by a load of
+            // the next row looks like a dependency to the CPU (4K aliasing) and would stall.
+            if (add)
+            {
+                c00 += Vector256.Load(c); c01 += Vector256.Load(c + 8);
+                if (R.Count > 1) { c10 += Vector256.Load(c + ldc); c11 += Vector256.Load(c + ldc + 8); }
+                if (R.Count > 2) { c20 += Vector256.Load(c + 2 * ldc); c21 += Vector256.Load(c + 2 * ldc + 8); }
+                if (R.Count > 3) { c30 += Vector256.Load(c + 3 * ldc); c31 += Vector256.Load(c + 3 * ldc + 8); }
+                if (R.Count > 4) { c40 += Vector256.Load(c + 4 * ldc); c41 += Vector256.Load(c + 4 * ldc + 8); }
+                if (R.Count > 5) { c50 += Vector256.Load(c + 5 * ldc); c51 += Vector256.Load(c + 5 * ldc + 8); }
+            }
+            c00.Store(c); c01.Store(c + 8);
+            if (R.Count > 1) { c10.Store(c + ldc); c11.Store(c + ldc + 8); }
+            if (R.Count > 2) { c20.Store(c + 2 * ldc); c21.Store(c + 2 * ldc + 8); }
+            if (R.Count > 3) { c30.Store(c + 3 * ldc); c31.Store(c + 3 * ldc + 8); }
+            if (R.Count > 4) { c40.Store(c + 4 * ldc); c41.Store(c + 4 * ldc + 8); }
+            if (R.Count > 5) { c50.Store(c + 5 * ldc); c51.Store(c + 5 * ldc + 8); }
             return;
         }
         float* t = stackalloc float[MR * NR];
@@ -185,13 +200,6 @@ internal static unsafe class GemmMicroKernels
         if (R.Count > 4) { c40.Store(t + 4 * NR); c41.Store(t + 4 * NR + 8); }
         if (R.Count > 5) { c50.Store(t + 5 * NR); c51.Store(t + 5 * NR + 8); }
         StoreEdge(t, NR, R.Count, c, ldc, nValid, add);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Store256(float* c, Vector256<float> lo, Vector256<float> hi, bool add)
-    {
-        if (add) { lo += Vector256.Load(c); hi += Vector256.Load(c + 8); }
-        lo.Store(c); hi.Store(c + 8);
     }
 
     /// <summary>Portable fallback: an mr×8 tile in scalar code, same per-element order (multiply then add).</summary>

@@ -164,6 +164,22 @@ internal static unsafe class GemmPacking
     }
 
     /// <summary>
+    /// Asks for A rows [i0, i0+mr) × [k0, k0+kc) to be brought into L2 while the current micro-panel
+    /// computes: the rows are separate short streams (often 4 KiB apart) that the hardware prefetcher
+    /// does not pick up in time.
+    /// </summary>
+    public static void PrefetchA(in MatrixView a, int i0, int mr, int k0, int kc)
+    {
+        if (!Sse.IsSupported || a.ColStride != 1) return;
+        int size = a.DType.Size();
+        for (int r = 0; r < mr; r++)
+        {
+            byte* start = a.Pointer + ((i0 + r) * a.RowStride + k0) * size;
+            for (int offset = 0; offset < kc * size; offset += 64) Sse.Prefetch1(start + offset);
+        }
+    }
+
+    /// <summary>
     /// Copies A rows [i0, i0+mr) × [k0, k0+kc) into <paramref name="panel"/> (MR·kc floats, converting
     /// 16-bit values) and returns element strides (aRow, aK) such that A(i0+r, k0+k) = panel[r·aRow + k·aK].
     /// A stored by rows gives one contiguous k-run per row (aRow = kc; copying also keeps the rows
@@ -193,7 +209,8 @@ internal static unsafe class GemmPacking
             {
                 float* s = src + k * a.ColStride;
                 float* d = panel + k * MR;
-                for (int r = 0; r < mr; r++) d[r] = s[r];
+                if (mr == MR) { d[0] = s[0]; d[1] = s[1]; d[2] = s[2]; d[3] = s[3]; d[4] = s[4]; d[5] = s[5]; }
+                else for (int r = 0; r < mr; r++) d[r] = s[r];
             }
         }
         else
