@@ -45,7 +45,7 @@ internal static class TorchReference
     {
         string tokPath = outPath + ".tokens.json";
         File.WriteAllText(tokPath, JsonSerializer.Serialize(tokens));
-        Run("run", "--model", model, "--tokens", tokPath, "--out", outPath, "--hooks", "all", "--norm-convention", "tl3");
+        Run("run", "--model", model, "--tokens", tokPath, "--out", outPath, "--hooks", "all");
         return outPath;
     }
 }

@@ -124,17 +124,6 @@ def invariants(h, b, n_layers, arch, n_heads, n_kv, hs, d, tokens, tag, o_bias=N
         check(torch.equal(g("blocks.0.hook_resid_pre"), g("hook_embed")), f"{tag}: resid_pre0 = embed")
 
 
-def load_llama2c_rms(bin_path):
-    """rms_ffn weight of layer 1 from the llama2.c file (independent of torch_reference's loader)."""
-    import struct
-    with open(bin_path, "rb") as f:
-        dim, hidden, L, nh, nkv, vocab, _ = struct.unpack("<7i", f.read(28))
-        kv = dim * nkv // nh
-        off = abs(vocab) * dim + L * dim + L * dim * dim + 2 * L * kv * dim + L * dim * dim + 1 * dim
-        f.seek(28 + 4 * off)
-        return torch.tensor(struct.unpack(f"<{dim}f", f.read(4 * dim)))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=os.path.normpath(os.path.join(HERE, "../../../../shared")))
@@ -235,23 +224,12 @@ def main():
     check(wq < 1e-5, f"stories: q/k/rot_q/rot_k agree up to the [0,2,4,..,1,3,5,..] permutation ({wq:.2e})")
     check(hb["0/blocks.0.attn.hook_k"].shape[1] == 4, "stories: k has 4 kv heads (not repeated)")
 
-    # norm conventions: tl3 = before weight (and bias); tl2 = LayerNorm output, RMSNorm before weight
-    for conv in ("tl2", "tl3"):
-        ref("run", "--model", bin_path, "--tokens", os.path.join(tmp, "ts.json"), "--out", os.path.join(tmp, conv + ".safetensors"),
-            "--hooks", "blocks.1.ln2.hook_normalized,blocks.1.ln2.hook_scale,logits", "--norm-convention", conv)
-        hc = st.load(os.path.join(tmp, conv + ".safetensors"))
-        wts = load_llama2c_rms(bin_path)
-        check(rel(hc["0/blocks.1.ln2.hook_normalized"] * wts, hb["0/blocks.1.ln2.hook_normalized"]) < 1e-6
-              and torch.equal(hc["0/logits"], hb["0/logits"]), f"stories --norm-convention {conv}: RMSNorm normalized * w = brief's")
+    # hook_normalized is taken before the norm's weight and bias: mean 0, mean square ~1 (LayerNorm)
     ref("run", "--model", os.path.join(tmp, "gpt2"), "--tokens", os.path.join(tmp, "t.json"), "--out",
-        os.path.join(tmp, "g3.safetensors"), "--hooks", "blocks.0.ln1.hook_normalized", "--norm-convention", "tl3")
-    ref("run", "--model", os.path.join(tmp, "gpt2"), "--tokens", os.path.join(tmp, "t.json"), "--out",
-        os.path.join(tmp, "g2.safetensors"), "--hooks", "blocks.0.ln1.hook_normalized", "--norm-convention", "tl2")
-    g3, g2 = st.load(os.path.join(tmp, "g3.safetensors")), st.load(os.path.join(tmp, "g2.safetensors"))
-    n3 = g3["0/blocks.0.ln1.hook_normalized"]
-    check(rel(n3 * w["h.0.ln_1.weight"] + w["h.0.ln_1.bias"], g2["0/blocks.0.ln1.hook_normalized"]) < 1e-6
-          and maxdiff(n3.mean(-1), torch.zeros(n3.shape[0])) < 1e-5 and maxdiff(n3.pow(2).mean(-1), torch.ones(n3.shape[0])) < 1e-3,
-          "gpt2 --norm-convention tl3: normalized has mean 0, var ~1; *w+b = tl2's")
+        os.path.join(tmp, "g3.safetensors"), "--hooks", "blocks.0.ln1.hook_normalized")
+    n3 = st.load(os.path.join(tmp, "g3.safetensors"))["0/blocks.0.ln1.hook_normalized"]
+    check(maxdiff(n3.mean(-1), torch.zeros(n3.shape[0])) < 1e-5 and maxdiff(n3.pow(2).mean(-1), torch.ones(n3.shape[0])) < 1e-3,
+          "gpt2: ln1.hook_normalized has mean 0 and mean square ~1 (before weight and bias)")
 
     # 4. generate
     out = ref("generate", "--model", bin_path, "--steps", "200").strip().split(",")

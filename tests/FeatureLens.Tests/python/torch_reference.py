@@ -13,7 +13,7 @@ Subcommands
       tied (llama), rope_theta (llama), optional rms_norm_eps (llama, default 1e-5).
       --prefix writes GPT-2 names under "transformer." (as GPT2LMHeadModel.save_pretrained does).
   run    --model PATH --tokens TOKENS.json --out OUT.safetensors [--hooks all|h1,h2,...]
-         [--compute f32|f64] [--norm-convention brief|tl2|tl3]
+         [--compute f32|f64]
       PATH is an HF folder or a llama2.c .bin file. TOKENS.json is a list of token-id lists; each
       sequence is run on its own (no padding). Writes `{b}/{hook}` (float32, TransformerLens shape
       without the batch dim) and `{b}/tokens` (int64) for each sequence b.
@@ -37,10 +37,8 @@ HS = head size, C = d_model, M = d_mlp, V = vocab):
   blocks.L.hook_resid_pre [T,C]    input of block L (block 0: embed + pos_embed)
   blocks.L.ln1.hook_scale [T,1]    LayerNorm: sqrt(mean((x-mean(x))^2) + eps) (biased variance);
                                    RMSNorm:   sqrt(mean(x^2) + eps)
-  blocks.L.ln1.hook_normalized [T,C]  depends on --norm-convention:
-      brief (default): the norm's OUTPUT. LayerNorm: (x-mean)/scale*w + b; RMSNorm: x/scale*w.
-      tl2: TransformerLens 2.x modules. LayerNorm: (x-mean)/scale*w + b; RMSNorm: x/scale (no w).
-      tl3: TransformerLens 3.x modules (PR #770). LayerNorm: (x-mean)/scale; RMSNorm: x/scale.
+  blocks.L.ln1.hook_normalized [T,C]  the normalised input BEFORE the norm's weight (and bias), as in
+                                   TransformerLens 3.x: LayerNorm (x-mean)/scale; RMSNorm x/scale.
   blocks.L.attn.hook_q [T,NH,HS], hook_k / hook_v [T,NKV,HS]  projections (+ bias for gpt2);
                                    k/v are NOT repeated for grouped-query attention. For a llama2.c
                                    .bin model q/k are in the checkpoint's interleaved layout; for an
@@ -244,24 +242,24 @@ def load_llama2c(path):
 # Building blocks. x is (T,C) for one sequence. `rec(name, tensor)` records a hook value.
 
 
-def layer_norm(x, w, b, eps, rec, prefix, convention):
+def layer_norm(x, w, b, eps, rec, prefix):
     # x is (T,C), w and b are (C,)
     xc = x - x.mean(dim=-1, keepdim=True)
     scale = torch.sqrt((xc * xc).mean(dim=-1, keepdim=True) + eps)  # (T,1)
     rec(prefix + ".hook_scale", scale)
     normalized = xc / scale
     out = normalized * w + b
-    rec(prefix + ".hook_normalized", normalized if convention == "tl3" else out)
+    rec(prefix + ".hook_normalized", normalized)
     return out
 
 
-def rms_norm(x, w, eps, rec, prefix, convention):
+def rms_norm(x, w, eps, rec, prefix):
     # x is (T,C), w is (C,)
     scale = torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps)  # (T,1)
     rec(prefix + ".hook_scale", scale)
     normalized = x / scale
     out = normalized * w
-    rec(prefix + ".hook_normalized", out if convention == "brief" else normalized)
+    rec(prefix + ".hook_normalized", normalized)
     return out
 
 
@@ -320,7 +318,7 @@ def head_results(z, W_o_in_out, rec, prefix):
 # Forward passes for one sequence
 
 
-def gpt2_forward(model, tokens, rec, convention):
+def gpt2_forward(model, tokens, rec):
     cfg, w = model["cfg"], model["w"]
     T, NH, C = len(tokens), cfg["n_heads"], cfg["d_model"]
     HS = C // NH
@@ -335,7 +333,7 @@ def gpt2_forward(model, tokens, rec, convention):
     for L in range(cfg["n_layers"]):
         b = f"blocks.{L}"
         rec(b + ".hook_resid_pre", x)
-        h = layer_norm(x, w[f"{L}.ln1_w"], w[f"{L}.ln1_b"], cfg["eps"], rec, b + ".ln1", convention)
+        h = layer_norm(x, w[f"{L}.ln1_w"], w[f"{L}.ln1_b"], cfg["eps"], rec, b + ".ln1")
         qkv = h @ w[f"{L}.W_qkv"] + w[f"{L}.b_qkv"]  # (T,3C)
         q, k, v = [t.reshape(T, NH, HS) for t in qkv.split(C, dim=-1)]
         rec(b + ".attn.hook_q", q)
@@ -348,7 +346,7 @@ def gpt2_forward(model, tokens, rec, convention):
         x = x + attn_out
         rec(b + ".hook_resid_mid", x)
         rec(b + ".hook_mlp_in", x)
-        h = layer_norm(x, w[f"{L}.ln2_w"], w[f"{L}.ln2_b"], cfg["eps"], rec, b + ".ln2", convention)
+        h = layer_norm(x, w[f"{L}.ln2_w"], w[f"{L}.ln2_b"], cfg["eps"], rec, b + ".ln2")
         pre = h @ w[f"{L}.W_fc"] + w[f"{L}.b_fc"]  # (T,M)
         rec(b + ".mlp.hook_pre", pre)
         post = gelu_new(pre)
@@ -357,13 +355,13 @@ def gpt2_forward(model, tokens, rec, convention):
         rec(b + ".hook_mlp_out", mlp_out)
         x = x + mlp_out
         rec(b + ".hook_resid_post", x)
-    h = layer_norm(x, w["lnf_w"], w["lnf_b"], cfg["eps"], rec, "ln_final", convention)
+    h = layer_norm(x, w["lnf_w"], w["lnf_b"], cfg["eps"], rec, "ln_final")
     logits = h @ w["wte"].t()  # (T,V)
     rec("logits", logits)
     return logits
 
 
-def llama_forward(model, tokens, rec, convention):
+def llama_forward(model, tokens, rec):
     cfg, w = model["cfg"], model["w"]
     T, NH, NKV, HS = len(tokens), cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
     if T > cfg["n_ctx"]:
@@ -373,7 +371,7 @@ def llama_forward(model, tokens, rec, convention):
     for L in range(cfg["n_layers"]):
         b = f"blocks.{L}"
         rec(b + ".hook_resid_pre", x)
-        h = rms_norm(x, w[f"{L}.rms1"], cfg["eps"], rec, b + ".ln1", convention)
+        h = rms_norm(x, w[f"{L}.rms1"], cfg["eps"], rec, b + ".ln1")
         q = (h @ w[f"{L}.wq"].t()).reshape(T, NH, HS)
         k = (h @ w[f"{L}.wk"].t()).reshape(T, NKV, HS)
         v = (h @ w[f"{L}.wv"].t()).reshape(T, NKV, HS)
@@ -392,7 +390,7 @@ def llama_forward(model, tokens, rec, convention):
         x = x + attn_out
         rec(b + ".hook_resid_mid", x)
         rec(b + ".hook_mlp_in", x)
-        h = rms_norm(x, w[f"{L}.rms2"], cfg["eps"], rec, b + ".ln2", convention)
+        h = rms_norm(x, w[f"{L}.rms2"], cfg["eps"], rec, b + ".ln2")
         pre = h @ w[f"{L}.w_gate"].t()  # (T,M)
         pre_linear = h @ w[f"{L}.w_up"].t()
         rec(b + ".mlp.hook_pre", pre)
@@ -403,17 +401,17 @@ def llama_forward(model, tokens, rec, convention):
         rec(b + ".hook_mlp_out", mlp_out)
         x = x + mlp_out
         rec(b + ".hook_resid_post", x)
-    h = rms_norm(x, w["norm"], cfg["eps"], rec, "ln_final", convention)
+    h = rms_norm(x, w["norm"], cfg["eps"], rec, "ln_final")
     logits = h @ w["lm_head"].t()
     rec("logits", logits)
     return logits
 
 
-def forward(model, tokens, rec, convention="brief"):
+def forward(model, tokens, rec):
     if any(t < 0 or t >= model["cfg"]["vocab"] for t in tokens):
         raise ValueError(f"token id outside [0, {model['cfg']['vocab']})")
     fn = gpt2_forward if model["arch"] == "gpt2" else llama_forward
-    return fn(model, tokens, rec, convention)
+    return fn(model, tokens, rec)
 
 
 class Recorder:
@@ -626,7 +624,7 @@ def cmd_run(args):
     with torch.no_grad():
         for b, seq in enumerate(batch):
             rec = Recorder(names)
-            forward(model, [int(t) for t in seq], rec, args.norm_convention)
+            forward(model, [int(t) for t in seq], rec)
             for name, t in rec.cache.items():
                 out[f"{b}/{name}"] = t
             out[f"{b}/tokens"] = torch.tensor(seq, dtype=torch.int64)
@@ -636,7 +634,7 @@ def cmd_run(args):
         if missing:
             raise ValueError(f"unknown hook names for a {model['arch']} model: {sorted(missing)}")
     st.save(args.out, out, {"format": "pt", "model": os.path.basename(os.path.normpath(args.model)),
-                            "compute": args.compute, "norm_convention": args.norm_convention})
+                            "compute": args.compute})
 
 
 def cmd_generate(args):
@@ -671,7 +669,6 @@ def main(argv=None):
     r.add_argument("--out", required=True)
     r.add_argument("--hooks", default="all")
     r.add_argument("--compute", choices=["f32", "f64"], default="f32")
-    r.add_argument("--norm-convention", choices=["brief", "tl2", "tl3"], default="brief")
     gen = sub.add_parser("generate", help="greedy decoding from BOS")
     gen.add_argument("--model", required=True)
     gen.add_argument("--steps", type=int, default=200)
