@@ -37,6 +37,17 @@ public class HookTests
     }
 
     [Fact]
+    public void CachingScoresAndPatternsDoesNotChangeTheNumbers()
+    {
+        using var m = Stories();
+        var rng = new Random(Random.Shared.Next());
+        int[][] batch = [RandomTokens(rng, 20), RandomTokens(rng, 7)];
+        var plain = m.Forward(batch);
+        var (cached, _) = m.RunWithCache(batch, HookNames.Glob("blocks.*.attn.hook_pattern,blocks.*.attn.hook_attn_scores"));
+        Assert.Equal(plain.Data, cached.Data); // the materialised path does the fused path's arithmetic
+    }
+
+    [Fact]
     public void PatchingAResidualWithAnotherRunsActivationReproducesThatRun()
     {
         using var m = Stories();

@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
+using FeatureLens.Runtime.Tensors;
 
 namespace FeatureLens.Runtime.Kernels;
 
@@ -8,59 +10,63 @@ namespace FeatureLens.Runtime.Kernels;
 /// NKV key/value heads, HS head size.
 /// q is (B,T,NH,HS); k and v are (B,Smax,NKV,HS) with the new positions at [past, past+T);
 /// z is (B,T,NH,HS); scores and pattern, when kept, are (B,NH,T,S) (TransformerLens layout).
+/// The fused path and the materialised path (scores → pattern → z) do the same arithmetic, so
+/// caching or hooking the pattern does not change the numbers.
 /// </summary>
-public static class Attention
+public static unsafe class Attention
 {
     /// <summary>Geometry of one attention call.</summary>
     public readonly record struct Shape(int B, int T, int Past, int Smax, int NH, int NKV, int HS)
     {
         public int S => Past + T;
         public int Group => NH / NKV;
+        internal long Cost => (long)T * S * HS;
     }
 
     /// <summary>
-    /// Fused forward: scores, causal softmax and the weighted sum of values in one pass per query row,
-    /// without materialising the (B,NH,T,S) matrices. Masked keys (j > past + t) get no weight.
+    /// Fused forward: per (batch, head), the score block by GEMM, causal softmax row by row, and the
+    /// weighted sum of values, without materialising the (B,NH,T,S) matrices.
     /// </summary>
     public static void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> z, Shape s)
     {
-        unsafe
+        fixed (float* pq = q, pk = k, pv = v, pz = z)
         {
-            fixed (float* pq = q, pk = k, pv = v, pz = z)
+            nint aq = (nint)pq, ak = (nint)pk, av = (nint)pv, az = (nint)pz;
+            ParallelRows.For(s.B * s.NH, s.Cost, (start, end) =>
             {
-                nint aq = (nint)pq, ak = (nint)pk, av = (nint)pv, az = (nint)pz;
-                ParallelRows.For(s.B * s.NH, (long)s.T * s.S * s.HS, (start, end) =>
-                {
-                    float[] row = new float[s.S];
+                var block = new float[s.T * s.S];
+                fixed (float* sc = block)
                     for (int bh = start; bh < end; bh++)
-                        HeadForward((float*)aq, (float*)ak, (float*)av, (float*)az, s, bh / s.NH, bh % s.NH, row);
-                });
-            }
+                    {
+                        int b = bh / s.NH, h = bh % s.NH;
+                        ScoreBlock((float*)aq, (float*)ak, s, b, h, sc);
+                        for (int t = 0; t < s.T; t++)
+                        {
+                            var row = new Span<float>(sc + (long)t * s.S, s.Past + t + 1);
+                            SoftmaxInPlace(row);
+                            WeightedRow(row, (float*)av, s, b, h, t, (float*)az);
+                        }
+                    }
+            });
         }
     }
 
     /// <summary>scores[b,h,t,j] = q·k/√HS for j ≤ past+t, −∞ above the causal diagonal.</summary>
     public static void Scores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, Span<float> scores, Shape s)
     {
-        unsafe
+        fixed (float* pq = q, pk = k, ps = scores)
         {
-            fixed (float* pq = q, pk = k, ps = scores)
+            nint aq = (nint)pq, ak = (nint)pk, asc = (nint)ps;
+            ParallelRows.For(s.B * s.NH, s.Cost, (start, end) =>
             {
-                nint aq = (nint)pq, ak = (nint)pk, asc = (nint)ps;
-                ParallelRows.For(s.B * s.NH, (long)s.T * s.S * s.HS, (start, end) =>
+                for (int bh = start; bh < end; bh++)
                 {
-                    for (int bh = start; bh < end; bh++)
-                    {
-                        int b = bh / s.NH, h = bh % s.NH;
-                        for (int t = 0; t < s.T; t++)
-                        {
-                            var dst = new Span<float>((float*)asc + ((long)bh * s.T + t) * s.S, s.S);
-                            ScoreRow((float*)aq, (float*)ak, s, b, h, t, dst);
-                            dst[(s.Past + t + 1)..].Fill(float.NegativeInfinity);
-                        }
-                    }
-                });
-            }
+                    float* dst = (float*)asc + (long)bh * s.T * s.S;
+                    ScoreBlock((float*)aq, (float*)ak, s, bh / s.NH, bh % s.NH, dst);
+                    for (int t = 0; t < s.T; t++)
+                        new Span<float>(dst + (long)t * s.S, s.S)[(s.Past + t + 1)..].Fill(float.NegativeInfinity);
+                }
+            });
         }
     }
 
@@ -70,72 +76,90 @@ public static class Attention
         int rows = s.B * s.NH * s.T;
         for (int r = 0; r < rows; r++)
         {
-            int t = r % s.T;
-            int n = s.Past + t + 1;
-            var src = scores.Slice(r * s.S, s.S);
+            int n = s.Past + r % s.T + 1;
             var dst = pattern.Slice(r * s.S, s.S);
-            SoftmaxInPlace(src[..n], dst[..n]);
+            scores.Slice(r * s.S, n).CopyTo(dst);
+            SoftmaxInPlace(dst[..n]);
             dst[n..].Clear();
         }
     }
 
-    /// <summary>z[b,t,h] = Σ_j pattern[b,h,t,j] · v[b,j,h/G] over all S keys.</summary>
+    /// <summary>z[b,t,h] = Σ_j pattern[b,h,t,j] · v[b,j,h/G] over the unmasked keys j ≤ past+t.</summary>
     public static void WeightedValues(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, Span<float> z, Shape s)
     {
-        for (int b = 0; b < s.B; b++)
-            for (int h = 0; h < s.NH; h++)
-                for (int t = 0; t < s.T; t++)
-                {
-                    var p = pattern.Slice(((b * s.NH + h) * s.T + t) * s.S, s.S);
-                    var zt = z.Slice(((b * s.T + t) * s.NH + h) * s.HS, s.HS);
-                    zt.Clear();
-                    for (int j = 0; j < s.S; j++)
+        fixed (float* pp = pattern, pv = v, pz = z)
+        {
+            nint ap = (nint)pp, av = (nint)pv, az = (nint)pz;
+            ParallelRows.For(s.B * s.NH, s.Cost, (start, end) =>
+            {
+                for (int bh = start; bh < end; bh++)
+                    for (int t = 0; t < s.T; t++)
                     {
-                        if (p[j] == 0f) continue;
-                        TensorPrimitives.MultiplyAdd(v.Slice(((b * s.Smax + j) * s.NKV + h / s.Group) * s.HS, s.HS), p[j], zt, zt);
+                        var row = new ReadOnlySpan<float>((float*)ap + ((long)bh * s.T + t) * s.S, s.Past + t + 1);
+                        WeightedRow(row, (float*)av, s, bh / s.NH, bh % s.NH, t, (float*)az);
                     }
-                }
+            });
+        }
     }
 
-    static unsafe void HeadForward(float* q, float* k, float* v, float* z, Shape s, int b, int h, float[] row)
+    /// <summary>dst (T,S) = q_bh (T,HS) · k_bh(S,HS)ᵀ / √HS, one single-threaded GEMM (the caller parallelises over heads).</summary>
+    static void ScoreBlock(float* q, float* k, Shape s, int b, int h, float* dst)
     {
-        int kvh = h / s.Group;
-        for (int t = 0; t < s.T; t++)
+        var qv = new MatrixView(q + ((long)b * s.T * s.NH + h) * s.HS, DType.F32, s.T, s.HS, (long)s.NH * s.HS, 1);
+        var kv = new MatrixView(k + ((long)b * s.Smax * s.NKV + h / s.Group) * s.HS, DType.F32, s.S, s.HS, (long)s.NKV * s.HS, 1);
+        Gemm.Multiply(qv, kv.T, dst, s.S, false, Gemm.Path, 1);
+        var block = new Span<float>(dst, s.T * s.S);
+        TensorPrimitives.Multiply(block, 1f / MathF.Sqrt(s.HS), block);
+    }
+
+    /// <summary>z[b,t,h,:] = Σ_{j &lt; n} p[j] · v[b,j,h/G,:], summed in key order with vector accumulators.</summary>
+    static void WeightedRow(ReadOnlySpan<float> p, float* v, Shape s, int b, int h, int t, float* z)
+    {
+        int HS = s.HS;
+        long stride = (long)s.NKV * HS;
+        float* v0 = v + ((long)b * s.Smax * s.NKV + h / s.Group) * HS;
+        float* zt = z + (((long)b * s.T + t) * s.NH + h) * HS;
+        int n = p.Length, d = 0;
+        if (Vector512.IsHardwareAccelerated)
         {
-            int n = s.Past + t + 1;
-            var sc = row.AsSpan(0, n);
-            ScoreRow(q, k, s, b, h, t, row.AsSpan(0, s.S));
-            SoftmaxInPlace(sc, sc);
-            var zt = new Span<float>(z + ((long)(b * s.T + t) * s.NH + h) * s.HS, s.HS);
-            zt.Clear();
-            for (int j = 0; j < n; j++)
+            for (; d + 64 <= HS; d += 64)
             {
-                if (sc[j] == 0f) continue;
-                var vj = new ReadOnlySpan<float>(v + ((long)(b * s.Smax + j) * s.NKV + kvh) * s.HS, s.HS);
-                TensorPrimitives.MultiplyAdd(vj, sc[j], zt, zt);
+                var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+                float* vj = v0 + d;
+                for (int j = 0; j < n; j++, vj += stride)
+                {
+                    var pj = Vector512.Create(p[j]);
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(vj), pj, a0);
+                    a1 = Vector512.FusedMultiplyAdd(Vector512.Load(vj + 16), pj, a1);
+                    a2 = Vector512.FusedMultiplyAdd(Vector512.Load(vj + 32), pj, a2);
+                    a3 = Vector512.FusedMultiplyAdd(Vector512.Load(vj + 48), pj, a3);
+                }
+                a0.Store(zt + d); a1.Store(zt + d + 16); a2.Store(zt + d + 32); a3.Store(zt + d + 48);
+            }
+            for (; d + 16 <= HS; d += 16)
+            {
+                var a0 = Vector512<float>.Zero;
+                float* vj = v0 + d;
+                for (int j = 0; j < n; j++, vj += stride)
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(vj), Vector512.Create(p[j]), a0);
+                a0.Store(zt + d);
             }
         }
-    }
-
-    static unsafe void ScoreRow(float* q, float* k, Shape s, int b, int h, int t, Span<float> dst)
-    {
-        float scale = 1f / MathF.Sqrt(s.HS);
-        int kvh = h / s.Group;
-        var qt = new ReadOnlySpan<float>(q + ((long)(b * s.T + t) * s.NH + h) * s.HS, s.HS);
-        int n = s.Past + t + 1;
-        for (int j = 0; j < n; j++)
+        for (; d < HS; d++)
         {
-            var kj = new ReadOnlySpan<float>(k + ((long)(b * s.Smax + j) * s.NKV + kvh) * s.HS, s.HS);
-            dst[j] = TensorPrimitives.Dot(qt, kj) * scale;
+            float acc = 0f;
+            float* vj = v0 + d;
+            for (int j = 0; j < n; j++, vj += stride) acc = MathF.FusedMultiplyAdd(*vj, p[j], acc);
+            zt[d] = acc;
         }
     }
 
-    static void SoftmaxInPlace(ReadOnlySpan<float> x, Span<float> y)
+    static void SoftmaxInPlace(Span<float> x)
     {
         float max = TensorPrimitives.Max(x);
-        TensorPrimitives.Subtract(x, max, y);
-        TensorPrimitives.Exp(y, y);
-        float sum = TensorPrimitives.Sum(y);
-        TensorPrimitives.Multiply(y, 1f / sum, y);
+        TensorPrimitives.Subtract(x, max, x);
+        TensorPrimitives.Exp(x, x);
+        float sum = TensorPrimitives.Sum(x);
+        TensorPrimitives.Multiply(x, 1f / sum, x);
     }
 }
