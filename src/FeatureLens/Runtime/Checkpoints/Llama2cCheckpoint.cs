@@ -1,4 +1,3 @@
-using System.IO.MemoryMappedFiles;
 using FeatureLens.Runtime.Models;
 using FeatureLens.Runtime.Tensors;
 
@@ -19,9 +18,7 @@ public sealed unsafe class Llama2cCheckpoint : ITensorSource
     /// <summary>"ak42": the magic of llama2.c's newer export versions 1 and 2.</summary>
     const int NewExportMagic = 0x616b3432;
 
-    readonly MemoryMappedFile _map;
-    readonly MemoryMappedViewAccessor _view;
-    byte* _base;
+    readonly MappedFile _file;
     readonly Dictionary<string, (long offset, int[] shape)> _tensors; // byte offset from file start
     readonly List<string> _names;
 
@@ -30,9 +27,9 @@ public sealed unsafe class Llama2cCheckpoint : ITensorSource
     /// <summary>Hyper-parameters from the header (Llama, interleaved RoPE, eps 1e-5, theta 10000, BOS 1, EOS 2).</summary>
     public ModelConfig Config { get; }
 
-    Llama2cCheckpoint(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* basePtr, ModelConfig config)
+    Llama2cCheckpoint(string path, MappedFile file, ModelConfig config)
     {
-        Location = path; _map = map; _view = view; _base = basePtr; Config = config;
+        Location = path; _file = file; Config = config;
         (_tensors, _names) = Layout(config);
     }
 
@@ -41,7 +38,7 @@ public sealed unsafe class Llama2cCheckpoint : ITensorSource
     {
         path = Path.GetFullPath(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"llama2.c checkpoint not found: {path}", path);
-        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
+        var stream = MappedFile.OpenRead(path);
         ModelConfig config;
         try
         {
@@ -60,22 +57,7 @@ public sealed unsafe class Llama2cCheckpoint : ITensorSource
             throw;
         }
 
-        MemoryMappedFile? map = null;
-        MemoryMappedViewAccessor? view = null;
-        try
-        {
-            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            return new Llama2cCheckpoint(path, map, view, p + view.PointerOffset, config);
-        }
-        catch
-        {
-            view?.Dispose();
-            if (map is not null) map.Dispose(); else stream.Dispose();
-            throw;
-        }
+        return new Llama2cCheckpoint(path, MappedFile.Map(path, stream), config);
     }
 
     static ModelConfig ConfigFromHeader(string path, int[] h, long fileLength)
@@ -203,21 +185,11 @@ public sealed unsafe class Llama2cCheckpoint : ITensorSource
         if (!_tensors.TryGetValue(name, out var t))
             throw new KeyNotFoundException(
                 $"{Location}: llama2.c checkpoint has no tensor '{name}'{(name == "lm_head.weight" ? " (the classifier is shared with model.embed_tokens.weight)" : "")}");
-        if (_base == null) throw new ObjectDisposedException(Location);
-        return new WeightTensor(name, DType.F32, t.shape, _base + t.offset, this);
+        return new WeightTensor(name, DType.F32, t.shape, _file.Pointer + t.offset, this);
     }
 
     /// <summary>Unmaps the file. Views obtained from <see cref="Get"/> must not be used afterwards.</summary>
-    public void Dispose()
-    {
-        if (_base != null)
-        {
-            _base = null;
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        }
-        _view.Dispose();
-        _map.Dispose();
-    }
+    public void Dispose() => _file.Dispose();
 
     public override string ToString() => $"Llama2cCheckpoint({Location})";
 }

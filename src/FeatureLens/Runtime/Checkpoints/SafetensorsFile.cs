@@ -1,4 +1,3 @@
-using System.IO.MemoryMappedFiles;
 using System.Text.Json;
 using FeatureLens.Runtime.Tensors;
 
@@ -28,10 +27,8 @@ public sealed unsafe class SafetensorsFile : ITensorSource
     /// <summary>Largest header accepted (the reference implementation's limit).</summary>
     public const long MaxHeaderBytes = 100_000_000;
 
-    readonly MemoryMappedFile _map;
-    readonly MemoryMappedViewAccessor _view;
+    readonly MappedFile _file;
     readonly Dictionary<string, SafetensorsEntry> _byName;
-    byte* _base;       // first byte of the file
     readonly long _dataStart; // 8 + header length
 
     /// <summary>The file's path.</summary>
@@ -43,10 +40,9 @@ public sealed unsafe class SafetensorsFile : ITensorSource
     /// <summary>Total bytes of the file.</summary>
     public long FileLength { get; }
 
-    SafetensorsFile(string path, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* basePtr, long fileLength,
-                    long dataStart, List<SafetensorsEntry> entries, Dictionary<string, string> metadata)
+    SafetensorsFile(string path, MappedFile file, long dataStart, List<SafetensorsEntry> entries, Dictionary<string, string> metadata)
     {
-        Location = path; _map = map; _view = view; _base = basePtr; FileLength = fileLength; _dataStart = dataStart;
+        Location = path; _file = file; FileLength = file.Length; _dataStart = dataStart;
         Entries = entries;
         _byName = entries.ToDictionary(e => e.Name, StringComparer.Ordinal);
         Metadata = metadata;
@@ -57,32 +53,23 @@ public sealed unsafe class SafetensorsFile : ITensorSource
     {
         path = Path.GetFullPath(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"safetensors file not found: {path}", path);
-        var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
+        var stream = MappedFile.OpenRead(path);
         long length = stream.Length;
         if (length < 8)
         {
             stream.Dispose();
             throw new InvalidDataException($"{path}: file has {length} bytes, expected at least 8 (the u64 header length of a safetensors file)");
         }
-        MemoryMappedFile? map = null;
-        MemoryMappedViewAccessor? view = null;
-        bool acquired = false;
+        var file = MappedFile.Map(path, stream);
         try
         {
-            map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-            view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
-            byte* p = null;
-            view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
-            acquired = true;
-            p += view.PointerOffset;
+            byte* p = file.Pointer;
             var (dataStart, entries, metadata) = ParseHeader(path, new ReadOnlySpan<byte>(p, 8), p, length);
-            return new SafetensorsFile(path, map, view, p, length, dataStart, entries, metadata);
+            return new SafetensorsFile(path, file, dataStart, entries, metadata);
         }
         catch
         {
-            if (acquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
-            view?.Dispose();
-            if (map is not null) map.Dispose(); else stream.Dispose();
+            file.Dispose();
             throw;
         }
     }
@@ -210,8 +197,7 @@ public sealed unsafe class SafetensorsFile : ITensorSource
 
     byte* PointerOf(SafetensorsEntry e)
     {
-        if (_base == null) throw new ObjectDisposedException(Location);
-        return _base + _dataStart + e.Offset;
+        return _file.Pointer + _dataStart + e.Offset;
     }
 
     /// <summary>A zero-copy view of a float tensor (F32, F16 or BF16).</summary>
@@ -298,16 +284,7 @@ public sealed unsafe class SafetensorsFile : ITensorSource
     }
 
     /// <summary>Unmaps the file. Views obtained from <see cref="Get"/> must not be used afterwards.</summary>
-    public void Dispose()
-    {
-        if (_base != null)
-        {
-            _base = null;
-            _view.SafeMemoryMappedViewHandle.ReleasePointer();
-        }
-        _view.Dispose();
-        _map.Dispose();
-    }
+    public void Dispose() => _file.Dispose();
 
     public override string ToString() => $"SafetensorsFile({Location}, {Entries.Count} tensors)";
 }
