@@ -44,7 +44,7 @@ public static class BenchSupport
     {
         foreach (var line in File.ReadLines("/proc/self/status"))
             if (line.StartsWith("VmHWM:"))
-                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) / (1024.0 * 1024.0);
+                return long.Parse(line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[1]) / (1024.0 * 1024.0); // "VmHWM:  N kB"
         return double.NaN;
     }
 }

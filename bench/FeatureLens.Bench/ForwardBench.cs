@@ -14,7 +14,7 @@ public static class ForwardBench
 {
     public static int Run(string[] args)
     {
-        int repeats = args.Length > 0 ? int.Parse(args[0]) : 5;
+        int repeats = args.Length > 0 ? int.Parse(args[0]) : 9;
         const int B = 8, T = 128;
         string folder = Path.Combine(BenchSupport.ModelsDir(), "gpt2-small-f32");
         if (!File.Exists(Path.Combine(folder, "config.json")))

@@ -62,7 +62,6 @@ public static class GemmBench
             : Shapes.Where(s => only == null || s.Name.Contains(only, StringComparison.OrdinalIgnoreCase)).ToArray();
         if (shapes.Length == 0) { Console.Error.WriteLine($"gemm bench: no shape matches '{only}'"); return 2; }
 
-        AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 150); // keep the table on one line per shape when piped
         double peak1 = PeakFlops.Measure(1), peak2 = PeakFlops.Measure(2);
         AnsiConsole.MarkupLine($"FMA peak: [bold]{peak1:F0}[/] GFLOP/s on 1 thread, [bold]{peak2:F0}[/] GFLOP/s on 2 threads");
         if (cpuTime)

@@ -1,7 +1,9 @@
 using FeatureLens.Bench;
+using Spectre.Console;
 
 // Benchmark dispatcher: `dotnet run -c Release --project bench/FeatureLens.Bench -- <name> [options]`.
 // Every benchmark runs PyTorch (Debian's python3-torch) on the same work in the same run.
+AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 160); // whole rows when piped to a file
 switch (args.Length > 0 ? args[0] : "")
 {
     case "gemm": return GemmBench.Run(args[1..]);
