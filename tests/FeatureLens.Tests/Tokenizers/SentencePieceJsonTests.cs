@@ -148,6 +148,9 @@ public class SentencePieceJsonTests
         foreach (var (where, line, llamaIds) in cases.Value)
         {
             bool legacyLeadingSpace = style == Style.LegacyMetaspace && line.StartsWith(' ');
+            // A lone space: Metaspace encodes it as "▁", while llama2.c's rule for the stripped text
+            // (empty: no dummy prefix) gives nothing, so the two conventions are not comparable there.
+            if (legacyLeadingSpace && line.Length == 1) continue;
             int[] expected = legacyLeadingSpace ? llama2c.Value.Encode(line[1..], addBos: true) : llamaIds;
             string expectedText = legacyLeadingSpace ? line[1..] : line;
             int[] ids = tok.Encode(line, addBos: true);
