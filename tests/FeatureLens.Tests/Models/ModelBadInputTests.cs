@@ -84,6 +84,19 @@ public class ModelBadInputTests
     }
 
     [Fact]
+    public void AHugeContextInConfigAllocatesOnlyWhatIsUsed()
+    {
+        using var dir = new TempDir();
+        string m = TinyModel(dir, Architecture.Llama);
+        EditConfig(m, j => j["max_position_embeddings"] = 1_000_000_000);
+        using var model = HookedTransformer.Load(m);
+        Assert.Equal(1_000_000_000, model.Config.NCtx);
+        var logits = model.Forward([1, 2, 3]);
+        Assert.All(logits.Data, v => Assert.True(float.IsFinite(v)));
+        Assert.InRange(model.Generate([1], 3, new SamplingOptions()).Count(), 0, 3); // the KV cache is sized by the request, not the context
+    }
+
+    [Fact]
     public void Bf16SyntheticModelRunsOnItsOwnWeightsWithoutAFloat32Copy()
     {
         using var dir = new TempDir();

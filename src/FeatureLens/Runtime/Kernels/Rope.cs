@@ -9,27 +9,43 @@ using FeatureLens.Runtime.Models;
 /// </summary>
 public sealed class Rope
 {
-    readonly float[] _cos, _sin; // (maxPos, HS/2)
+    readonly float[] _invFreq;           // (HS/2)
+    float[] _cos = [], _sin = [];        // (positions computed so far, HS/2), grown on demand
+    readonly object _grow = new();
     public int HeadSize { get; }
     public RopeLayout Layout { get; }
+    public float Theta { get; }
     public int MaxPositions { get; }
 
     public Rope(int headSize, int maxPositions, float theta, RopeLayout layout)
     {
-        HeadSize = headSize; Layout = layout; MaxPositions = maxPositions;
-        int half = headSize / 2;
-        _cos = new float[maxPositions * half];
-        _sin = new float[maxPositions * half];
-        for (int i = 0; i < half; i++)
+        HeadSize = headSize; Layout = layout; MaxPositions = maxPositions; Theta = theta;
+        // inverse frequencies in float32, as both references compute them
+        _invFreq = new float[headSize / 2];
+        for (int i = 0; i < _invFreq.Length; i++) _invFreq[i] = 1f / MathF.Pow(theta, 2f * i / headSize);
+    }
+
+    /// <summary>The cos/sin tables cover at least positions [0, n); they grow only as far as positions are used.</summary>
+    (float[] Cos, float[] Sin) Tables(int n)
+    {
+        int half = HeadSize / 2;
+        var (cos, sin) = (_cos, _sin);
+        if (cos.Length >= n * half) return (cos, sin);
+        lock (_grow)
         {
-            // inverse frequency in float32, as both references compute it
-            float invFreq = 1f / MathF.Pow(theta, 2f * i / headSize);
-            for (int p = 0; p < maxPositions; p++)
-            {
-                float angle = p * invFreq;
-                _cos[p * half + i] = MathF.Cos(angle);
-                _sin[p * half + i] = MathF.Sin(angle);
-            }
+            if (_cos.Length >= n * half) return (_cos, _sin);
+            int have = _cos.Length / half;
+            int want = Math.Min(MaxPositions, Math.Max(n, 2 * have));
+            var c = new float[want * half]; var s = new float[want * half];
+            for (int p = 0; p < want; p++)
+                for (int i = 0; i < half; i++)
+                {
+                    float angle = p * _invFreq[i];
+                    c[p * half + i] = MathF.Cos(angle);
+                    s[p * half + i] = MathF.Sin(angle);
+                }
+            (_cos, _sin) = (c, s);
+            return (c, s);
         }
     }
 
@@ -39,12 +55,18 @@ public sealed class Rope
     public void Apply(Span<float> x, ReadOnlySpan<int> positions, int nHeads)
     {
         int hs = HeadSize, half = hs / 2;
+        int maxPos = -1;
+        foreach (int p in positions)
+        {
+            if ((uint)p >= (uint)MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {p} beyond the model's context of {MaxPositions}");
+            maxPos = Math.Max(maxPos, p);
+        }
+        var (cosTable, sinTable) = Tables(maxPos + 1);
         for (int r = 0; r < positions.Length; r++)
         {
             int p = positions[r];
-            if ((uint)p >= (uint)MaxPositions) throw new ArgumentOutOfRangeException(nameof(positions), $"position {p} beyond the model's context of {MaxPositions}");
-            var cos = new ReadOnlySpan<float>(_cos, p * half, half);
-            var sin = new ReadOnlySpan<float>(_sin, p * half, half);
+            var cos = new ReadOnlySpan<float>(cosTable, p * half, half);
+            var sin = new ReadOnlySpan<float>(sinTable, p * half, half);
             for (int h = 0; h < nHeads; h++)
             {
                 var v = x.Slice((r * nHeads + h) * hs, hs);

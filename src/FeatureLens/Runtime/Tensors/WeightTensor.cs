@@ -27,7 +27,9 @@ public sealed unsafe class WeightTensor
     public int Rank => Shape.Length;
 
     /// <summary>Element <paramref name="index"/> (flat, row-major) as float32.</summary>
-    public float this[long index] => FloatConvert.ReadAsF32(DType, Pointer, index);
+    public float this[long index] => (ulong)index < (ulong)ElementCount
+        ? FloatConvert.ReadAsF32(DType, Pointer, index)
+        : throw new ArgumentOutOfRangeException(nameof(index), $"element {index} outside tensor '{Name}' of {ElementCount} elements");
 
     /// <summary>Copies row <paramref name="row"/> of a 2-D weight (or of the tensor seen as [Shape[0], rest]) into <paramref name="dst"/> as float32.</summary>
     public void ReadRow(int row, Span<float> dst)
