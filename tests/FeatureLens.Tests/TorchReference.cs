@@ -30,13 +30,13 @@ internal static class TorchReference
     }
 
     /// <summary>Writes a random Hugging Face model folder with PyTorch; returns the folder.</summary>
-    public static string MakeModel(string dir, string arch, object config, string dtype, int seed)
+    public static string MakeModel(string dir, string arch, object config, string dtype, int seed, params string[] extra)
     {
         Directory.CreateDirectory(dir);
         string cfgPath = Path.Combine(dir, "make-config.json");
         File.WriteAllText(cfgPath, JsonSerializer.Serialize(config));
         string outDir = Path.Combine(dir, "model");
-        Run("make", "--arch", arch, "--config", cfgPath, "--dtype", dtype, "--seed", seed.ToString(), "--out", outDir);
+        Run(["make", "--arch", arch, "--config", cfgPath, "--dtype", dtype, "--seed", seed.ToString(), "--out", outDir, .. extra]);
         return outDir;
     }
 

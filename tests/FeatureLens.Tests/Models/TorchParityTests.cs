@@ -76,6 +76,31 @@ public class TorchParityTests(ITestOutputHelper output)
     }
 }
 
+/// <summary>Real-world checkpoint layouts: GPT-2 with the "transformer." prefix, sharded with an index.</summary>
+public class ShardedCheckpointParityTests
+{
+    [Fact]
+    public void PrefixedShardedGpt2MatchesTorch()
+    {
+        int seed = Random.Shared.Next();
+        var rng = new Random(seed);
+        using var dir = new TempDir();
+        var cfg = new Dictionary<string, object>
+        {
+            ["d_model"] = 4 * 10, ["n_layers"] = 3, ["n_heads"] = 4, ["n_kv_heads"] = 4, ["d_mlp"] = 70, ["vocab"] = 211, ["n_ctx"] = 40,
+        };
+        string model = TorchReference.MakeModel(dir.Path, "gpt2", cfg, "bf16", seed, "--prefix", "--max-shard-mb", "0.02");
+        Assert.True(File.Exists(Path.Combine(model, "model.safetensors.index.json")), "expected a sharded folder");
+        Assert.True(Directory.GetFiles(model, "model-*-of-*.safetensors").Length > 1);
+        int[][] batch = [Enumerable.Range(0, 13).Select(_ => rng.Next(211)).ToArray()];
+        string refPath = TorchReference.RunModel(model, batch, Path.Combine(dir.Path, "ref.safetensors"));
+        using var m = HookedTransformer.Load(model);
+        using var reference = SafetensorsFile.Open(refPath);
+        double err = Compare.RelativeError(m.Forward(batch).Data, reference.ReadF32("0/logits").Data, $"logits (seed {seed})");
+        Assert.True(err <= 1e-5, $"sharded prefixed GPT-2 logits: relative error {err:E2} (seed {seed})");
+    }
+}
+
 /// <summary>The oracle checks itself: hook invariants, both RoPE layouts, and llama2.c's reference generation.</summary>
 public class TorchReferenceSelfCheck
 {
