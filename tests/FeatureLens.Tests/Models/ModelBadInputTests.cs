@@ -37,6 +37,19 @@ public class ModelBadInputTests
         Assert.Contains(m, e.Message);
     }
 
+    [Theory]
+    [InlineData(Architecture.Gpt2, "n_layer", "h.2.")]
+    [InlineData(Architecture.Llama, "num_hidden_layers", "model.layers.2.")]
+    public void AConfigClaimingABillionLayersFailsAtTheFirstMissingLayer(Architecture arch, string field, string firstMissing)
+    {
+        using var dir = new TempDir();
+        string m = TinyModel(dir, arch);
+        EditConfig(m, j => j[field] = 1_000_000_000);
+        var e = Assert.Throws<InvalidDataException>(() => HookedTransformer.Load(m));
+        Assert.Contains(firstMissing, e.Message);
+        Assert.Contains("missing", e.Message);
+    }
+
     [Fact]
     public void MissingAndExtraTensorsAreNamed()
     {

@@ -14,14 +14,15 @@ public static class Gpt2
         string prefix = source.Contains("transformer.wte.weight") ? "transformer." : "";
         var r = new CheckpointReader(source, prefix);
         int C = cfg.DModel, M = cfg.DMlp;
-        var layers = new LayerWeights[cfg.NLayers];
+        // grown layer by layer: a config that claims more layers than the checkpoint holds fails at the first missing tensor
+        var layers = new List<LayerWeights>();
         for (int l = 0; l < cfg.NLayers; l++)
         {
             string h = $"h.{l}.";
             // c_attn is one (C, 3C) Conv1D: columns [0,C) are q, [C,2C) k, [2C,3C) v.
             var cAttn = r.Conv1D(h + "attn.c_attn.weight", C, 3 * C);
             var bAttn = r.Vector(h + "attn.c_attn.bias", 3 * C);
-            layers[l] = new LayerWeights
+            layers.Add(new LayerWeights
             {
                 Ln1Weight = r.Vector(h + "ln_1.weight", C),
                 Ln1Bias = r.Vector(h + "ln_1.bias", C),
@@ -35,14 +36,14 @@ public static class Gpt2
                 BIn = r.Vector(h + "mlp.c_fc.bias", M),
                 WOut = r.Conv1D(h + "mlp.c_proj.weight", M, C),
                 BOut = r.Vector(h + "mlp.c_proj.bias", C),
-            };
+            });
         }
         var wte = r.Tensor("wte.weight", cfg.VocabSize, C);
         var weights = new TransformerWeights
         {
             TokenEmbedding = wte,
             PositionEmbedding = r.Tensor("wpe.weight", cfg.NCtx, C),
-            Layers = layers,
+            Layers = [.. layers],
             FinalNormWeight = r.Vector("ln_f.weight", C),
             FinalNormBias = r.Vector("ln_f.bias", C),
             Unembed = wte.AsMatrix().T,

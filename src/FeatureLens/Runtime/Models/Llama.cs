@@ -15,11 +15,12 @@ public static class Llama
         var r = new CheckpointReader(source);
         int C = cfg.DModel, M = cfg.DMlp, HS = cfg.DHead;
         int qDim = cfg.NHeads * HS, kvDim = cfg.NKvHeads * HS;
-        var layers = new LayerWeights[cfg.NLayers];
+        // grown layer by layer: a config that claims more layers than the checkpoint holds fails at the first missing tensor
+        var layers = new List<LayerWeights>();
         for (int l = 0; l < cfg.NLayers; l++)
         {
             string p = $"model.layers.{l}.";
-            layers[l] = new LayerWeights
+            layers.Add(new LayerWeights
             {
                 Ln1Weight = r.Vector(p + "input_layernorm.weight", C),
                 Wq = r.Linear(p + "self_attn.q_proj.weight", qDim, C),
@@ -34,7 +35,7 @@ public static class Llama
                 WIn = r.Linear(p + "mlp.gate_proj.weight", M, C),
                 WUp = r.Linear(p + "mlp.up_proj.weight", M, C),
                 WOut = r.Linear(p + "mlp.down_proj.weight", C, M),
-            };
+            });
         }
         var embed = r.Tensor("model.embed_tokens.weight", cfg.VocabSize, C);
         bool tied = cfg.TiedEmbeddings;
@@ -43,7 +44,7 @@ public static class Llama
         var weights = new TransformerWeights
         {
             TokenEmbedding = embed,
-            Layers = layers,
+            Layers = [.. layers],
             FinalNormWeight = r.Vector("model.norm.weight", C),
             Unembed = tied ? embed.AsMatrix().T : r.Linear("lm_head.weight", cfg.VocabSize, C),
             Source = source,
