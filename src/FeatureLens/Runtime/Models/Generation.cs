@@ -55,7 +55,8 @@ public static class Generation
         return best;
     }
 
-    static int Sample(ReadOnlySpan<float> logits, SamplingOptions s, Random rng)
+    /// <summary>One draw from softmax(logits/T) restricted to the nucleus: the most likely tokens whose mass first reaches top-p.</summary>
+    internal static int Sample(ReadOnlySpan<float> logits, SamplingOptions s, Random rng)
     {
         int V = logits.Length;
         var p = new double[V];
