@@ -15,13 +15,18 @@ public sealed class HookedTransformer : IDisposable
     readonly LayerHookNames[] _names;
     readonly HashSet<string> _hookNameSet;
     readonly List<(string Name, HookFunction Fn)> _persistentHooks = [];
+    readonly List<IHookSplice> _persistentSplices = [];
+    readonly IReadOnlyList<string> _baseHookNames;
 
     public ModelConfig Config { get; }
     public TransformerWeights Weights { get; }
     /// <summary>The tokenizer found beside the checkpoint (or given), if any.</summary>
     public ITokenizer? Tokenizer { get; }
-    /// <summary>Every hook point, in firing order.</summary>
-    public IReadOnlyList<string> HookPointNames { get; }
+    /// <summary>Every hook point, in firing order, including those of attached splices (SAE hooks).</summary>
+    public IReadOnlyList<string> HookPointNames => _persistentSplices.Count == 0 ? _baseHookNames : NamesWith(_persistentSplices);
+
+    /// <summary>The splices (SAEs, transcoders) attached with <see cref="AddSplice"/>.</summary>
+    public IReadOnlyList<IHookSplice> Splices => _persistentSplices;
 
     public HookedTransformer(ModelConfig config, TransformerWeights weights, ITokenizer? tokenizer = null)
     {
@@ -31,8 +36,8 @@ public sealed class HookedTransformer : IDisposable
             throw new InvalidDataException($"tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.VocabSize}");
         _rope = config.Rope == RopeLayout.None ? null : new Rope(config.DHead, config.NCtx, config.RopeTheta, config.Rope);
         _names = Enumerable.Range(0, config.NLayers).Select(l => new LayerHookNames(l)).ToArray();
-        HookPointNames = HookNames.For(config);
-        _hookNameSet = new HashSet<string>(HookPointNames, StringComparer.Ordinal);
+        _baseHookNames = HookNames.For(config);
+        _hookNameSet = new HashSet<string>(_baseHookNames, StringComparer.Ordinal);
     }
 
     /// <summary>
@@ -91,8 +96,65 @@ public sealed class HookedTransformer : IDisposable
         return new Removal(() => _persistentHooks.Remove(entry));
     }
 
-    /// <summary>Removes every persistent hook.</summary>
+    /// <summary>Removes every persistent hook (attached splices stay; see <see cref="ResetSplices"/>).</summary>
     public void ResetHooks() => _persistentHooks.Clear();
+
+    /// <summary>
+    /// Splices an SAE (or anything else) into every later forward pass until the handle is disposed. Its
+    /// hook points become valid names for hooks and caching.
+    /// </summary>
+    public IDisposable AddSplice(IHookSplice splice)
+    {
+        splice.Validate(this);
+        foreach (var other in _persistentSplices)
+            if (other.OutputHook == splice.OutputHook && other.HookNames.Intersect(splice.HookNames).Any())
+                throw new ArgumentException($"another splice already writes '{splice.OutputHook}' with the same hook names; detach it first");
+        _persistentSplices.Add(splice);
+        return new Removal(() => _persistentSplices.Remove(splice));
+    }
+
+    /// <summary>Detaches every splice.</summary>
+    public void ResetSplices() => _persistentSplices.Clear();
+
+    /// <summary>Hook names with those of the given splices inserted after their output hook.</summary>
+    IReadOnlyList<string> NamesWith(IEnumerable<IHookSplice> splices)
+    {
+        var byHook = splices.GroupBy(s => s.OutputHook).ToDictionary(g => g.Key, g => g.SelectMany(s => s.HookNames).ToList());
+        var list = new List<string>(_baseHookNames.Count + byHook.Sum(kv => kv.Value.Count));
+        foreach (var n in _baseHookNames)
+        {
+            list.Add(n);
+            if (byHook.TryGetValue(n, out var extra)) list.AddRange(extra);
+        }
+        return list;
+    }
+
+    /// <summary>
+    /// The width of a hook's activation per position (everything after [batch, pos] flattened): d_model for
+    /// the residual stream, n_heads·d_head for hook_q/hook_z, d_mlp for MLP hooks; null for attention patterns.
+    /// </summary>
+    public int? HookWidth(string name)
+    {
+        CheckHookName(name);
+        var c = Config;
+        if (HookNames.IsAttentionMatrix(name)) return null;
+        if (name.EndsWith("hook_scale", StringComparison.Ordinal)) return 1;
+        if (name.EndsWith("attn.hook_q", StringComparison.Ordinal) || name.EndsWith("attn.hook_rot_q", StringComparison.Ordinal) || name.EndsWith("attn.hook_z", StringComparison.Ordinal)) return c.NHeads * c.DHead;
+        if (name.EndsWith("attn.hook_k", StringComparison.Ordinal) || name.EndsWith("attn.hook_v", StringComparison.Ordinal) || name.EndsWith("attn.hook_rot_k", StringComparison.Ordinal)) return c.NKvHeads * c.DHead;
+        if (name.EndsWith("attn.hook_result", StringComparison.Ordinal)) return c.NHeads * c.DModel;
+        if (name.EndsWith("mlp.hook_pre", StringComparison.Ordinal) || name.EndsWith("mlp.hook_post", StringComparison.Ordinal) || name.EndsWith("mlp.hook_pre_linear", StringComparison.Ordinal)) return c.DMlp;
+        return c.DModel;
+    }
+
+    /// <summary>Heads and head size of a per-head hook ([batch, pos, heads, d_head]); null for other hooks.</summary>
+    public (int Heads, int DHead)? HookHeads(string name)
+    {
+        var c = Config;
+        if (name.EndsWith("attn.hook_q", StringComparison.Ordinal) || name.EndsWith("attn.hook_rot_q", StringComparison.Ordinal) || name.EndsWith("attn.hook_z", StringComparison.Ordinal)) return (c.NHeads, c.DHead);
+        if (name.EndsWith("attn.hook_k", StringComparison.Ordinal) || name.EndsWith("attn.hook_v", StringComparison.Ordinal) || name.EndsWith("attn.hook_rot_k", StringComparison.Ordinal)) return (c.NKvHeads, c.DHead);
+        if (name.EndsWith("attn.hook_result", StringComparison.Ordinal)) return (c.NHeads, c.DModel);
+        return null;
+    }
 
     /// <summary>Logits (B, T, V) for a batch of token sequences (right-padded; padded positions are zero).</summary>
     public Tensor Forward(int[][] tokens) => Run(tokens, new RunOptions())!;
@@ -119,8 +181,13 @@ public sealed class HookedTransformer : IDisposable
     public Tensor? Run(int[][] tokens, RunOptions options)
     {
         ValidateTokens(tokens, options.KvCache);
-        foreach (var (name, _) in options.Hooks) CheckHookName(name);
-        var hooks = new HookSet(_persistentHooks.Concat(options.Hooks), options.CacheFilter, options.Cache);
+        foreach (var s in options.Splices) s.Validate(this);
+        var splices = _persistentSplices.Concat(options.Splices).ToList();
+        var spliceNames = new HashSet<string>(splices.SelectMany(s => s.HookNames), StringComparer.Ordinal);
+        foreach (var (name, _) in options.Hooks)
+            if (!spliceNames.Contains(name)) CheckHookName(name);
+        var hooks = new HookSet(_persistentHooks.Concat(options.Hooks), options.CacheFilter, options.Cache, splices,
+            tokens.Select(t => t.Length).ToArray());
         if (options.Cache != null && options.Cache.Lengths.Length == 0)
             throw new ArgumentException("ActivationCache.Lengths must be set to the sequence lengths");
         return TransformerForward.Run(Config, Weights, _rope, _names, tokens, hooks, options.ReturnLogits, options.KvCache,
@@ -131,6 +198,7 @@ public sealed class HookedTransformer : IDisposable
     public void CheckHookName(string name)
     {
         if (_hookNameSet.Contains(name)) return;
+        if (_persistentSplices.Any(s => s.HookNames.Contains(name))) return;
         var close = HookPointNames.Where(h => h.EndsWith(name.Split('.').Last(), StringComparison.Ordinal)).Take(3).ToList();
         throw new ArgumentException($"'{name}' is not a hook point of this {Config.Architecture} model with {Config.NLayers} layers" +
             (close.Count > 0 ? $" (did you mean {string.Join(", ", close)}?)" : ""));
@@ -178,4 +246,6 @@ public sealed class RunOptions
     public KvCache? KvCache { get; init; }
     /// <summary>Run only the first N blocks (no logits) — enough for caching early layers.</summary>
     public int? StopAtLayer { get; init; }
+    /// <summary>Splices (SAEs) for this run only, in addition to attached ones; their hook names may be hooked and cached.</summary>
+    public IReadOnlyList<IHookSplice> Splices { get; init; } = [];
 }

@@ -113,3 +113,53 @@ public static class HookNames
         return res;
     }
 }
+
+/// <summary>
+/// Something spliced into the forward pass at hook points — an SAE or transcoder, say. It sees the
+/// activation of <see cref="InputHook"/> (after that hook's functions ran) and may replace the activation of
+/// <see cref="OutputHook"/>, firing hook points of its own (<see cref="HookNames"/>) on the way.
+/// </summary>
+public interface IHookSplice
+{
+    string InputHook { get; }
+    string OutputHook { get; }
+    /// <summary>The hook points it fires (e.g. "blocks.3.hook_resid_post.hook_sae_acts_post"), in firing order.</summary>
+    IReadOnlyList<string> HookNames { get; }
+    /// <summary>Throws a clear error when it does not fit the model (unknown hook, wrong width).</summary>
+    void Validate(HookedTransformer model);
+    /// <summary>Per-forward-pass state (e.g. a transcoder's captured input).</summary>
+    IHookSpliceRun Start();
+}
+
+/// <summary>One forward pass of an <see cref="IHookSplice"/>.</summary>
+public interface IHookSpliceRun
+{
+    /// <summary>The input hook fired; <paramref name="activation"/> is [batch, pos, ...].</summary>
+    void OnInput(SpliceContext context, Tensor activation);
+    /// <summary>The output hook fired: edit <paramref name="activation"/> in place to replace it.</summary>
+    void OnOutput(SpliceContext context, Tensor activation);
+}
+
+/// <summary>What a splice may do during a forward pass: fire its own hook points and see which rows are real.</summary>
+public sealed class SpliceContext
+{
+    readonly Action<string, int, float[], int[]> _fire;
+    readonly Func<string, bool> _active, _hasFunctions;
+
+    internal SpliceContext(int layer, int[] lengths, Action<string, int, float[], int[]> fire, Func<string, bool> active, Func<string, bool> hasFunctions)
+    {
+        Layer = layer; Lengths = lengths; _fire = fire; _active = active; _hasFunctions = hasFunctions;
+    }
+
+    /// <summary>The layer of the hook being processed (−1 outside blocks).</summary>
+    public int Layer { get; }
+    /// <summary>Sequence lengths of the batch: rows at or beyond them are padding.</summary>
+    public int[] Lengths { get; }
+
+    /// <summary>Runs hook functions on <paramref name="data"/> (seen with <paramref name="shape"/>) and caches it if asked.</summary>
+    public void Fire(string name, float[] data, params int[] shape) => _fire(name, Layer, data, shape);
+    /// <summary>True when a hook function or the cache wants this hook point.</summary>
+    public bool IsActive(string name) => _active(name);
+    /// <summary>True when hook functions (not just the cache) are registered on this hook point.</summary>
+    public bool HasFunctions(string name) => _hasFunctions(name);
+}

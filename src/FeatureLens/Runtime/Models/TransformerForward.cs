@@ -10,9 +10,12 @@ internal sealed class HookSet
 {
     readonly Dictionary<string, List<HookFunction>> _fns = new(StringComparer.Ordinal);
     readonly Func<string, bool>? _cacheFilter;
+    readonly Dictionary<string, List<IHookSpliceRun>> _spliceIn = new(StringComparer.Ordinal), _spliceOut = new(StringComparer.Ordinal);
+    readonly int[] _lengths;
     public ActivationCache? Cache { get; }
 
-    public HookSet(IEnumerable<(string Name, HookFunction Fn)> hooks, Func<string, bool>? cacheFilter, ActivationCache? cache)
+    public HookSet(IEnumerable<(string Name, HookFunction Fn)> hooks, Func<string, bool>? cacheFilter, ActivationCache? cache,
+        IEnumerable<IHookSplice>? splices = null, int[]? lengths = null)
     {
         foreach (var (name, fn) in hooks)
         {
@@ -21,12 +24,28 @@ internal sealed class HookSet
         }
         _cacheFilter = cacheFilter;
         Cache = cache;
+        _lengths = lengths ?? [];
+        foreach (var s in splices ?? [])
+        {
+            var run = s.Start();
+            Add(_spliceIn, s.InputHook, run);
+            Add(_spliceOut, s.OutputHook, run);
+        }
+    }
+
+    static void Add(Dictionary<string, List<IHookSpliceRun>> d, string key, IHookSpliceRun run)
+    {
+        if (!d.TryGetValue(key, out var list)) d[key] = list = [];
+        list.Add(run);
     }
 
     public bool HasHook(string name) => _fns.ContainsKey(name);
-    public bool Active(string name) => _fns.ContainsKey(name) || (Cache != null && _cacheFilter!(name));
+    public bool Active(string name) => _fns.ContainsKey(name) || (Cache != null && _cacheFilter!(name)) || _spliceIn.ContainsKey(name) || _spliceOut.ContainsKey(name);
 
-    /// <summary>Runs the hooks on <paramref name="data"/> (seen with <paramref name="shape"/>) and caches it if asked.</summary>
+    /// <summary>
+    /// Runs the hooks on <paramref name="data"/> (seen with <paramref name="shape"/>), caches it if asked, then
+    /// hands it to splices reading this hook and lets splices writing this hook replace it.
+    /// </summary>
     public void Fire(string name, int layer, float[] data, params int[] shape)
     {
         if (!Active(name)) return;
@@ -44,6 +63,11 @@ internal sealed class HookSet
             }
         }
         if (Cache != null && _cacheFilter!(name)) Cache[name] = t.Clone();
+        bool hasIn = _spliceIn.TryGetValue(name, out var ins), hasOut = _spliceOut.TryGetValue(name, out var outs);
+        if (!hasIn && !hasOut) return;
+        var ctx = new SpliceContext(layer, _lengths, Fire, Active, HasHook);
+        if (hasIn) foreach (var s in ins!) s.OnInput(ctx, t);
+        if (hasOut) foreach (var s in outs!) s.OnOutput(ctx, t);
     }
 }
 

@@ -1,0 +1,206 @@
+using System.Numerics.Tensors;
+using FeatureLens.Runtime.Models;
+using Tensor = FeatureLens.Runtime.Tensors.Tensor;
+
+namespace FeatureLens.Saes;
+
+/// <summary>
+/// An SAE spliced into a model's forward pass at its hook point (a transcoder: read at hook_name, written at
+/// hook_name_out). It fires <c>{hook}.hook_sae_input</c>, <c>.hook_sae_acts_pre</c>, <c>.hook_sae_acts_post</c>,
+/// <c>.hook_sae_recons</c>, <c>.hook_sae_error</c> (with the error term) and <c>.hook_sae_output</c>, each
+/// [batch, pos, width], which can be cached or hooked like any other activation.
+/// <para>Without the error term the SAE's output replaces the activation. With it, the output is the
+/// (possibly hooked) reconstruction plus error = activation − clean reconstruction, so an unhooked run
+/// reproduces the unspliced model (to float32 rounding) and edits to latents move it by exactly their decoded change.</para>
+/// </summary>
+public sealed class SaeSplice : IHookSplice
+{
+    public Sae Sae { get; }
+    public bool UseErrorTerm { get; }
+    public string InputHook { get; }
+    public string OutputHook { get; }
+    public IReadOnlyList<string> HookNames { get; }
+
+    readonly string _in, _pre, _post, _recons, _error, _out;
+
+    /// <param name="sae">The SAE.</param>
+    /// <param name="useErrorTerm">Add the reconstruction error back so the model's outputs are unchanged.</param>
+    /// <param name="hookName">Overrides the hook the SAE claims (needed when its files do not name one).</param>
+    public SaeSplice(Sae sae, bool useErrorTerm = false, string? hookName = null)
+    {
+        Sae = sae;
+        UseErrorTerm = useErrorTerm;
+        string where = sae.SourcePath ?? sae.ToString();
+        InputHook = !string.IsNullOrEmpty(hookName) ? hookName : sae.Config.HookName;
+        if (string.IsNullOrEmpty(InputHook))
+            throw new ArgumentException($"SAE {where} does not say which hook it reads (no hook_name in its config); give the hook point explicitly");
+        if (sae.Config.IsTranscoder)
+        {
+            OutputHook = sae.Config.Metadata.HookNameOut ?? "";
+            if (string.IsNullOrEmpty(OutputHook))
+                throw new ArgumentException($"transcoder {where} does not name the hook it writes (hook_name_out)");
+        }
+        else OutputHook = InputHook;
+        string p = InputHook + ".";
+        _in = p + "hook_sae_input"; _pre = p + "hook_sae_acts_pre"; _post = p + "hook_sae_acts_post";
+        _recons = p + "hook_sae_recons"; _error = p + "hook_sae_error"; _out = p + "hook_sae_output";
+        HookNames = useErrorTerm ? [_in, _pre, _post, _recons, _error, _out] : [_in, _pre, _post, _recons, _out];
+    }
+
+    /// <summary>The latents' hook name, e.g. "blocks.3.hook_resid_post.hook_sae_acts_post".</summary>
+    public string ActsPostHook => _post;
+
+    public void Validate(HookedTransformer model)
+    {
+        string where = Sae.SourcePath ?? Sae.ToString();
+        CheckFits(model, InputHook, Sae.DIn, "d_in", where);
+        CheckFits(model, OutputHook, Sae.DOut, "d_out", where);
+    }
+
+    void CheckFits(HookedTransformer model, string hook, int width, string field, string where)
+    {
+        try { model.CheckHookName(hook); }
+        catch (ArgumentException e) { throw new ArgumentException($"SAE {where} reads/writes hook '{hook}', which this model does not have: {e.Message}"); }
+        int? w = model.HookWidth(hook);
+        if (w is null) throw new ArgumentException($"SAE {where}: hook '{hook}' is an attention pattern [batch, head, q, k]; SAEs cannot be spliced there");
+        int? head = Sae.Config.Metadata.HookHeadIndex;
+        if (head is int h)
+        {
+            var heads = model.HookHeads(hook) ?? throw new ArgumentException($"SAE {where} sets hook_head_index {h} but '{hook}' is not a per-head hook");
+            if (h < 0 || h >= heads.Heads) throw new ArgumentException($"SAE {where}: hook_head_index {h} is outside the {heads.Heads} heads of '{hook}'");
+            if (width != heads.DHead) throw new ArgumentException($"SAE {where} has {field} = {width} but one head of '{hook}' has width {heads.DHead}");
+            return;
+        }
+        if (w != width)
+            throw new ArgumentException($"SAE {where} has {field} = {width} but hook '{hook}' of this model has width {w} (d_model {model.Config.DModel}, d_mlp {model.Config.DMlp}); it belongs to a different model or hook");
+    }
+
+    public IHookSpliceRun Start() => new Run(this);
+
+    sealed class Run(SaeSplice s) : IHookSpliceRun
+    {
+        float[]? _x;           // (n, d_in) compacted input rows
+        int _n;
+
+        public void OnInput(SpliceContext ctx, Tensor act)
+        {
+            _x = s.Gather(ctx, act, s.Sae.DIn, out _n);
+        }
+
+        public void OnOutput(SpliceContext ctx, Tensor act)
+        {
+            var sae = s.Sae;
+            if (_x is null) throw new InvalidOperationException($"transcoder output hook '{s.OutputHook}' fired before its input hook '{s.InputHook}'");
+            int n = _n, B = act.Shape[0], T = act.Shape[1];
+            var x = _x; _x = null;
+            bool anyFunctions = false;
+
+            var x0 = ctx.HasFunctions(s._in) ? (float[])x.Clone() : x;   // the input before hook functions edit it
+            x = FireRows(ctx, s._in, x, n, sae.DIn, B, T, ref anyFunctions);
+            var saeIn = new float[(long)n * sae.DIn];
+            var norm = sae.Preprocess(x, saeIn, n);
+            var pre = new float[(long)n * sae.DSae];
+            var gate = sae.Config.Architecture == SaeArchitecture.Gated ? new float[(long)n * sae.DSae] : null;
+            sae.PreActivations(saeIn, pre, n, gate);
+            pre = FireRows(ctx, s._pre, pre, n, sae.DSae, B, T, ref anyFunctions);
+            var acts = new float[(long)n * sae.DSae];
+            sae.Activate(pre, acts, n, gate);
+            acts = FireRows(ctx, s._post, acts, n, sae.DSae, B, T, ref anyFunctions);
+            var recons = new float[(long)n * sae.DOut];
+            sae.DecodeRaw(acts, recons, n);
+            recons = FireRows(ctx, s._recons, recons, n, sae.DOut, B, T, ref anyFunctions);
+            var output = new float[(long)n * sae.DOut];
+            sae.Postprocess(recons, output, n, norm, x);
+
+            if (s.UseErrorTerm)
+            {
+                // error = what the hook holds − the clean (unhooked) reconstruction of the original input
+                var actual = s.Gather(ctx, act, sae.DOut, out _);
+                float[] clean = output;
+                if (anyFunctions)
+                {
+                    clean = new float[(long)n * sae.DOut];
+                    var a0 = new float[(long)n * sae.DSae];
+                    var n0 = sae.EncodeRows(x0, a0, n, out _);
+                    var r0 = new float[(long)n * sae.DOut];
+                    sae.DecodeRaw(a0, r0, n);
+                    sae.Postprocess(r0, clean, n, n0, x0);
+                }
+                var error = new float[(long)n * sae.DOut];
+                TensorPrimitives.Subtract(actual, clean, error);
+                error = FireRows(ctx, s._error, error, n, sae.DOut, B, T, ref anyFunctions);
+                TensorPrimitives.Add(output, error, output);
+            }
+            output = FireRows(ctx, s._out, output, n, sae.DOut, B, T, ref anyFunctions);
+            s.Scatter(ctx, act, output, sae.DOut);
+        }
+
+        static float[] FireRows(SpliceContext ctx, string name, float[] rows, int n, int width, int B, int T, ref bool anyFunctions)
+        {
+            if (!ctx.IsActive(name)) return rows;
+            bool compact = n != B * T;
+            float[] full = compact ? Expand(ctx.Lengths, rows, width, B, T) : rows;
+            ctx.Fire(name, full, B, T, width);
+            if (!ctx.HasFunctions(name)) return rows;
+            anyFunctions = true;
+            return compact ? Compact(ctx.Lengths, full, width, B, T) : full;
+        }
+    }
+
+    /// <summary>(n, width) rows of the valid positions (for a head-indexed SAE, that head's slice).</summary>
+    float[] Gather(SpliceContext ctx, Tensor act, int width, out int n)
+    {
+        int B = act.Shape[0], T = act.Shape[1];
+        long inner = act.Length / ((long)B * T);
+        var lengths = ctx.Lengths.Length == B ? ctx.Lengths : Enumerable.Repeat(T, B).ToArray();
+        n = 0;
+        for (int b = 0; b < B; b++) n += Math.Min(lengths[b], T);
+        var rows = new float[(long)n * width];
+        int? head = Sae.Config.Metadata.HookHeadIndex;
+        int r = 0;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Math.Min(lengths[b], T); t++, r++)
+            {
+                long src = ((long)b * T + t) * inner + (head is int h ? (long)h * width : 0);
+                Array.Copy(act.Data, src, rows, (long)r * width, width);
+            }
+        return rows;
+    }
+
+    void Scatter(SpliceContext ctx, Tensor act, float[] rows, int width)
+    {
+        int B = act.Shape[0], T = act.Shape[1];
+        long inner = act.Length / ((long)B * T);
+        var lengths = ctx.Lengths.Length == B ? ctx.Lengths : Enumerable.Repeat(T, B).ToArray();
+        int? head = Sae.Config.Metadata.HookHeadIndex;
+        int r = 0;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Math.Min(lengths[b], T); t++, r++)
+            {
+                long dst = ((long)b * T + t) * inner + (head is int h ? (long)h * width : 0);
+                Array.Copy(rows, (long)r * width, act.Data, dst, width);
+            }
+    }
+
+    static float[] Expand(int[] lengths, float[] rows, int width, int B, int T)
+    {
+        var full = new float[(long)B * T * width];
+        int r = 0;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Math.Min(lengths[b], T); t++, r++)
+                Array.Copy(rows, (long)r * width, full, ((long)b * T + t) * width, width);
+        return full;
+    }
+
+    static float[] Compact(int[] lengths, float[] full, int width, int B, int T)
+    {
+        int n = 0;
+        for (int b = 0; b < B; b++) n += Math.Min(lengths[b], T);
+        var rows = new float[(long)n * width];
+        int r = 0;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < Math.Min(lengths[b], T); t++, r++)
+                Array.Copy(full, ((long)b * T + t) * width, rows, (long)r * width, width);
+        return rows;
+    }
+}
