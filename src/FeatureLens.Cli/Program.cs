@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FeatureLens.Cli.Commands;
+using Spectre.Console;
 
 namespace FeatureLens.Cli;
 
@@ -15,7 +16,18 @@ public static class Program
             TokenizeCommand.Build(),
             InspectCommand.Build(),
             SynthModelCommand.Build(),
+            SaeCommand.Build(),
         };
+        if (Console.IsOutputRedirected)
+        {
+            // files and pipes get plain text, with tables wide enough not to wrap
+            AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings
+            {
+                Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors, Interactive = InteractionSupport.No,
+                Out = new AnsiConsoleOutput(Console.Out),
+            });
+            AnsiConsole.Profile.Width = 240;
+        }
         var parsed = root.Parse(args);
         try
         {

@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using FeatureLens.Runtime.Checkpoints;
 using FeatureLens.Runtime.Models;
 using FeatureLens.Runtime.Tensors;
+using FeatureLens.Saes;
 
 namespace FeatureLens.Cli.Commands;
 
@@ -19,19 +20,24 @@ internal static class RunCommand
         var logits = new Option<bool>("--logits") { Description = "Also save the logits [pos, vocab]" };
         var noBos = Cli.NoBosOption();
         var output = new Option<string>("--out") { Description = "Output .safetensors file", Required = true };
+        var saes = new Option<string[]>("--sae") { Description = "Splice this SAE (folder, or a folder of SAE folders) at its hook; repeat for several. Its hooks ({hook}.hook_sae_acts_post, ...) can be saved with --hooks" };
+        var errorTerm = new Option<bool>("--sae-error-term") { Description = "Add the SAEs' reconstruction error back, so the model's outputs are unchanged" };
         var cmd = new Command("run", "Run the model on one sequence and save hook activations (shape [pos, ...]), tokens and optionally logits")
         {
-            model, tokenizer, text, tokens, hooks, logits, noBos, output,
+            model, tokenizer, text, tokens, hooks, logits, noBos, output, saes, errorTerm,
         };
         cmd.SetAction(r =>
         {
             string? textValue = r.GetValue(text), tokenValue = r.GetValue(tokens);
             if ((textValue is null) == (tokenValue is null)) throw new ArgumentException("give exactly one of --text or --tokens");
             using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            var saePaths = r.GetValue(saes) ?? [];
+            if (saePaths.Length > 0)
+                foreach (var sae in SaeCommand.LoadSaes(saePaths)) m.AddSplice(new SaeSplice(sae, r.GetValue(errorTerm)));
             int[] ids = tokenValue != null ? Cli.ParseTokens(tokenValue) : Cli.Encode(m, textValue!, !r.GetValue(noBos));
             string? globs = r.GetValue(hooks);
             var filter = string.IsNullOrWhiteSpace(globs) ? (_ => false) : HookNames.Glob(globs);
-            var selected = m.HookPointNames.Where(filter).ToList();
+            var selected = m.HookPointNames.Where(filter).ToList();   // includes the spliced SAEs' hooks
             if (!string.IsNullOrWhiteSpace(globs) && selected.Count == 0)
                 throw new ArgumentException($"--hooks '{globs}' matches no hook point of this model (e.g. {string.Join(", ", m.HookPointNames.Take(4))})");
             var (logitTensor, cache) = m.RunWithCache([ids], filter);

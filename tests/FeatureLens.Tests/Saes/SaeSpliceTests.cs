@@ -35,7 +35,7 @@ public class SaeSpliceTests
         int[] a = RandomTokens(rng, 12 + rng.Next(8)), b = RandomTokens(rng, 5 + rng.Next(5));
         var (clean, cleanCache) = m.RunWithCache([a, b], n => n == hook);
         var cache = new ActivationCache { Lengths = [a.Length, b.Length] };
-        var logits = m.Run([a, b], new RunOptions { Splices = [new SaeSplice(sae, useErrorTerm: true)], CacheFilter = _ => true, Cache = cache })!;
+        var logits = m.Run([a, b], new RunOptions { Splices = [new SaeSplice(sae, useErrorTerm: true)], CacheFilter = n => n.Contains(".hook_sae_"), Cache = cache })!;
         double err = Compare.RelativeError(logits.Data, clean.Data, "logits");
         Assert.True(err <= 1e-6, $"seed {seed}: spliced-with-error logits differ from clean by {err:E2}");
         foreach (var (seq, bi) in new[] { (a, 0), (b, 1) })
@@ -119,15 +119,18 @@ public class SaeSpliceTests
         int[] a = RandomTokens(rng, 9);
         var (clean, cc) = m.RunWithCache([a], n => n == hin || n == hout);
         var cache = new ActivationCache { Lengths = [a.Length] };
-        var withErr = m.Run([a], new RunOptions { Splices = [new SaeSplice(tc, useErrorTerm: true)], CacheFilter = _ => true, Cache = cache })!;
+        var withErr = m.Run([a], new RunOptions { Splices = [new SaeSplice(tc, useErrorTerm: true)], CacheFilter = n => n.Contains(".hook_sae_"), Cache = cache })!;
         Assert.True(Compare.RelativeError(withErr.Data, clean.Data, "logits") <= 1e-6);
         var (_, expected) = tc.Forward(Rows(cc[hin], 0, a.Length));
         var recons = Rows(cache[hin + ".hook_sae_recons"], 0, a.Length);
         var acts = tc.Encode(Rows(cc[hin], 0, a.Length));
         Assert.Equal(acts.Data, Rows(cache[hin + ".hook_sae_acts_post"], 0, a.Length).Data);
         var replaced = new ActivationCache { Lengths = [a.Length] };
-        m.Run([a], new RunOptions { Splices = [new SaeSplice(tc)], CacheFilter = n => n == hout, Cache = replaced });
-        double e = Compare.RelativeError(Rows(replaced[hout], 0, a.Length).Data, expected.Data, "transcoder output");
+        // without the error term the transcoder's output replaces hook_mlp_out (whose own cache entry is the value before)
+        var replacedLogits = m.Run([a], new RunOptions { Splices = [new SaeSplice(tc)], CacheFilter = n => n == hin + ".hook_sae_output", Cache = replaced })!;
+        var manual = m.RunWithHooks([a], (hout, (t, _) => tc.Forward(Rows(cc[hin], 0, a.Length)).Output.Reshape(t.Shape)));
+        Assert.Equal(manual.Data, replacedLogits.Data);
+        double e = Compare.RelativeError(Rows(replaced[hin + ".hook_sae_output"], 0, a.Length).Data, expected.Data, "transcoder output");
         Assert.True(e <= 1e-6, $"seed {seed}: transcoder output differs from Forward by {e:E2}");
         // recons excludes the skip path; output = recons + x·W_skipᵀ
         Assert.True(Compare.RelativeError(recons.Data, expected.Data, "recons") > 1e-4);

@@ -62,20 +62,22 @@ public static class Corpus
     public static IEnumerable<int[]> Windows(IEnumerable<string> documents, ITokenizer tokenizer, int contextSize, bool prependBos = true, long maxTokens = 0)
     {
         if (contextSize < 2) throw new ArgumentOutOfRangeException(nameof(contextSize), $"context size must be at least 2, got {contextSize}");
+        int bos = tokenizer.BosId ?? -1;
+        if (prependBos && bos < 0) throw new ArgumentException("prepend_bos was asked for but the tokenizer has no BOS token");
         int body = prependBos ? contextSize - 1 : contextSize;
         var buffer = new List<int>(contextSize * 2);
         long emitted = 0;
         bool first = true, any = false;
         foreach (var doc in documents)
         {
-            if (!first && tokenizer.BosId >= 0) buffer.Add(tokenizer.BosId);
+            if (!first && bos >= 0) buffer.Add(bos);
             first = false;
             buffer.AddRange(tokenizer.Encode(doc, addBos: false));
             while (buffer.Count >= body)
             {
                 var w = new int[contextSize];
                 int o = 0;
-                if (prependBos) w[o++] = tokenizer.BosId;
+                if (prependBos) w[o++] = bos;
                 buffer.CopyTo(0, w, o, body);
                 buffer.RemoveRange(0, body);
                 any = true;
@@ -85,6 +87,6 @@ public static class Corpus
             }
         }
         if (!any && buffer.Count > 0)
-            yield return prependBos ? [tokenizer.BosId, .. buffer] : buffer.ToArray();
+            yield return prependBos ? [bos, .. buffer] : buffer.ToArray();
     }
 }

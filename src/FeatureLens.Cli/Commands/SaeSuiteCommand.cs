@@ -1,0 +1,164 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using FeatureLens.Analysis;
+using FeatureLens.Runtime.Tokenizers;
+using FeatureLens.Saes;
+using FeatureLens.Saes.Training;
+using Spectre.Console;
+
+namespace FeatureLens.Cli.Commands;
+
+/// <summary>
+/// featurelens sae suite: samples an on-distribution corpus from the model, trains one TopK SAE per layer on
+/// blocks.L.hook_resid_post, evaluates them and lists example features. Rerunning resumes where it stopped.
+/// </summary>
+internal static class SaeSuiteCommand
+{
+    public static Command Build()
+    {
+        var model = Cli.ModelOption();
+        var tokenizer = Cli.TokenizerOption();
+        var output = new Option<string>("--out") { Description = "Suite folder: corpus-*.jsonl, saes/blocks.L.hook_resid_post/, eval.json, features.json", Required = true };
+        var documents = new Option<int>("--documents") { Description = "Documents (stories) to sample from the model", DefaultValueFactory = _ => 4000 };
+        var docTokens = new Option<int>("--document-tokens") { Description = "Maximum tokens per sampled document", DefaultValueFactory = _ => 256 };
+        var seed = new Option<int>("--seed") { Description = "Seed of the corpus sample and of training", DefaultValueFactory = _ => 1 };
+        var dSae = new Option<int>("--d-sae") { Description = "Latents per SAE", DefaultValueFactory = _ => 1024 };
+        var k = new Option<int>("--k") { Description = "Latents per token (TopK)", DefaultValueFactory = _ => 16 };
+        var tokens = new Option<long>("--tokens") { Description = "Training tokens per SAE", DefaultValueFactory = _ => 2_000_000 };
+        var context = new Option<int>("--context") { Description = "Tokens per training sequence", DefaultValueFactory = _ => 128 };
+        var evalTokens = new Option<long>("--eval-tokens") { Description = "Held-out tokens for evaluation and feature examples", DefaultValueFactory = _ => 60_000 };
+        var cmd = new Command("suite", "Build a demo SAE suite for a model: sample a corpus from it, train a TopK SAE on every blocks.L.hook_resid_post, evaluate them")
+        {
+            model, tokenizer, output, documents, docTokens, seed, dSae, k, tokens, context, evalTokens,
+        };
+        cmd.SetAction((r, ct) => Task.FromResult(Execute(r, ct)));
+        int Execute(ParseResult r, CancellationToken ct)
+        {
+            var clock = Stopwatch.StartNew();
+            string dir = r.GetValue(output)!;
+            Directory.CreateDirectory(dir);
+            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            var tok = m.Tokenizer ?? throw new InvalidOperationException("the suite needs the model's tokenizer: pass --tokenizer PATH");
+            int nDocs = r.GetValue(documents), seedValue = r.GetValue(seed), ctx = Math.Min(r.GetValue(context), m.Config.NCtx);
+
+            // 1. corpus sampled from the model (reused when the same settings made it)
+            string trainCorpus = Path.Combine(dir, "corpus-train.jsonl"), evalCorpus = Path.Combine(dir, "corpus-eval.jsonl");
+            string corpusMeta = Path.Combine(dir, "corpus.json");
+            string wanted = JsonSerializer.Serialize(new { model = Path.GetFullPath(r.GetValue(model)!), documents = nDocs, document_tokens = r.GetValue(docTokens), seed = seedValue, temperature = 1.0 });
+            if (!File.Exists(corpusMeta) || File.ReadAllText(corpusMeta) != wanted || !File.Exists(trainCorpus) || !File.Exists(evalCorpus))
+            {
+                string all = Path.Combine(dir, "corpus-all.jsonl");
+                long sampled = 0;
+                AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+                    .Start(p =>
+                    {
+                        var task = p.AddTask($"sampling {nDocs} documents from the model", maxValue: nDocs);
+                        sampled = SaeSuite.SampleCorpus(m, all, nDocs, r.GetValue(docTokens), seedValue, 1f, 1f, new SyncProgress<int>(n => task.Value = n));
+                    });
+                var lines = File.ReadAllLines(all);
+                int nEval = Math.Max(1, lines.Length / 10);
+                WriteLines(trainCorpus, lines[..^nEval]);
+                WriteLines(evalCorpus, lines[^nEval..]);
+                File.Delete(all);
+                File.WriteAllText(corpusMeta, wanted);
+                AnsiConsole.MarkupLine($"corpus: {lines.Length} documents, {sampled:N0} tokens ({lines.Length - nEval} for training, {nEval} held out) in {clock.Elapsed.TotalSeconds:F0} s");
+            }
+            else AnsiConsole.MarkupLine($"corpus: reusing {Markup.Escape(trainCorpus)}");
+
+            // 2. one TopK SAE per layer on the residual stream
+            var saes = new List<Sae>();
+            for (int l = 0; l < m.Config.NLayers; l++)
+            {
+                string hook = $"blocks.{l}.hook_resid_post";
+                var source = ModelActivationSource.FromCorpus(m, hook, trainCorpus, ctx, prependBos: true, batchSequences: Math.Max(1, 4096 / ctx), shuffleSeed: (ulong)seedValue);
+                long total = r.GetValue(tokens);
+                int batchTokens = 4096;
+                var options = new SaeTrainingOptions
+                {
+                    Architecture = SaeArchitecture.TopK, DIn = source.DIn, DSae = r.GetValue(dSae), K = r.GetValue(k),
+                    LearningRate = 1e-3, LrWarmupSteps = 20, LrDecaySteps = (int)(total / batchTokens / 5),
+                    BatchTokens = batchTokens, TotalTokens = total, Seed = (ulong)(seedValue * 100 + l), AuxKCoefficient = 1.0 / 32,
+                    DeadAfterTokens = Math.Min(500_000, total / 4), ApplyBDecToInput = true, CheckpointEveryTokens = Math.Max(batchTokens, total / 4),
+                    OutputDir = Path.Combine(dir, "saes", hook),
+                    Metadata = new SaeMetadata { ModelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(r.GetValue(model)!)), HookName = hook, DatasetPath = trainCorpus, ContextSize = ctx, PrependBos = true },
+                };
+                var result = SaeTrainCommand.Run(options, source, ct, $"layer {l}");
+                saes.Add(SaeLoaderOrResult(result));
+            }
+
+            // 3. evaluation on held-out text
+            long evalBudget = r.GetValue(evalTokens);
+            var windows = Corpus.Windows(Corpus.Documents(evalCorpus), tok, ctx, prependBos: true, maxTokens: evalBudget).ToList();
+            IReadOnlyList<SaeEvalResult> evals = [];
+            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn())
+                .Start(p =>
+                {
+                    var task = p.AddTask("evaluating", maxValue: windows.Sum(w => w.Length));
+                    evals = SaeEvaluator.Evaluate(m, saes, windows, new SaeEvalOptions(), new SyncProgress<long>(n => task.Value = n));
+                });
+            SaeCommand.PrintResults(evals);
+            SaeCommand.WriteJson(Path.Combine(dir, "eval.json"), evals);
+
+            // 4. example features: each latent's strongest tokens in context
+            var examples = TopExamples.Collect(m, saes, windows, topN: 8);
+            WriteFeatures(Path.Combine(dir, "features.json"), examples, windows, tok);
+            PrintExampleFeatures(examples, windows, tok);
+            AnsiConsole.MarkupLine($"[green]suite built in {clock.Elapsed.TotalSeconds:F0} s[/]: {Markup.Escape(dir)}");
+            return 0;
+        }
+        return cmd;
+    }
+
+    static Sae SaeLoaderOrResult(TrainResult result) => Saes.Formats.SaeLoader.Load(result.OutputDir);
+
+    static void WriteLines(string path, IEnumerable<string> lines)
+    {
+        File.WriteAllLines(path + ".tmp", lines);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    /// <summary>"… context [token]" for an example.</summary>
+    public static string Context(LatentExample e, IReadOnlyList<int[]> windows, ITokenizer tok, int before = 6)
+    {
+        var seq = windows[e.Sequence];
+        int from = Math.Max(1, e.Position - before);
+        string left = tok.Decode(seq.AsSpan(from, e.Position - from));
+        string token = tok.Decode(seq.AsSpan(e.Position, 1));
+        return $"{left}[{token}]".Replace("\n", "\\n");
+    }
+
+    static void WriteFeatures(string path, IReadOnlyList<LatentTopExamples> all, IReadOnlyList<int[]> windows, ITokenizer tok)
+    {
+        var doc = all.Select(x => new
+        {
+            hook = x.Sae.Config.HookName,
+            tokens = x.Tokens,
+            latents = Enumerable.Range(0, x.Sae.DSae).Select(j => new
+            {
+                index = j,
+                frequency = x.Tokens == 0 ? 0 : (double)x.FireCounts[j] / x.Tokens,
+                examples = x.Examples[j].Select(e => new { activation = e.Activation, token = tok.Decode(windows[e.Sequence].AsSpan(e.Position, 1)), context = Context(e, windows, tok) }),
+            }),
+        });
+        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    /// <summary>For each SAE, a few latents that fire on 0.2–5 % of tokens, with their top tokens in context.</summary>
+    static void PrintExampleFeatures(IReadOnlyList<LatentTopExamples> all, IReadOnlyList<int[]> windows, ITokenizer tok)
+    {
+        foreach (var x in all)
+        {
+            var t = new Table().Border(TableBorder.Simple).AddColumn("latent").AddColumn("freq").AddColumn(Markup.Escape("top activations (token in [ ])"));
+            t.Title = new TableTitle(Markup.Escape(x.Sae.Config.HookName));
+            var picks = Enumerable.Range(0, x.Sae.DSae)
+                .Where(j => x.Tokens > 0 && x.FireCounts[j] >= 0.002 * x.Tokens && x.FireCounts[j] <= 0.05 * x.Tokens && x.Examples[j].Length >= 4)
+                .OrderByDescending(j => x.Examples[j][0].Activation).Take(4);
+            foreach (int j in picks)
+                t.AddRow(j.ToString(), ((double)x.FireCounts[j] / x.Tokens).ToString("P2"),
+                    Markup.Escape(string.Join("  |  ", x.Examples[j].Take(4).Select(e => Context(e, windows, tok, 4)))));
+            AnsiConsole.Write(t);
+        }
+    }
+}

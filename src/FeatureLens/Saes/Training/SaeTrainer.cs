@@ -1,0 +1,792 @@
+using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
+using FeatureLens.Runtime.Kernels;
+
+namespace FeatureLens.Saes.Training;
+
+/// <summary>
+/// Trains a standard (ReLU + decoder-norm-weighted L1), TopK (+ AuxK) or JumpReLU (L0, straight-through
+/// threshold) SAE with Adam. Forward and backward are written out by hand over <see cref="Gemm"/>; see
+/// <see cref="SaeTrainingOptions"/> for the exact losses.
+/// <para>Shapes: x is (n, d_in) with d = d_in and m = d_sae; W_enc (d, m); W_dec (m, d); pre, f (n, m).</para>
+/// <para>Standard and JumpReLU run dense in blocks of rows (five GEMMs per block). TopK is sparse after the
+/// encoder GEMM: the decoder, both weight gradients and the AuxK term touch only the k (and k_aux) selected
+/// latents of each row, grouped per latent so every gradient row is summed by one thread in row order.</para>
+/// <para>Every reduction has a fixed order that depends on neither the thread count nor scheduling, so the
+/// same seed and data give bit-identical weights.</para>
+/// </summary>
+public sealed partial class SaeTrainer
+{
+    const int DenseBlockRows = 512, SparseBlockRows = 1024, ColumnChunk = 1024;
+
+    readonly SaeTrainingOptions _o;
+    readonly int _d, _m;
+    readonly bool _topK, _jump;
+    readonly float[] _wEnc, _bEnc, _wDec, _bDec;
+    readonly float[]? _logTheta, _theta;
+
+    // gradients; _gWEnc is (d, m) after the dense path and (m, d) — transposed — after the TopK path
+    float[]? _gWEnc, _gBEnc, _gWDec, _gBDec, _gLogTheta;
+    bool _gWEncTransposed;
+
+    // Adam moments, same layouts as the parameters
+    readonly float[] _mWEnc, _vWEnc, _mBEnc, _vBEnc, _mWDec, _vWDec, _mBDec, _vBDec;
+    readonly float[]? _mLogTheta, _vLogTheta;
+
+    long _step, _tokens;
+    readonly long[] _sinceFired, _fireCount;
+    long _countedTokens;
+    readonly TrainingRng _rng;
+    float _normScale;
+
+    // per-step scratch
+    float[] _x = [], _s = [], _g = [], _h = [];
+    double[] _rowErr = [];
+    readonly int[] _batchFires;
+
+    /// <summary>The live model (its arrays are updated in place by every step). It works on inputs multiplied by
+    /// <see cref="NormScale"/>; <see cref="ExportSae"/> gives the copy that takes raw activations.</summary>
+    public Sae Sae { get; }
+    public SaeTrainingOptions Options => _o;
+    /// <summary>Steps completed.</summary>
+    public long StepCount => _step;
+    /// <summary>Tokens trained on.</summary>
+    public long TokensSeen => _tokens;
+    /// <summary>Input scale (1 without normalisation; NaN until estimated when ExpectedAverageOnlyIn).</summary>
+    public float NormScale => _normScale;
+
+    public SaeTrainer(SaeTrainingOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _o = options;
+        _d = options.DIn; _m = options.DSae;
+        _topK = options.Architecture == SaeArchitecture.TopK;
+        _jump = options.Architecture == SaeArchitecture.JumpRelu;
+        _rng = new TrainingRng(options.Seed);
+        _normScale = options.Normalization == ActivationNormalization.None ? 1f : float.NaN;
+
+        long dm = (long)_d * _m;
+        _wEnc = new float[dm]; _wDec = new float[dm]; _bEnc = new float[_m]; _bDec = new float[_d];
+        // W_dec rows: random directions of norm DecoderInitNorm (1 for TopK); W_enc = W_decᵀ (SAELens, EleutherAI).
+        double initNorm = _topK ? 1.0 : options.DecoderInitNorm;
+        for (int j = 0; j < _m; j++)
+        {
+            var row = _wDec.AsSpan(j * _d, _d);
+            double ss = 0;
+            for (int i = 0; i < _d; i++) { float v = (float)_rng.NextGaussian(); row[i] = v; ss += (double)v * v; }
+            TensorPrimitives.Multiply(row, (float)(initNorm / Math.Sqrt(ss)), row);
+            for (int i = 0; i < _d; i++) _wEnc[(long)i * _m + j] = row[i];
+        }
+        if (_jump)
+        {
+            _logTheta = new float[_m]; _theta = new float[_m];
+            Array.Fill(_logTheta, (float)Math.Log(options.JumpReluInitThreshold));
+            TensorPrimitives.Exp(_logTheta, _theta);
+            _mLogTheta = new float[_m]; _vLogTheta = new float[_m];
+        }
+        _mWEnc = new float[dm]; _vWEnc = new float[dm]; _mWDec = new float[dm]; _vWDec = new float[dm];
+        _mBEnc = new float[_m]; _vBEnc = new float[_m]; _mBDec = new float[_d]; _vBDec = new float[_d];
+        _sinceFired = new long[_m]; _fireCount = new long[_m]; _batchFires = new int[_m];
+
+        var cfg = new SaeConfig
+        {
+            Architecture = options.Architecture, DIn = _d, DSae = _m, DOut = _d, K = _topK ? options.K : 0,
+            ApplyBDecToInput = options.ApplyBDecToInput, Normalization = options.Normalization,
+            Metadata = CloneMetadata(options.Metadata), Format = "FeatureLens training",
+        };
+        Sae = new Sae(cfg, _wEnc, _bEnc, _wDec, _bDec, threshold: _theta);
+    }
+
+    static SaeMetadata CloneMetadata(SaeMetadata m) => new SaeConfig { Metadata = m }.Clone().Metadata;
+
+    // ───────────────────────────── schedules ─────────────────────────────
+
+    /// <summary>Learning rate of step t (0-based): linear warm-up, then constant, then linear decay to 0 over the last LrDecaySteps.</summary>
+    public double LearningRateAt(long t)
+    {
+        double lr = _o.LearningRate;
+        if (_o.LrWarmupSteps > 0 && t < _o.LrWarmupSteps) lr *= (t + 1.0) / _o.LrWarmupSteps;
+        long total = _o.TotalSteps;
+        if (_o.LrDecaySteps > 0 && t >= total - _o.LrDecaySteps) lr *= Math.Max(0, total - t) / (double)_o.LrDecaySteps;
+        return lr;
+    }
+
+    /// <summary>Sparsity coefficient of step t: λ (standard) or λ0 (JumpReLU) times min(1, (t+1)/L1WarmupSteps); 0 for TopK.</summary>
+    public double SparsityCoefficientAt(long t)
+    {
+        double c = _o.Architecture switch
+        {
+            SaeArchitecture.Standard => _o.L1Coefficient,
+            SaeArchitecture.JumpRelu => _o.L0Coefficient,
+            _ => 0,
+        };
+        if (_o.L1WarmupSteps > 0 && t < _o.L1WarmupSteps) c *= (t + 1.0) / _o.L1WarmupSteps;
+        return c;
+    }
+
+    /// <summary>Latents that have not fired for DeadAfterTokens tokens.</summary>
+    public int DeadLatentCount()
+    {
+        int c = 0;
+        foreach (long s in _sinceFired) if (s >= _o.DeadAfterTokens) c++;
+        return c;
+    }
+
+    /// <summary>Fraction of trained tokens on which each latent fired (SAELens's feature sparsity).</summary>
+    public float[] FeatureFrequency()
+    {
+        var f = new float[_m];
+        if (_countedTokens > 0) for (int j = 0; j < _m; j++) f[j] = (float)((double)_fireCount[j] / _countedTokens);
+        return f;
+    }
+
+    /// <summary>Sets the input scale (ExpectedAverageOnlyIn) to √d_in / mean‖x‖ over the given rows.</summary>
+    public float EstimateNormScale(ReadOnlySpan<float> rows, int n)
+    {
+        if (_o.Normalization != ActivationNormalization.ExpectedAverageOnlyIn)
+            throw new InvalidOperationException("the normalisation scale is only estimated with normalize_activations = expected_average_only_in");
+        if (n <= 0 || rows.Length < (long)n * _d) throw new ArgumentException($"need n > 0 rows of d_in = {_d}; got n = {n} and {rows.Length} values");
+        double sum = 0;
+        for (int r = 0; r < n; r++) sum += TensorPrimitives.Norm(rows.Slice(r * _d, _d));
+        double mean = sum / n;
+        if (!(mean > 0) || !double.IsFinite(mean))
+            throw new InvalidDataException($"cannot estimate the normalisation scale: the mean activation norm over {n} rows is {mean}");
+        return _normScale = (float)(Math.Sqrt(_d) / mean);
+    }
+
+    // ───────────────────────────── one step ─────────────────────────────
+
+    /// <summary>One Adam step on n rows of d_in (the batch). Throws <see cref="NonFiniteTrainingException"/>
+    /// (leaving the model untouched) when the batch or the loss is not finite.</summary>
+    public TrainStepStats Step(ReadOnlySpan<float> batch, int n)
+    {
+        var loss = ForwardBackward(batch, n);
+        long t = _step;
+        double lr = LearningRateAt(t);
+
+        if (_topK) RemoveParallelDecoderGradient();
+        var adam = new AdamScalars(lr, _o.Beta1, _o.Beta2, _o.AdamEpsilon, t + 1);
+        if (_gWEncTransposed) AdamTransposed(_wEnc, _gWEnc!, _mWEnc, _vWEnc, _d, _m, adam);
+        else Adam(_wEnc, _gWEnc!, _mWEnc, _vWEnc, adam);
+        Adam(_bEnc, _gBEnc!, _mBEnc, _vBEnc, adam);
+        Adam(_wDec, _gWDec!, _mWDec, _vWDec, adam);
+        Adam(_bDec, _gBDec!, _mBDec, _vBDec, adam);
+        if (_jump)
+        {
+            Adam(_logTheta!, _gLogTheta!, _mLogTheta!, _vLogTheta!, adam);
+            TensorPrimitives.Exp(_logTheta!, _theta!);
+        }
+        if (_topK) NormalizeDecoderRows();
+        Sae.InvalidateDecoderNorms();
+
+        for (int j = 0; j < _m; j++)
+        {
+            if (_batchFires[j] > 0) _sinceFired[j] = 0; else _sinceFired[j] += n;
+            _fireCount[j] += _batchFires[j];
+        }
+        _countedTokens += n;
+        _step++; _tokens += n;
+
+        int resampled = 0;
+        if (_o.ResampleDeadEvery > 0 && _step % _o.ResampleDeadEvery == 0) resampled = ResampleDead(n);
+
+        return new TrainStepStats
+        {
+            Step = _step, Tokens = _tokens, Loss = loss.Total, Mse = loss.Mse, SparsityLoss = loss.Sparsity, AuxLoss = loss.Aux,
+            L0 = loss.L0, ExplainedVariance = loss.ExplainedVariance, DeadLatents = DeadLatentCount(),
+            LearningRate = lr, SparsityCoefficient = loss.Coefficient, Resampled = resampled,
+        };
+    }
+
+    /// <summary>Gradients of the loss at the current weights for this batch, without updating anything
+    /// (the dead-latent mask and the sparsity coefficient are those the next step would use).</summary>
+    internal SaeGradients ComputeGradients(ReadOnlySpan<float> batch, int n)
+    {
+        var loss = ForwardBackward(batch, n);
+        var gWEnc = _gWEnc!;
+        if (_gWEncTransposed)
+        {
+            gWEnc = new float[(long)_d * _m];
+            for (int j = 0; j < _m; j++)
+                for (int i = 0; i < _d; i++) gWEnc[(long)i * _m + j] = _gWEnc![(long)j * _d + i];
+        }
+        else gWEnc = (float[])gWEnc.Clone();
+        return new SaeGradients
+        {
+            WEnc = gWEnc, BEnc = (float[])_gBEnc!.Clone(), WDec = (float[])_gWDec!.Clone(), BDec = (float[])_gBDec!.Clone(),
+            LogThreshold = _jump ? (float[])_gLogTheta!.Clone() : null,
+            Loss = loss.Total, Mse = loss.Mse, SparsityLoss = loss.Sparsity, AuxLoss = loss.Aux,
+        };
+    }
+
+    /// <summary>JumpReLU: log θ (d_sae), the trained parameter behind <see cref="Sae.Threshold"/>.</summary>
+    internal float[]? LogThreshold => _logTheta;
+
+    /// <summary>Tests: marks latents as not having fired for <paramref name="tokens"/> tokens.</summary>
+    internal void SetTokensSinceFired(int latent, long tokens) => _sinceFired[latent] = tokens;
+
+    /// <summary>Tests: copies new values into log θ (and θ).</summary>
+    internal void SetLogThreshold(ReadOnlySpan<float> logTheta)
+    {
+        logTheta.CopyTo(_logTheta);
+        TensorPrimitives.Exp(_logTheta!, _theta!);
+    }
+
+    readonly record struct BatchLoss(double Mse, double Sparsity, double Aux, double L0, double ExplainedVariance, double Coefficient)
+    {
+        public double Total => Mse + Sparsity + Aux;
+    }
+
+    /// <summary>Checks and scales the batch, then runs the architecture's forward and backward, filling the gradient buffers.</summary>
+    BatchLoss ForwardBackward(ReadOnlySpan<float> batch, int n)
+    {
+        if (n <= 0) throw new ArgumentException($"a batch needs at least one row, got n = {n}");
+        if (batch.Length < (long)n * _d) throw new ArgumentException($"batch has {batch.Length} values, needs n·d_in = {n}·{_d} = {(long)n * _d}");
+        long stepNo = _step + 1;
+        var xin = batch[..(n * _d)];
+        int bad = IndexOfNonFinite(xin);
+        if (bad >= 0)
+            throw new NonFiniteTrainingException(stepNo, "activations",
+                $"step {stepNo}: activation batch has a non-finite value {xin[bad]} at row {bad / _d}, column {bad % _d}; training stopped before updating, the last checkpoint is untouched");
+        if (float.IsNaN(_normScale)) EstimateNormScale(xin, n);
+
+        EnsureBuffers(n);
+        var x = _x.AsSpan(0, n * _d);
+        if (_normScale == 1f) xin.CopyTo(x); else TensorPrimitives.Multiply(xin, _normScale, x);
+        var s = _s.AsSpan(0, n * _d);
+        x.CopyTo(s);
+        if (_o.ApplyBDecToInput) for (int r = 0; r < n; r++) TensorPrimitives.Subtract(s.Slice(r * _d, _d), _bDec, s.Slice(r * _d, _d));
+        Array.Clear(_batchFires);
+
+        double coef = SparsityCoefficientAt(_step);
+        var loss = _topK ? BackwardTopK(n) : BackwardDense(n, coef);
+
+        double totalVar = TotalVariance(x, n);
+        double sse = 0;
+        for (int r = 0; r < n; r++) sse += _rowErr[r];
+        loss = loss with { ExplainedVariance = totalVar > 0 ? 1 - sse / totalVar : double.NaN, Coefficient = coef };
+        if (!double.IsFinite(loss.Total))
+            throw new NonFiniteTrainingException(stepNo, "loss",
+                $"step {stepNo}: loss is not finite (mse {loss.Mse}, sparsity {loss.Sparsity}, aux {loss.Aux}); training stopped before updating, the last checkpoint is untouched");
+        return loss;
+    }
+
+    static int IndexOfNonFinite(ReadOnlySpan<float> a)
+    {
+        for (int i = 0; i < a.Length; i++) if (!float.IsFinite(a[i])) return i;
+        return -1;
+    }
+
+    void EnsureBuffers(int n)
+    {
+        long nd = (long)n * _d;
+        if (_x.Length < nd) { _x = new float[nd]; _s = new float[nd]; _g = new float[nd]; if (_topK) _h = new float[nd]; }
+        if (_rowErr.Length < n) _rowErr = new double[n];
+        long dm = (long)_d * _m;
+        _gWEnc ??= new float[dm]; _gWDec ??= new float[dm];
+        _gBEnc ??= new float[_m]; _gBDec ??= new float[_d];
+        if (_jump) _gLogTheta ??= new float[_m];
+    }
+
+    /// <summary>Σ_r ‖x_r − mean(x)‖² (x is (n, d)).</summary>
+    double TotalVariance(ReadOnlySpan<float> x, int n)
+    {
+        var mean = new double[_d];
+        for (int r = 0; r < n; r++) { var row = x.Slice(r * _d, _d); for (int i = 0; i < _d; i++) mean[i] += row[i]; }
+        for (int i = 0; i < _d; i++) mean[i] /= n;
+        double tv = 0;
+        for (int r = 0; r < n; r++) { var row = x.Slice(r * _d, _d); for (int i = 0; i < _d; i++) { double v = row[i] - mean[i]; tv += v * v; } }
+        return tv;
+    }
+
+    // ───────────────────────────── dense forward/backward (standard, JumpReLU) ─────────────────────────────
+
+    /// <summary>
+    /// Per block of rows (x, s are (b, d)): pre = s·W_enc + b_enc; f = act(pre); x̂ = f·W_dec + b_dec;
+    /// g = (2/n)(x̂ − x); dW_dec += fᵀ·g; df = g·W_decᵀ (+ L1 term); dpre = df ⊙ act'(pre); dW_enc += sᵀ·dpre.
+    /// After all blocks: b_dec's gradient is Σ g − W_enc·Σ dpre (the second term when b_dec is subtracted from the input).
+    /// </summary>
+    BatchLoss BackwardDense(int n, double coef)
+    {
+        int d = _d, m = _m;
+        int block = Math.Min(n, DenseBlockRows);
+        var pre = new float[(long)block * m]; var f = new float[(long)block * m]; var df = new float[(long)block * m];
+        var gWEnc = _gWEnc!; var gWDec = _gWDec!; var gBEnc = _gBEnc!; var gBDec = _gBDec!;
+        Array.Clear(gBEnc); Array.Clear(gBDec);
+        _gWEncTransposed = false;
+        float twoOverN = 2f / n;
+        // standard: ‖W_dec_j‖ weights the L1 penalty; Σ_r f_rj feeds its W_dec gradient
+        var norms = _jump ? null : DecoderRowNorms();
+        var colSumF = _jump ? null : new double[m];
+        var gTheta = _jump ? new double[m] : null;
+        float lamN = (float)(coef / n);
+        float eps = (float)_o.JumpReluBandwidth;
+        int chunks = (m + ColumnChunk - 1) / ColumnChunk;
+        var chunkSparsity = new double[chunks]; var chunkL0 = new double[chunks];
+        double sparsitySum = 0, l0Sum = 0;
+
+        for (int r0 = 0; r0 < n; r0 += block)
+        {
+            int b = Math.Min(block, n - r0);
+            var sBlk = new ReadOnlySpan<float>(_s, r0 * d, b * d);
+            var xBlk = new ReadOnlySpan<float>(_x, r0 * d, b * d);
+            var gBlk = new Span<float>(_g, r0 * d, b * d);
+            Sae.PreActivations(sBlk, pre.AsSpan(0, b * m), b);
+
+            // f = act(pre), per column chunk (fixed chunks → the same sums whatever the thread count)
+            Array.Clear(chunkSparsity); Array.Clear(chunkL0);
+            ForChunks(chunks, c =>
+            {
+                int j0 = c * ColumnChunk, j1 = Math.Min(m, j0 + ColumnChunk);
+                double sp = 0, l0 = 0;
+                for (int r = 0; r < b; r++)
+                {
+                    long o = (long)r * m;
+                    for (int j = j0; j < j1; j++)
+                    {
+                        float p = pre[o + j];
+                        float v = _jump ? (p > _theta![j] ? p : 0f) : (p > 0 ? p : 0f);
+                        f[o + j] = v;
+                        if (v > 0) { l0++; _batchFires[j]++; if (!_jump) sp += (double)v * norms![j]; }
+                    }
+                }
+                chunkSparsity[c] = sp; chunkL0[c] = l0;
+            });
+            for (int c = 0; c < chunks; c++) { sparsitySum += chunkSparsity[c]; l0Sum += chunkL0[c]; }
+
+            // x̂ = f·W_dec + b_dec; e = x̂ − x; g = (2/n)·e
+            Gemm.MatMul(f.AsSpan(0, b * m), _wDec, gBlk, b, m, d);
+            for (int r = 0; r < b; r++)
+            {
+                var gr = gBlk.Slice(r * d, d);
+                TensorPrimitives.Add(gr, _bDec, gr);
+                TensorPrimitives.Subtract(gr, xBlk.Slice(r * d, d), gr);
+                _rowErr[r0 + r] = TensorPrimitives.Dot(gr, gr);
+                TensorPrimitives.Multiply(gr, twoOverN, gr);
+                TensorPrimitives.Add(gBDec, gr, gBDec);
+            }
+            // dW_dec (m, d) += fᵀ·g;  df (b, m) = g·W_decᵀ
+            Gemm.MatMulTransA(f.AsSpan(0, b * m), gBlk, gWDec, m, b, d, accumulate: r0 > 0);
+            Gemm.MatMulTransB(gBlk, _wDec, df.AsSpan(0, b * m), b, d, m);
+
+            // dpre = df ⊙ act'(pre) (+ sparsity terms), in place in df
+            ForChunks(chunks, c =>
+            {
+                int j0 = c * ColumnChunk, j1 = Math.Min(m, j0 + ColumnChunk);
+                for (int r = 0; r < b; r++)
+                {
+                    long o = (long)r * m;
+                    for (int j = j0; j < j1; j++)
+                    {
+                        float p = pre[o + j], gd = df[o + j];
+                        if (_jump)
+                        {
+                            float th = _theta![j];
+                            // rectangle kernel: |pre − θ| / ε < 1/2
+                            float u = (p - th) / eps;
+                            if (u > -0.5f && u < 0.5f) gTheta![j] += -(th / eps) * gd - lamN / eps;
+                            df[o + j] = p > th ? gd : 0f;
+                        }
+                        else
+                        {
+                            float v = f[o + j];
+                            colSumF![j] += v;
+                            df[o + j] = p > 0 ? gd + lamN * norms![j] : 0f;
+                        }
+                        gBEnc[j] += df[o + j];
+                    }
+                }
+            });
+            // dW_enc (d, m) += sᵀ·dpre
+            Gemm.MatMulTransA(sBlk, df.AsSpan(0, b * m), gWEnc, d, b, m, accumulate: r0 > 0);
+        }
+
+        double sparsity;
+        if (_jump)
+        {
+            for (int j = 0; j < m; j++) _gLogTheta![j] = (float)(gTheta![j] * _theta![j]);
+            sparsity = coef * l0Sum / n;
+        }
+        else
+        {
+            // d/dW_dec_j of λ/n·Σ_r f_rj‖W_dec_j‖ = λ/n·(Σ_r f_rj)·W_dec_j/‖W_dec_j‖
+            for (int j = 0; j < m; j++)
+                if (norms![j] > 0 && colSumF![j] != 0)
+                {
+                    var row = _wDec.AsSpan(j * d, d);
+                    TensorPrimitives.MultiplyAdd(row, (float)(lamN * colSumF[j] / norms[j]), gWDec.AsSpan(j * d, d), gWDec.AsSpan(j * d, d));
+                }
+            sparsity = coef * sparsitySum / n;
+        }
+        FinishBDecGradient();
+        double mse = 0;
+        for (int r = 0; r < n; r++) mse += _rowErr[r];
+        return new BatchLoss(mse / n, sparsity, 0, l0Sum / n, 0, coef);
+    }
+
+    float[] DecoderRowNorms()
+    {
+        var norms = new float[_m];
+        for (int j = 0; j < _m; j++) norms[j] = TensorPrimitives.Norm(new ReadOnlySpan<float>(_wDec, j * _d, _d));
+        return norms;
+    }
+
+    /// <summary>b_dec enters through x̂ (+Σ g, already summed) and, when subtracted from the input, through s: − W_enc·(Σ_r dpre_r) = − W_enc·db_enc.</summary>
+    void FinishBDecGradient()
+    {
+        if (!_o.ApplyBDecToInput) return;
+        var gBDec = _gBDec!; var gBEnc = _gBEnc!;
+        for (int i = 0; i < _d; i++) gBDec[i] -= TensorPrimitives.Dot(new ReadOnlySpan<float>(_wEnc, i * _m, _m), gBEnc);
+    }
+
+    static void ForChunks(int chunks, Action<int> body)
+    {
+        if (chunks == 1) { body(0); return; }
+        Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, body);
+    }
+
+    // ───────────────────────────── sparse forward/backward (TopK) ─────────────────────────────
+
+    /// <summary>
+    /// pre = s·W_enc + b_enc (the one dense GEMM, in row blocks); per row the k largest pre (and, with dead latents,
+    /// the k_aux largest among the dead). Then per row: x̂ = b_dec + Σ_i f_i·W_dec[idx_i], g = (2/n)(x̂ − x),
+    /// dpre_i = g·W_dec[idx_i] where pre_i &gt; 0; AuxK: ê = Σ a_i·W_dec[aux_i], h = c·(2/n)(ê + x̂ − x),
+    /// da_i = h·W_dec[aux_i]. The selections are regrouped by latent, and each latent's W_dec row gradient
+    /// (Σ f·g + Σ a·h) and W_enc column gradient (Σ dpre·s, kept as a row of a (m, d) transposed buffer) is
+    /// summed by one thread in row order.
+    /// </summary>
+    BatchLoss BackwardTopK(int n)
+    {
+        int d = _d, m = _m, k = _o.K;
+        // dead latents before this step (as SAELens): AuxK over the top k_aux of them
+        int numDead = 0;
+        for (int j = 0; j < m; j++) if (_sinceFired[j] >= _o.DeadAfterTokens) numDead++;
+        int kAuxBase = Math.Max(1, d / 2);
+        int kAux = _o.AuxKCoefficient > 0 && numDead > 0 ? Math.Min(kAuxBase, numDead) : 0;
+        double auxScale = kAux > 0 ? _o.AuxKCoefficient * Math.Min(1.0, (double)numDead / kAuxBase) : 0;
+        var dead = new int[numDead];
+        for (int j = 0, c = 0; j < m; j++) if (_sinceFired[j] >= _o.DeadAfterTokens) dead[c++] = j;
+
+        var idx = new int[(long)n * k]; var val = new float[(long)n * k];
+        var auxIdx = new int[(long)n * kAux]; var auxVal = new float[(long)n * kAux];
+        int block = Math.Min(n, SparseBlockRows);
+        var pre = new float[(long)block * m];
+        for (int r0 = 0; r0 < n; r0 += block)
+        {
+            int b = Math.Min(block, n - r0);
+            Sae.PreActivations(new ReadOnlySpan<float>(_s, r0 * d, b * d), pre.AsSpan(0, b * m), b);
+            ParallelRows.For(b, m, (a0, a1) =>
+            {
+                var tmp = kAux > 0 ? new float[numDead] : null;
+                var ti = kAux > 0 ? new int[kAux] : null;
+                for (int r = a0; r < a1; r++)
+                {
+                    var row = new ReadOnlySpan<float>(pre, r * m, m);
+                    long o = (long)(r0 + r) * k;
+                    TopK.Select(row, k, idx.AsSpan((int)o, k), val.AsSpan((int)o, k));
+                    if (kAux == 0) continue;
+                    for (int q = 0; q < numDead; q++) tmp![q] = row[dead[q]];
+                    long oa = (long)(r0 + r) * kAux;
+                    TopK.Select(tmp, kAux, ti, auxVal.AsSpan((int)oa, kAux));
+                    for (int q = 0; q < kAux; q++) auxIdx[oa + q] = dead[ti![q]];
+                }
+            });
+        }
+
+        // per-row decoder, errors and latent gradients
+        var dEnc = new float[(long)n * k]; var dAux = new float[(long)n * kAux];
+        var auxErr = new double[n]; var rowL0 = new int[n];
+        float twoOverN = 2f / n, hScale = (float)(auxScale * 2.0 / n);
+        ParallelRows.For(n, (long)(k + kAux) * d * 2, (a0, a1) =>
+        {
+            var eh = kAux > 0 ? new float[d] : null;
+            for (int r = a0; r < a1; r++)
+            {
+                var g = new Span<float>(_g, r * d, d);
+                _bDec.CopyTo(g);
+                long o = (long)r * k;
+                int l0 = 0;
+                for (int i = 0; i < k; i++)
+                {
+                    float v = val[o + i];
+                    if (v > 0) { l0++; TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_wDec, idx[o + i] * d, d), v, g, g); }
+                }
+                rowL0[r] = l0;
+                TensorPrimitives.Subtract(g, new ReadOnlySpan<float>(_x, r * d, d), g); // e = x̂ − x
+                _rowErr[r] = TensorPrimitives.Dot(g, g);
+                if (kAux > 0)
+                {
+                    // ê + e where the residual x − x̂ = −e is a constant
+                    g.CopyTo(eh);
+                    long oa = (long)r * kAux;
+                    for (int i = 0; i < kAux; i++)
+                    {
+                        float a = auxVal[oa + i];
+                        if (a > 0) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_wDec, auxIdx[oa + i] * d, d), a, eh, eh);
+                    }
+                    auxErr[r] = TensorPrimitives.Dot(eh, eh);
+                    var h = new Span<float>(_h, r * d, d);
+                    TensorPrimitives.Multiply(eh, hScale, h);
+                    for (int i = 0; i < kAux; i++)
+                        dAux[oa + i] = auxVal[oa + i] > 0 ? TensorPrimitives.Dot(h, new ReadOnlySpan<float>(_wDec, auxIdx[oa + i] * d, d)) : 0f;
+                }
+                TensorPrimitives.Multiply(g, twoOverN, g);
+                for (int i = 0; i < k; i++)
+                    dEnc[o + i] = val[o + i] > 0 ? TensorPrimitives.Dot(g, new ReadOnlySpan<float>(_wDec, idx[o + i] * d, d)) : 0f;
+            }
+        });
+
+        // regroup the active selections by latent (counting sort, rows ascending, main before aux within a row)
+        var start = new int[m + 1];
+        for (long e = 0; e < (long)n * k; e++) if (val[e] > 0) start[idx[e] + 1]++;
+        for (long e = 0; e < (long)n * kAux; e++) if (auxVal[e] > 0) start[auxIdx[e] + 1]++;
+        for (int j = 0; j < m; j++) start[j + 1] += start[j];
+        int total = start[m];
+        var entRow = new int[total]; var entDec = new float[total]; var entEnc = new float[total]; var entAux = new bool[total];
+        var fill = (int[])start.Clone();
+        for (int r = 0; r < n; r++)
+        {
+            long o = (long)r * k;
+            for (int i = 0; i < k; i++)
+            {
+                float v = val[o + i];
+                if (!(v > 0)) continue;
+                int j = idx[o + i], p = fill[j]++;
+                entRow[p] = r; entDec[p] = v; entEnc[p] = dEnc[o + i];
+                _batchFires[j]++;
+            }
+            long oa = (long)r * kAux;
+            for (int i = 0; i < kAux; i++)
+            {
+                float a = auxVal[oa + i];
+                if (!(a > 0)) continue;
+                int j = auxIdx[oa + i], p = fill[j]++;
+                entRow[p] = r; entDec[p] = a; entEnc[p] = dAux[oa + i]; entAux[p] = true;
+            }
+        }
+
+        var gWEncT = _gWEnc!; var gWDec = _gWDec!; var gBEnc = _gBEnc!; var gBDec = _gBDec!;
+        _gWEncTransposed = true;
+        ParallelRows.For(m, (long)d * 4 * Math.Max(1, total / m), (j0, j1) =>
+        {
+            for (int j = j0; j < j1; j++)
+            {
+                var wd = gWDec.AsSpan(j * d, d); var we = gWEncT.AsSpan(j * d, d);
+                wd.Clear(); we.Clear();
+                float be = 0;
+                for (int p = start[j]; p < start[j + 1]; p++)
+                {
+                    int r = entRow[p];
+                    var src = entAux[p] ? new ReadOnlySpan<float>(_h, r * d, d) : new ReadOnlySpan<float>(_g, r * d, d);
+                    TensorPrimitives.MultiplyAdd(src, entDec[p], wd, wd);
+                    TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_s, r * d, d), entEnc[p], we, we);
+                    be += entEnc[p];
+                }
+                gBEnc[j] = be;
+            }
+        });
+        Array.Clear(gBDec);
+        for (int r = 0; r < n; r++) TensorPrimitives.Add(gBDec, new ReadOnlySpan<float>(_g, r * d, d), gBDec);
+        FinishBDecGradient();
+
+        double mse = 0, aux = 0, l0 = 0;
+        for (int r = 0; r < n; r++) { mse += _rowErr[r]; aux += auxErr[r]; l0 += rowL0[r]; }
+        return new BatchLoss(mse / n, 0, auxScale * aux / n, l0 / n, 0, 0);
+    }
+
+    /// <summary>TopK: removes from each W_dec row's gradient its component along the row (unit-norm constraint).</summary>
+    void RemoveParallelDecoderGradient()
+    {
+        var g = _gWDec!;
+        ParallelRows.For(_m, _d * 4L, (j0, j1) =>
+        {
+            for (int j = j0; j < j1; j++)
+            {
+                var w = new ReadOnlySpan<float>(_wDec, j * _d, _d); var gj = g.AsSpan(j * _d, _d);
+                float ww = TensorPrimitives.Dot(w, w);
+                if (ww > 0) TensorPrimitives.MultiplyAdd(w, -TensorPrimitives.Dot(w, gj) / ww, gj, gj);
+            }
+        });
+    }
+
+    void NormalizeDecoderRows()
+    {
+        ParallelRows.For(_m, _d * 2L, (j0, j1) =>
+        {
+            for (int j = j0; j < j1; j++)
+            {
+                var w = _wDec.AsSpan(j * _d, _d);
+                float nrm = TensorPrimitives.Norm(w);
+                if (nrm > 0) TensorPrimitives.Divide(w, nrm, w);
+            }
+        });
+    }
+
+    // ───────────────────────────── Adam ─────────────────────────────
+
+    /// <summary>torch.optim.Adam's update for step t: m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
+    /// p ← p − (lr/(1−β1ᵗ))·m / (√v/√(1−β2ᵗ) + ε).</summary>
+    readonly struct AdamScalars
+    {
+        public readonly float B1, OneMinusB1, B2, OneMinusB2, StepSize, InvSqrtBc2, Eps;
+        public AdamScalars(double lr, double b1, double b2, double eps, long t)
+        {
+            B1 = (float)b1; OneMinusB1 = (float)(1 - b1); B2 = (float)b2; OneMinusB2 = (float)(1 - b2);
+            StepSize = (float)(lr / (1 - Math.Pow(b1, t)));
+            InvSqrtBc2 = (float)(1 / Math.Sqrt(1 - Math.Pow(b2, t)));
+            Eps = (float)eps;
+        }
+    }
+
+    static void Adam(float[] p, float[] g, float[] mom, float[] vel, AdamScalars a)
+    {
+        const int Chunk = 1 << 14;
+        int chunks = (p.Length + Chunk - 1) / Chunk;
+        ParallelRows.For(chunks, Chunk, (c0, c1) =>
+        {
+            int i0 = c0 * Chunk, i1 = Math.Min(p.Length, c1 * Chunk);
+            AdamRange(p.AsSpan(i0, i1 - i0), g.AsSpan(i0, i1 - i0), mom.AsSpan(i0, i1 - i0), vel.AsSpan(i0, i1 - i0), a);
+        });
+    }
+
+    static void AdamRange(Span<float> p, ReadOnlySpan<float> g, Span<float> mom, Span<float> vel, AdamScalars a)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var b1 = Vector512.Create(a.B1); var c1 = Vector512.Create(a.OneMinusB1);
+            var b2 = Vector512.Create(a.B2); var c2 = Vector512.Create(a.OneMinusB2);
+            var ss = Vector512.Create(a.StepSize); var ib = Vector512.Create(a.InvSqrtBc2); var ep = Vector512.Create(a.Eps);
+            for (; i + 16 <= p.Length; i += 16)
+            {
+                var gv = Vector512.Create(g.Slice(i, 16));
+                var mv = b1 * Vector512.Create(mom.Slice(i, 16)) + c1 * gv;
+                var vv = b2 * Vector512.Create(vel.Slice(i, 16)) + c2 * (gv * gv);
+                var pv = Vector512.Create(p.Slice(i, 16)) - ss * mv / (Vector512.Sqrt(vv) * ib + ep);
+                mv.CopyTo(mom.Slice(i, 16)); vv.CopyTo(vel.Slice(i, 16)); pv.CopyTo(p.Slice(i, 16));
+            }
+        }
+        for (; i < p.Length; i++)
+        {
+            float gi = g[i];
+            float mi = a.B1 * mom[i] + a.OneMinusB1 * gi;
+            float vi = a.B2 * vel[i] + a.OneMinusB2 * (gi * gi);
+            mom[i] = mi; vel[i] = vi;
+            p[i] -= a.StepSize * mi / (MathF.Sqrt(vi) * a.InvSqrtBc2 + a.Eps);
+        }
+    }
+
+    /// <summary>Adam on W_enc (d, m) whose gradient is stored transposed, gT (m, d): 16 latents at a time, so
+    /// each W_enc cache line is touched once and the 16 gradient rows stream in order.</summary>
+    static void AdamTransposed(float[] p, float[] gT, float[] mom, float[] vel, int d, int m, AdamScalars a)
+    {
+        const int B = 16;
+        int blocks = (m + B - 1) / B;
+        ParallelRows.For(blocks, (long)d * B, (q0, q1) =>
+        {
+            Span<float> gv = stackalloc float[B];
+            for (int q = q0; q < q1; q++)
+            {
+                int j0 = q * B, w = Math.Min(B, m - j0);
+                for (int i = 0; i < d; i++)
+                {
+                    for (int t = 0; t < w; t++) gv[t] = gT[(long)(j0 + t) * d + i];
+                    long o = (long)i * m + j0;
+                    AdamRange(p.AsSpan((int)o, w), gv[..w], mom.AsSpan((int)o, w), vel.AsSpan((int)o, w), a);
+                }
+            }
+        });
+    }
+
+    // ───────────────────────────── resampling ─────────────────────────────
+
+    /// <summary>
+    /// Standard/JumpReLU: gives every dead latent a new direction taken from an input of the last batch, drawn
+    /// with probability ∝ (its squared error)² (Anthropic, "Towards Monosemanticity"): W_dec row = u times the mean
+    /// alive decoder norm, W_enc column = u times 0.2 × the mean alive encoder norm, b_enc = 0, JumpReLU threshold back
+    /// to its initial value; their Adam moments restart at 0.
+    /// </summary>
+    int ResampleDead(int n)
+    {
+        var dead = new List<int>();
+        for (int j = 0; j < _m; j++) if (_sinceFired[j] >= _o.DeadAfterTokens) dead.Add(j);
+        if (dead.Count == 0) return 0;
+        var cum = new double[n];
+        double acc = 0;
+        for (int r = 0; r < n; r++) { acc += _rowErr[r] * _rowErr[r]; cum[r] = acc; }
+        if (!(acc > 0)) return 0;
+
+        var encNorm = new double[_m];
+        for (int i = 0; i < _d; i++)
+        {
+            var row = new ReadOnlySpan<float>(_wEnc, i * _m, _m);
+            for (int j = 0; j < _m; j++) encNorm[j] += (double)row[j] * row[j];
+        }
+        double aliveEnc = 0, aliveDec = 0; int alive = 0;
+        var deadSet = new HashSet<int>(dead);
+        for (int j = 0; j < _m; j++)
+        {
+            if (deadSet.Contains(j)) continue;
+            aliveEnc += Math.Sqrt(encNorm[j]);
+            aliveDec += TensorPrimitives.Norm(new ReadOnlySpan<float>(_wDec, j * _d, _d));
+            alive++;
+        }
+        double encScale = 0.2 * (alive > 0 ? aliveEnc / alive : 1.0);
+        double decScale = alive > 0 ? aliveDec / alive : _o.DecoderInitNorm;
+
+        var u = new float[_d];
+        foreach (int j in dead)
+        {
+            double target = _rng.NextDouble() * acc;
+            int r = Array.BinarySearch(cum, target);
+            if (r < 0) r = ~r;
+            r = Math.Min(r, n - 1);
+            new ReadOnlySpan<float>(_s, r * _d, _d).CopyTo(u);
+            float nrm = TensorPrimitives.Norm(u);
+            if (!(nrm > 0)) continue;
+            TensorPrimitives.Divide(u, nrm, u);
+            var wd = _wDec.AsSpan(j * _d, _d);
+            TensorPrimitives.Multiply(u, (float)decScale, wd);
+            for (int i = 0; i < _d; i++)
+            {
+                long o = (long)i * _m + j;
+                _wEnc[o] = (float)(u[i] * encScale);
+                _mWEnc[o] = 0; _vWEnc[o] = 0;
+            }
+            _mWDec.AsSpan(j * _d, _d).Clear(); _vWDec.AsSpan(j * _d, _d).Clear();
+            _bEnc[j] = 0; _mBEnc[j] = 0; _vBEnc[j] = 0;
+            if (_jump)
+            {
+                _logTheta![j] = (float)Math.Log(_o.JumpReluInitThreshold);
+                _theta![j] = MathF.Exp(_logTheta[j]);
+                _mLogTheta![j] = 0; _vLogTheta![j] = 0;
+            }
+            _sinceFired[j] = 0;
+        }
+        Sae.InvalidateDecoderNorms();
+        return dead.Count;
+    }
+
+    // ───────────────────────────── export ─────────────────────────────
+
+    /// <summary>A copy of the current SAE that takes raw activations: the normalisation scale s is folded in
+    /// (W_enc·s, W_dec/s, b_dec/s, as SAELens's fold_activation_norm_scaling_factor).</summary>
+    public Sae ExportSae()
+    {
+        float s = float.IsNaN(_normScale) ? 1f : _normScale;
+        var wEnc = (float[])_wEnc.Clone(); var wDec = (float[])_wDec.Clone(); var bDec = (float[])_bDec.Clone();
+        if (s != 1f)
+        {
+            TensorPrimitives.Multiply(wEnc, s, wEnc);
+            TensorPrimitives.Divide(wDec, s, wDec);
+            TensorPrimitives.Divide(bDec, s, bDec);
+        }
+        var cfg = Sae.Config.Clone();
+        cfg.Format = "FeatureLens training";
+        cfg.Metadata.Extra["featurelens_version"] = typeof(SaeTrainer).Assembly.GetName().Version?.ToString() ?? "0";
+        cfg.Metadata.Extra["featurelens_training_steps"] = _step;
+        cfg.Metadata.Extra["featurelens_training_tokens"] = _tokens;
+        return new Sae(cfg, wEnc, (float[])_bEnc.Clone(), wDec, bDec, threshold: _theta is null ? null : (float[])_theta.Clone());
+    }
+}

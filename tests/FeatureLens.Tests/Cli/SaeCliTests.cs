@@ -1,0 +1,102 @@
+using System.Text.Json;
+using FeatureLens.Runtime.Checkpoints;
+using FeatureLens.Saes;
+using FeatureLens.Saes.Formats;
+using FeatureLens.Tests.Saes;
+
+namespace FeatureLens.Tests.Cli;
+
+/// <summary>featurelens sae train | inspect | eval and run --sae, end to end on stories260K.</summary>
+public class SaeCliTests
+{
+    static string Stories => Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin");
+
+    /// <summary>On-distribution text: 200 stories sampled from stories260K itself (JSONL).</summary>
+    static string SmallCorpus(TempDir dir, int seed = 5)
+    {
+        using var m = Runtime.Models.HookedTransformer.Load(Stories);
+        string path = dir.File("corpus.jsonl");
+        SaeSuite.SampleCorpus(m, path, 200, 200, seed);
+        return path;
+    }
+
+    [Fact]
+    public void TrainInspectRunAndEvalATopKSae()
+    {
+        using var dir = new TempDir();
+        string corpus = SmallCorpus(dir, Random.Shared.Next()), outDir = dir.File("sae");
+        int seed = Random.Shared.Next(1000);
+        var train = CliTests.Run("sae", "train", "--model", Stories, "--hook", "blocks.2.hook_resid_post", "--corpus", corpus, "--architecture", "topk",
+            "--d-sae", "256", "--k", "8", "--tokens", "61440", "--batch-tokens", "1024", "--context", "64", "--seed", seed.ToString(), "--out", outDir);
+        Assert.True(train.ExitCode == 0, train.Stderr + train.Text);
+        foreach (var f in new[] { "cfg.json", "sae_weights.safetensors", "sparsity.safetensors" }) Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+        var cfg = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "cfg.json"))).RootElement;
+        Assert.Equal("topk", cfg.GetProperty("architecture").GetString());
+        Assert.Equal("blocks.2.hook_resid_post", cfg.GetProperty("metadata").GetProperty("hook_name").GetString());
+        Assert.Equal("stories260K.bin", cfg.GetProperty("metadata").GetProperty("model_name").GetString());
+        Assert.Contains("corpus.jsonl", cfg.GetProperty("metadata").GetProperty("dataset_path").GetString());
+
+        var inspect = CliTests.Run("sae", "inspect", outDir);
+        Assert.True(inspect.ExitCode == 0, inspect.Stderr);
+        Assert.Contains("topk", inspect.Text);
+        Assert.Contains("blocks.2.hook_resid_post", inspect.Text);
+        Assert.Contains("256", inspect.Text);
+        Assert.Contains("stories260K.bin", inspect.Text);
+
+        string acts = dir.File("acts.safetensors");
+        var run = CliTests.Run("run", "--model", Stories, "--text", "Once upon a time, Lily saw a big dog.", "--sae", outDir, "--hooks", "*.hook_sae_acts_post,blocks.2.hook_resid_post", "--out", acts);
+        Assert.True(run.ExitCode == 0, run.Stderr);
+        using (var f = SafetensorsFile.Open(acts))
+        {
+            var e = f.Entry("blocks.2.hook_resid_post.hook_sae_acts_post");
+            Assert.Equal(256, e.Shape[1]);
+            var a = f.ReadF32("blocks.2.hook_resid_post.hook_sae_acts_post").Data;
+            int T = e.Shape[0];
+            for (int t = 0; t < T; t++) Assert.InRange(a.AsSpan(t * 256, 256).ToArray().Count(v => v > 0), 1, 8);
+            // the exported latents are the SAE's encoding of the exported activation
+            var sae = SaeLoader.Load(outDir);
+            var x = f.ReadF32("blocks.2.hook_resid_post").Data;
+            var expected = sae.Encode(new Runtime.Tensors.Tensor([T, 64], x));
+            Assert.True(Compare.RelativeError(a, expected.Data, "acts") <= 1e-5);
+        }
+
+        string json = dir.File("eval.json");
+        var eval = CliTests.Run("sae", "eval", "--model", Stories, "--sae", outDir, "--corpus", corpus, "--tokens", "4096", "--context", "64", "--json", json);
+        Assert.True(eval.ExitCode == 0, eval.Stderr);
+        Assert.Contains("loss rec", eval.Text);
+        var r = JsonDocument.Parse(File.ReadAllText(json)).RootElement[0];
+        Assert.Equal(8.0, r.GetProperty("l0").GetDouble(), 6);
+        double ceClean = r.GetProperty("ce_clean").GetDouble(), ceSpliced = r.GetProperty("ce_spliced").GetDouble(), ceZero = r.GetProperty("ce_zero_ablated").GetDouble();
+        Assert.True(ceClean < ceSpliced && ceSpliced < ceZero, $"CE clean {ceClean} spliced {ceSpliced} zero {ceZero}");
+        Assert.InRange(r.GetProperty("explained_variance").GetDouble(), 0.0, 1.0);
+        Assert.Equal(256, r.GetProperty("feature_frequency").GetArrayLength());
+    }
+
+    [Fact]
+    public void SpliceErrorsNameTheSaeAndTheHook()
+    {
+        using var dir = new TempDir();
+        var rng = new Random(Random.Shared.Next());
+        string wrongWidth = dir.File("wrong");
+        SaeWriter.Save(SaeTestData.Random(rng, SaeArchitecture.Standard, 48, 64, "blocks.1.hook_resid_post"), wrongWidth);
+        var r = CliTests.Run("run", "--model", Stories, "--text", "Hi", "--sae", wrongWidth, "--out", dir.File("x.safetensors"));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("d_in = 48", r.Stderr);
+        Assert.Contains("blocks.1.hook_resid_post", r.Stderr);
+
+        string unknownHook = dir.File("unknown");
+        SaeWriter.Save(SaeTestData.Random(rng, SaeArchitecture.Standard, 64, 64, "blocks.7.hook_resid_post"), unknownHook);
+        r = CliTests.Run("run", "--model", Stories, "--text", "Hi", "--sae", unknownHook, "--out", dir.File("x.safetensors"));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("blocks.7.hook_resid_post", r.Stderr);
+        Assert.DoesNotContain("   at ", r.Stderr);
+
+        r = CliTests.Run("sae", "train", "--model", Stories, "--hook", "blocks.2.hook_nonsense", "--corpus", SmallCorpus(dir), "--d-sae", "64", "--tokens", "4096", "--out", dir.File("t"));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("blocks.2.hook_nonsense", r.Stderr);
+
+        r = CliTests.Run("sae", "inspect", dir.File("missing-folder"));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("missing-folder", r.Stderr);
+    }
+}
