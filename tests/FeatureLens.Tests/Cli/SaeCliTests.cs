@@ -99,4 +99,31 @@ public class SaeCliTests
         Assert.Equal(1, r.ExitCode);
         Assert.Contains("missing-folder", r.Stderr);
     }
+
+    [Fact]
+    public void SuiteBuildsAndThenResumesWithoutRedoingWork()
+    {
+        using var dir = new TempDir();
+        string outDir = dir.File("suite");
+        string[] args = ["sae", "suite", "--model", Stories, "--out", outDir, "--documents", "48", "--document-tokens", "120", "--d-sae", "128", "--k", "8",
+            "--tokens", "24576", "--context", "64", "--eval-tokens", "1500", "--seed", Random.Shared.Next(1000).ToString()];
+        var r = CliTests.Run(args);
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Text);
+        Assert.Contains("suite built", r.Text);
+        for (int l = 0; l < 5; l++)
+        {
+            var sae = SaeLoader.Load(Path.Combine(outDir, "saes", $"blocks.{l}.hook_resid_post"));
+            Assert.Equal($"blocks.{l}.hook_resid_post", sae.Config.HookName);
+            Assert.Equal(128, sae.DSae);
+        }
+        var eval = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "eval.json"))).RootElement;
+        Assert.Equal(5, eval.GetArrayLength());
+        var features = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "features.json"))).RootElement;
+        Assert.Equal(128, features[0].GetProperty("latents").GetArrayLength());
+        var weights = File.ReadAllBytes(Path.Combine(outDir, "saes", "blocks.3.hook_resid_post", "sae_weights.safetensors"));
+        var again = CliTests.Run(args);
+        Assert.True(again.ExitCode == 0, again.Stderr + again.Text);
+        Assert.Contains("reusing", again.Text);
+        Assert.Equal(weights, File.ReadAllBytes(Path.Combine(outDir, "saes", "blocks.3.hook_resid_post", "sae_weights.safetensors")));
+    }
 }

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using FeatureLens.Runtime.Models;
+using FeatureLens.Runtime.Tokenizers;
 
 namespace FeatureLens.Saes.Training;
 
@@ -68,43 +69,8 @@ public sealed class ModelActivationSource : IActivationSource
         bool prependBos = true, int batchSequences = 8, ulong? shuffleSeed = null)
     {
         if (!File.Exists(corpusPath)) throw new FileNotFoundException($"corpus file not found: {corpusPath}", corpusPath);
-        return new ModelActivationSource(model, hookName, ReadCorpus(corpusPath), contextSize, prependBos, batchSequences, shuffleSeed,
+        return new ModelActivationSource(model, hookName, Corpus.Documents(corpusPath), contextSize, prependBos, batchSequences, shuffleSeed,
             $"{hookName} on {Path.GetFileName(corpusPath)}, context {contextSize}");
-    }
-
-    /// <summary>The documents of a corpus file (lazily; each enumeration re-reads the file). See <see cref="FromCorpus"/>.</summary>
-    public static IEnumerable<string> ReadCorpus(string path)
-    {
-        bool jsonl = path.EndsWith(".jsonl", StringComparison.OrdinalIgnoreCase);
-        var paragraph = new System.Text.StringBuilder();
-        int lineNo = 0;
-        foreach (var line in File.ReadLines(path))
-        {
-            lineNo++;
-            if (jsonl)
-            {
-                if (string.IsNullOrWhiteSpace(line)) continue;
-                string? text;
-                try
-                {
-                    using var doc = JsonDocument.Parse(line);
-                    text = doc.RootElement.ValueKind == JsonValueKind.Object && doc.RootElement.TryGetProperty("text", out var t) && t.ValueKind == JsonValueKind.String
-                        ? t.GetString() : null;
-                }
-                catch (JsonException ex) { throw new InvalidDataException($"{path}:{lineNo}: not valid JSON ({ex.Message})"); }
-                if (text == null) throw new InvalidDataException($"{path}:{lineNo}: expected an object with a string field \"text\"");
-                if (text.Length > 0) yield return text;
-                continue;
-            }
-            if (line.Trim().Length == 0)
-            {
-                if (paragraph.Length > 0) { yield return paragraph.ToString(); paragraph.Clear(); }
-                continue;
-            }
-            if (paragraph.Length > 0) paragraph.Append('\n');
-            paragraph.Append(line);
-        }
-        if (paragraph.Length > 0) yield return paragraph.ToString();
     }
 
     public string Describe() => _describe;
@@ -190,29 +156,6 @@ public sealed class ModelActivationSource : IActivationSource
         return checked((int)width);
     }
 
-    /// <summary>Token sequences of exactly contextSize tokens (see the class remarks).</summary>
-    IEnumerable<int[]> Sequences()
-    {
-        var tok = _model.Tokenizer!;
-        int body = _prependBos ? _ctx - 1 : _ctx;
-        var pending = new List<int>(_ctx * 2);
-        bool first = true;
-        foreach (var text in _texts)
-        {
-            if (!first && _bos >= 0) pending.Add(_bos);
-            first = false;
-            pending.AddRange(tok.Encode(text, addBos: false));
-            int used = 0;
-            while (pending.Count - used >= body)
-            {
-                var seq = new int[_ctx];
-                int o = 0;
-                if (_prependBos) seq[o++] = _bos;
-                pending.CopyTo(used, seq, o, body);
-                used += body;
-                yield return seq;
-            }
-            pending.RemoveRange(0, used);
-        }
-    }
+    /// <summary>Token sequences of exactly contextSize tokens (see the class remarks and <see cref="Corpus.Windows"/>).</summary>
+    IEnumerable<int[]> Sequences() => Corpus.Windows(_texts, _model.Tokenizer!, _ctx, _prependBos).Where(w => w.Length == _ctx);
 }
