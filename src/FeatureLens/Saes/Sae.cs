@@ -1,4 +1,6 @@
+using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using FeatureLens.Runtime.Kernels;
 using Tensor = FeatureLens.Runtime.Tensors.Tensor;
 
@@ -156,23 +158,43 @@ public sealed class Sae
         CheckLen(saeIn.Length, (long)n * DIn, "SAE input");
         CheckLen(pre.Length, (long)n * dSae, "pre-activations");
         Gemm.MatMul(saeIn[..(n * DIn)], WEnc, pre[..(n * dSae)], n, DIn, dSae);
-        if (Config.Architecture == SaeArchitecture.Gated)
+        AddBiases(pre, n, gatePre);
+    }
+
+    /// <summary>pre += b_enc (rows in parallel); for gated SAEs gate = pre + b_gate and pre = pre·exp(r_mag) + b_mag.</summary>
+    unsafe void AddBiases(Span<float> pre, int n, Span<float> gatePre)
+    {
+        int dSae = DSae;
+        bool gated = Config.Architecture == SaeArchitecture.Gated;
+        if (gated) CheckLen(gatePre.Length, (long)n * dSae, "gate pre-activations");
+        var scale = gated ? MagnitudeScale : null;
+        fixed (float* pp = pre) fixed (float* pg = gatePre)
         {
-            CheckLen(gatePre.Length, (long)n * dSae, "gate pre-activations");
-            var scale = new float[dSae];
-            TensorPrimitives.Exp(RMag!, scale);
-            for (int r = 0; r < n; r++)
+            float* ppc = pp, pgc = pg;
+            ParallelRows.For(n, dSae, (r0, r1) =>
             {
-                var p = pre.Slice(r * dSae, dSae);
-                var g = gatePre.Slice(r * dSae, dSae);
-                TensorPrimitives.Add(p, BGate!, g);
-                // x·(W_enc ⊙ exp(r_mag)) = (x·W_enc) ⊙ exp(r_mag)
-                TensorPrimitives.MultiplyAdd(p, scale, BMag!, p);
-            }
+                for (int r = r0; r < r1; r++)
+                {
+                    var p = new Span<float>(ppc + (long)r * dSae, dSae);
+                    if (!gated) { TensorPrimitives.Add(p, BEnc, p); continue; }
+                    var g = new Span<float>(pgc + (long)r * dSae, dSae);
+                    TensorPrimitives.Add(p, BGate!, g);
+                    // x·(W_enc ⊙ exp(r_mag)) = (x·W_enc) ⊙ exp(r_mag)
+                    TensorPrimitives.MultiplyAdd(p, scale!, BMag!, p);
+                }
+            });
         }
-        else
+    }
+
+    float[]? _magScale;
+    float[] MagnitudeScale
+    {
+        get
         {
-            for (int r = 0; r < n; r++) TensorPrimitives.Add(pre.Slice(r * dSae, dSae), BEnc, pre.Slice(r * dSae, dSae));
+            if (_magScale != null) return _magScale;
+            var s = new float[DSae];
+            TensorPrimitives.Exp(RMag!, s);
+            return _magScale = s;
         }
     }
 
@@ -186,53 +208,110 @@ public sealed class Sae
         int dSae = DSae;
         CheckLen(pre.Length, (long)n * dSae, "pre-activations");
         CheckLen(acts.Length, (long)n * dSae, "activations");
+        unsafe
+        {
+            fixed (float* pp = pre) fixed (float* pa = acts) fixed (float* pg = gatePre)
+            {
+                float* ppc = pp, pac = pa, pgc = pg;
+                ParallelRows.For(n, dSae, (r0, r1) =>
+                {
+                    var scratch = new RowScratch(this);
+                    for (int r = r0; r < r1; r++)
+                        ActivateRow(new ReadOnlySpan<float>(ppc + (long)r * dSae, dSae), new Span<float>(pac + (long)r * dSae, dSae),
+                            pgc == null ? default : new ReadOnlySpan<float>(pgc + (long)r * dSae, dSae), scratch);
+                });
+            }
+        }
+    }
+
+    /// <summary>Per-thread buffers for row-wise activation.</summary>
+    sealed class RowScratch
+    {
+        public readonly int[] Index;
+        public readonly float[] Value;
+        public readonly float[]? Scaled;
+        public RowScratch(Sae sae)
+        {
+            int k = Math.Max(1, sae.Config.K);
+            Index = new int[sae.Config.Architecture == SaeArchitecture.TopK ? k : 0];
+            Value = new float[Index.Length];
+            Scaled = sae.Config.RescaleActsByDecoderNorm ? new float[sae.DSae] : null;
+        }
+    }
+
+    void ActivateRow(ReadOnlySpan<float> p, Span<float> a, ReadOnlySpan<float> g, RowScratch s)
+    {
+        int dSae = DSae;
         switch (Config.Architecture)
         {
             case SaeArchitecture.Standard or SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder:
-                TensorPrimitives.Max(pre[..(n * dSae)], 0f, acts);
+                TensorPrimitives.Max(p, 0f, a);
                 break;
             case SaeArchitecture.JumpRelu or SaeArchitecture.JumpReluTranscoder:
-                for (int r = 0; r < n; r++)
-                {
-                    var p = pre.Slice(r * dSae, dSae); var a = acts.Slice(r * dSae, dSae);
-                    var th = Threshold!;
-                    for (int j = 0; j < dSae; j++) { float v = p[j]; a[j] = v > th[j] && v > 0 ? v : 0f; }
-                }
+            {
+                var th = Threshold!;
+                for (int j = 0; j < dSae; j++) { float v = p[j]; a[j] = v > th[j] && v > 0 ? v : 0f; }
                 break;
+            }
             case SaeArchitecture.Gated:
-                for (int r = 0; r < n; r++)
-                {
-                    var p = pre.Slice(r * dSae, dSae); var g = gatePre.Slice(r * dSae, dSae); var a = acts.Slice(r * dSae, dSae);
-                    for (int j = 0; j < dSae; j++) a[j] = g[j] > 0 && p[j] > 0 ? p[j] : 0f;
-                }
+                for (int j = 0; j < dSae; j++) a[j] = g[j] > 0 && p[j] > 0 ? p[j] : 0f;
                 break;
             case SaeArchitecture.TopK:
             {
-                acts[..(n * dSae)].Clear();
-                int k = Config.K;
-                var norms = Config.RescaleActsByDecoderNorm ? DecoderNorms : null;
-                unsafe
-                {
-                    fixed (float* pp = pre) fixed (float* pa = acts)
-                    {
-                        float* ppc = pp, pac = pa;
-                        ParallelRows.For(n, dSae, (r0, r1) =>
-                        {
-                            var idx = new int[k]; var val = new float[k];
-                            var scaled = norms != null ? new float[dSae] : null;
-                            for (int r = r0; r < r1; r++)
-                            {
-                                var row = new ReadOnlySpan<float>(ppc + (long)r * dSae, dSae);
-                                if (scaled != null) { TensorPrimitives.Multiply(row, norms, scaled); row = scaled; }
-                                TopK.Select(row, k, idx, val);
-                                float* a = pac + (long)r * dSae;
-                                for (int i = 0; i < k; i++) if (val[i] > 0) a[idx[i]] = val[i];
-                            }
-                        });
-                    }
-                }
+                int k = SelectTopK(p, s);
+                a.Clear();
+                for (int i = 0; i < k; i++) a[s.Index[i]] = s.Value[i];
                 break;
             }
+        }
+    }
+
+    /// <summary>TopK of a pre-activation row (× decoder norms when rescaling); keeps the positive ones, sorted by index. Returns how many.</summary>
+    int SelectTopK(ReadOnlySpan<float> p, RowScratch s)
+    {
+        if (s.Scaled != null) { TensorPrimitives.Multiply(p, DecoderNorms, s.Scaled); p = s.Scaled; }
+        int k = Config.K;
+        TopK.Select(p, k, s.Index, s.Value);
+        int kept = 0;
+        for (int i = 0; i < k; i++)
+            if (s.Value[i] > 0) { s.Index[kept] = s.Index[i]; s.Value[kept] = s.Value[i]; kept++; }
+        s.Index.AsSpan(0, kept).Sort(s.Value.AsSpan(0, kept));
+        return kept;
+    }
+
+    /// <summary>The positive activations of one row, appended in increasing latent order.</summary>
+    void SparseRow(ReadOnlySpan<float> p, ReadOnlySpan<float> g, RowScratch s, List<int> index, List<float> value)
+    {
+        int dSae = DSae;
+        if (Config.Architecture == SaeArchitecture.TopK)
+        {
+            int k = SelectTopK(p, s);
+            for (int i = 0; i < k; i++) { index.Add(s.Index[i]); value.Add(s.Value[i]); }
+            return;
+        }
+        var th = Threshold;
+        bool gated = Config.Architecture == SaeArchitecture.Gated;
+        int j = 0;
+        if (Vector512.IsHardwareAccelerated && !gated)
+        {
+            for (; j + 16 <= dSae; j += 16)
+            {
+                var v = Vector512.Create(p.Slice(j, 16));
+                var limit = th != null ? Vector512.Max(Vector512.Create(new ReadOnlySpan<float>(th, j, 16)), Vector512<float>.Zero) : Vector512<float>.Zero;
+                ulong mask = Vector512.GreaterThan(v, limit).ExtractMostSignificantBits();
+                while (mask != 0)
+                {
+                    int lane = BitOperations.TrailingZeroCount(mask);
+                    mask &= mask - 1;
+                    index.Add(j + lane); value.Add(p[j + lane]);
+                }
+            }
+        }
+        for (; j < dSae; j++)
+        {
+            float v = p[j];
+            bool on = gated ? g[j] > 0 && v > 0 : v > 0 && (th == null || v > th[j]);
+            if (on) { index.Add(j); value.Add(v); }
         }
     }
 
@@ -241,19 +320,40 @@ public sealed class Sae
     {
         int n = Rows(x, DIn, "input");
         var acts = new Tensor(OutShape(x, DSae));
-        EncodeRows(x.Data, acts.Data, n, out _);
+        EncodeRows(x.Data, acts.Data, n);
         return acts;
     }
 
-    /// <summary>Encodes n rows into dense activations; returns the input normalisation for decoding.</summary>
-    public InputNorm? EncodeRows(ReadOnlySpan<float> x, Span<float> acts, int n, out float[] pre)
+    /// <summary>
+    /// Encodes n rows into dense activations (n, d_sae), in blocks of rows so that only one block of
+    /// pre-activations exists at a time; returns the input normalisation for decoding.
+    /// </summary>
+    public InputNorm? EncodeRows(ReadOnlySpan<float> x, Span<float> acts, int n, int blockRows = 512)
     {
+        int dSae = DSae;
+        CheckLen(acts.Length, (long)n * dSae, "activations");
         var saeIn = new float[(long)n * DIn];
         var norm = Preprocess(x, saeIn, n);
-        pre = new float[(long)n * DSae];
-        var gate = Config.Architecture == SaeArchitecture.Gated ? new float[(long)n * DSae] : null;
-        PreActivations(saeIn, pre, n, gate);
-        Activate(pre, acts, n, gate);
+        bool gated = Config.Architecture == SaeArchitecture.Gated;
+        bool inPlace = Config.Architecture is SaeArchitecture.Standard or SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder;
+        int block = Math.Max(1, Math.Min(blockRows, n));
+        var pre = inPlace ? null : new float[(long)block * dSae];
+        var gate = gated ? new float[(long)block * dSae] : null;
+        for (int r0 = 0; r0 < n; r0 += block)
+        {
+            int m = Math.Min(block, n - r0);
+            var inBlock = new ReadOnlySpan<float>(saeIn, r0 * DIn, m * DIn);
+            var outBlock = acts.Slice(r0 * dSae, m * dSae);
+            if (inPlace)
+            {
+                // ReLU families: the GEMM writes straight into the output, bias and ReLU are applied in place
+                PreActivations(inBlock, outBlock, m);
+                Activate(outBlock, outBlock, m);
+                continue;
+            }
+            PreActivations(inBlock, pre.AsSpan(0, m * dSae), m, gated ? gate.AsSpan(0, m * dSae) : default);
+            Activate(pre.AsSpan(0, m * dSae), outBlock, m, gated ? gate.AsSpan(0, m * dSae) : default);
+        }
         return norm;
     }
 
@@ -261,19 +361,54 @@ public sealed class Sae
     /// Sparse latent activations of x (…, d_in), computed in blocks of <paramref name="blockRows"/> tokens so
     /// that the dense (n, d_sae) matrix never exists. Only positive activations are kept.
     /// </summary>
-    public SparseActivations EncodeSparse(Tensor x, int blockRows = 256)
+    public SparseActivations EncodeSparse(Tensor x, int blockRows = 512)
     {
-        int n = Rows(x, DIn, "input");
-        var builder = new SparseActivations.Builder(n, DSae);
+        int n = Rows(x, DIn, "input"), dSae = DSae;
         int block = Math.Max(1, Math.Min(blockRows, n));
-        var acts = new float[(long)block * DSae];
+        bool gated = Config.Architecture == SaeArchitecture.Gated;
+        var saeIn = new float[(long)block * DIn];
+        var pre = new float[(long)block * dSae];
+        var gate = gated ? new float[(long)block * dSae] : null;
+        var rowIndex = new int[n][]; var rowValue = new float[n][];
         for (int r0 = 0; r0 < n; r0 += block)
         {
             int m = Math.Min(block, n - r0);
-            EncodeRows(new ReadOnlySpan<float>(x.Data, r0 * DIn, m * DIn), acts, m, out _);
-            for (int r = 0; r < m; r++) builder.AddDenseRow(new ReadOnlySpan<float>(acts, r * DSae, DSae));
+            Preprocess(new ReadOnlySpan<float>(x.Data, r0 * DIn, m * DIn), saeIn, m);
+            Gemm.MatMul(saeIn.AsSpan(0, m * DIn), WEnc, pre.AsSpan(0, m * dSae), m, DIn, dSae);
+            int baseRow = r0;
+            unsafe
+            {
+                fixed (float* pp = pre) fixed (float* pg = gate)
+                {
+                    float* ppc = pp, pgc = pg;
+                    ParallelRows.For(m, dSae, (a, b) =>
+                    {
+                        var scratch = new RowScratch(this);
+                        var idx = new List<int>(); var val = new List<float>();
+                        var biased = new float[dSae];
+                        var gateRow = gated ? new float[dSae] : null;
+                        for (int r = a; r < b; r++)
+                        {
+                            var raw = new ReadOnlySpan<float>(ppc + (long)r * dSae, dSae);
+                            if (gated)
+                            {
+                                TensorPrimitives.Add(raw, BGate!, gateRow);
+                                TensorPrimitives.MultiplyAdd(raw, MagnitudeScale, BMag!, biased);
+                            }
+                            else TensorPrimitives.Add(raw, BEnc, biased);
+                            idx.Clear(); val.Clear();
+                            SparseRow(biased, gateRow, scratch, idx, val);
+                            rowIndex[baseRow + r] = idx.ToArray(); rowValue[baseRow + r] = val.ToArray();
+                        }
+                    });
+                }
+            }
         }
-        return builder.Build();
+        var rowStart = new int[n + 1];
+        for (int r = 0; r < n; r++) rowStart[r + 1] = rowStart[r] + rowIndex[r].Length;
+        var index = new int[rowStart[n]]; var value = new float[rowStart[n]];
+        for (int r = 0; r < n; r++) { rowIndex[r].CopyTo(index, rowStart[r]); rowValue[r].CopyTo(value, rowStart[r]); }
+        return new SparseActivations(n, dSae, rowStart, index, value);
     }
 
     // ───────────────────────────── decode ─────────────────────────────
@@ -400,7 +535,7 @@ public sealed class Sae
     {
         int n = Rows(x, DIn, "input");
         var acts = new Tensor(OutShape(x, DSae));
-        var norm = EncodeRows(x.Data, acts.Data, n, out _);
+        var norm = EncodeRows(x.Data, acts.Data, n);
         var recons = new float[(long)n * DOut];
         DecodeRaw(acts.Data, recons, n);
         var output = new Tensor(OutShape(x, DOut));

@@ -121,7 +121,7 @@ public sealed class SaeSplice : IHookSplice
                 {
                     clean = new float[(long)n * sae.DOut];
                     var a0 = new float[(long)n * sae.DSae];
-                    var n0 = sae.EncodeRows(x0, a0, n, out _);
+                    var n0 = sae.EncodeRows(x0, a0, n);
                     var r0 = new float[(long)n * sae.DOut];
                     sae.DecodeRaw(a0, r0, n);
                     sae.Postprocess(r0, clean, n, n0, x0);
