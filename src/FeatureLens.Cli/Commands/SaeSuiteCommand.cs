@@ -145,18 +145,22 @@ internal static class SaeSuiteCommand
         File.Move(path + ".tmp", path, overwrite: true);
     }
 
-    /// <summary>For each SAE, a few latents that fire on 0.2–5 % of tokens, with their top tokens in context.</summary>
-    static void PrintExampleFeatures(IReadOnlyList<LatentTopExamples> all, IReadOnlyList<int[]> windows, ITokenizer tok)
+    /// <summary>
+    /// For each SAE, the latents (firing on 0.1–8 % of tokens) whose top examples agree most on the token they
+    /// fire on — the quickest to read — with their top activations in context.
+    /// </summary>
+    static void PrintExampleFeatures(IReadOnlyList<LatentTopExamples> all, IReadOnlyList<int[]> windows, ITokenizer tok, int perLayer = 6)
     {
         foreach (var x in all)
         {
-            var t = new Table().Border(TableBorder.Simple).AddColumn("latent").AddColumn("freq").AddColumn(Markup.Escape("top activations (token in [ ])"));
+            var t = new Table().Border(TableBorder.Simple).AddColumn("latent").AddColumn("freq").AddColumn("agree").AddColumn(Markup.Escape("top activations (token in [ ])"));
             t.Title = new TableTitle(Markup.Escape(x.Sae.Config.HookName));
             var picks = Enumerable.Range(0, x.Sae.DSae)
-                .Where(j => x.Tokens > 0 && x.FireCounts[j] >= 0.002 * x.Tokens && x.FireCounts[j] <= 0.05 * x.Tokens && x.Examples[j].Length >= 4)
-                .OrderByDescending(j => x.Examples[j][0].Activation).Take(4);
-            foreach (int j in picks)
-                t.AddRow(j.ToString(), ((double)x.FireCounts[j] / x.Tokens).ToString("P2"),
+                .Where(j => x.Tokens > 0 && x.FireCounts[j] >= 0.001 * x.Tokens && x.FireCounts[j] <= 0.08 * x.Tokens && x.Examples[j].Length >= 4)
+                .Select(j => (j, agree: x.Examples[j].GroupBy(e => windows[e.Sequence][e.Position]).Max(g => g.Count())))
+                .OrderByDescending(p => (double)p.agree / x.Examples[p.j].Length).ThenByDescending(p => x.FireCounts[p.j]).Take(perLayer);
+            foreach (var (j, agree) in picks)
+                t.AddRow(j.ToString(), ((double)x.FireCounts[j] / x.Tokens).ToString("P2"), $"{agree}/{x.Examples[j].Length}",
                     Markup.Escape(string.Join("  |  ", x.Examples[j].Take(4).Select(e => Context(e, windows, tok, 4)))));
             AnsiConsole.Write(t);
         }

@@ -16,6 +16,7 @@ internal static class SaeTrainCommand
         var hook = new Option<string>("--hook") { Description = "Hook point, e.g. blocks.3.hook_resid_post", Required = true };
         var corpus = new Option<string?>("--corpus") { Description = "Text (documents separated by blank lines) or JSONL with a \"text\" field" };
         var activations = new Option<string?>("--activations") { Description = "Train on a cached [N, d_in] activation tensor ('activations') in this safetensors file instead of running the model" };
+        var actTensor = new Option<string>("--activations-tensor") { Description = "Tensor name in the --activations file (e.g. a hook name from 'featurelens run')", DefaultValueFactory = _ => "activations" };
         var arch = new Option<string>("--architecture") { Description = "standard (ReLU + L1), topk or jumprelu", DefaultValueFactory = _ => "topk" };
         var dSae = new Option<int>("--d-sae") { Description = "Number of latents", Required = true };
         var k = new Option<int>("--k") { Description = "Latents per token (topk)", DefaultValueFactory = _ => 32 };
@@ -38,7 +39,7 @@ internal static class SaeTrainCommand
         var auxK = new Option<double>("--aux-k-coefficient") { Description = "topk: AuxK loss coefficient on dead latents", DefaultValueFactory = _ => 1.0 / 32 };
         var cmd = new Command("train", "Train an SAE (standard ReLU+L1, TopK with AuxK, JumpReLU) and write a SAELens folder; resumes after interruption")
         {
-            model, tokenizer, hook, corpus, activations, arch, dSae, k, tokens, output, batch, lr, l1, l0, warmup, decay, sparsityWarmup,
+            model, tokenizer, hook, corpus, activations, actTensor, arch, dSae, k, tokens, output, batch, lr, l1, l0, warmup, decay, sparsityWarmup,
             context, seed, normalize, bdec, checkpointEvery, resample, deadAfter, auxK,
         };
         cmd.SetAction((r, ct) => Task.FromResult(Execute(r, ct)));
@@ -65,7 +66,7 @@ internal static class SaeTrainCommand
             int ctx = r.GetValue(context);
             try
             {
-                if (actPath != null) source = new CachedActivationSource(actPath);
+                if (actPath != null) source = new CachedActivationSource(actPath, r.GetValue(actTensor)!);
                 else
                 {
                     m = Cli.LoadModel(modelPath!, r.GetValue(tokenizer));

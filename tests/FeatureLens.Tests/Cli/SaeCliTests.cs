@@ -126,4 +126,25 @@ public class SaeCliTests
         Assert.Contains("reusing", again.Text);
         Assert.Equal(weights, File.ReadAllBytes(Path.Combine(outDir, "saes", "blocks.3.hook_resid_post", "sae_weights.safetensors")));
     }
+
+    [Fact]
+    public void TrainsOnActivationsSavedByRun()
+    {
+        using var dir = new TempDir();
+        string acts = dir.File("acts.safetensors");
+        var text = string.Join(" ", Enumerable.Range(0, 30).Select(i => "Once upon a time there was a dog."));
+        var run = CliTests.Run("run", "--model", Stories, "--text", text, "--hooks", "blocks.1.hook_resid_post", "--out", acts);
+        Assert.True(run.ExitCode == 0, run.Stderr);
+        string outDir = dir.File("sae");
+        var train = CliTests.Run("sae", "train", "--activations", acts, "--activations-tensor", "blocks.1.hook_resid_post", "--hook", "blocks.1.hook_resid_post",
+            "--architecture", "standard", "--d-sae", "96", "--tokens", "2048", "--batch-tokens", "256", "--out", outDir);
+        Assert.True(train.ExitCode == 0, train.Stderr + train.Text);
+        var sae = SaeLoader.Load(outDir);
+        Assert.Equal(SaeArchitecture.Standard, sae.Config.Architecture);
+        Assert.Equal(64, sae.DIn);
+        var missing = CliTests.Run("sae", "train", "--activations", acts, "--activations-tensor", "nope", "--hook", "blocks.1.hook_resid_post",
+            "--d-sae", "96", "--tokens", "2048", "--out", dir.File("sae2"));
+        Assert.Equal(1, missing.ExitCode);
+        Assert.Contains("nope", missing.Stderr);
+    }
 }

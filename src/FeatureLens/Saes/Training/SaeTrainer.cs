@@ -17,6 +17,14 @@ namespace FeatureLens.Saes.Training;
 /// </summary>
 public sealed partial class SaeTrainer
 {
+    static readonly bool ProfOn = Environment.GetEnvironmentVariable("FL_PROF") == "1";
+    static readonly System.Diagnostics.Stopwatch ProfSw = System.Diagnostics.Stopwatch.StartNew();
+    static readonly Dictionary<string, double> ProfAcc = new();
+    static double ProfLast;
+    static void P(string name) { if (!ProfOn) return; double t = ProfSw.Elapsed.TotalSeconds; ProfAcc[name] = ProfAcc.GetValueOrDefault(name) + t - ProfLast; ProfLast = t; }
+    static void PReset() { if (!ProfOn) return; ProfLast = ProfSw.Elapsed.TotalSeconds; }
+    static void PDump() { if (!ProfOn) return; Console.Error.WriteLine(string.Join("  ", ProfAcc.Select(kv => $"{kv.Key}={kv.Value*1000:F0}"))); ProfAcc.Clear(); }
+
     const int DenseBlockRows = 512, SparseBlockRows = 1024, ColumnChunk = 1024;
 
     readonly SaeTrainingOptions _o;
@@ -41,6 +49,7 @@ public sealed partial class SaeTrainer
 
     // per-step scratch
     float[] _x = [], _s = [], _g = [], _h = [];
+    float[] _pre = [], _f = [], _df = [];
     double[] _rowErr = [];
     readonly int[] _batchFires;
 
@@ -161,7 +170,9 @@ public sealed partial class SaeTrainer
     /// (leaving the model untouched) when the batch or the loss is not finite.</summary>
     public TrainStepStats Step(ReadOnlySpan<float> batch, int n)
     {
+        PReset();
         var loss = ForwardBackward(batch, n);
+        P("fb-tail");
         long t = _step;
         double lr = LearningRateAt(t);
 
@@ -179,6 +190,7 @@ public sealed partial class SaeTrainer
         }
         if (_topK) NormalizeDecoderRows();
         Sae.InvalidateDecoderNorms();
+        P("adam");
 
         for (int j = 0; j < _m; j++)
         {
@@ -190,6 +202,7 @@ public sealed partial class SaeTrainer
 
         int resampled = 0;
         if (_o.ResampleDeadEvery > 0 && _step % _o.ResampleDeadEvery == 0) resampled = ResampleDead(n);
+        P("post"); PDump();
 
         return new TrainStepStats
         {
@@ -260,6 +273,7 @@ public sealed partial class SaeTrainer
         Array.Clear(_batchFires);
 
         double coef = SparsityCoefficientAt(_step);
+        P("prep");
         var loss = _topK ? BackwardTopK(n) : BackwardDense(n, coef);
 
         double totalVar = TotalVariance(x, n);
@@ -311,20 +325,26 @@ public sealed partial class SaeTrainer
     {
         int d = _d, m = _m;
         int block = Math.Min(n, DenseBlockRows);
-        var pre = new float[(long)block * m]; var f = new float[(long)block * m]; var df = new float[(long)block * m];
+        long blockLen = (long)block * m;
+        // pre, f, df (b, m) live across steps; standard keeps f in place of pre (act'(pre) is f > 0 there)
+        if (_pre.Length < blockLen) { _pre = new float[blockLen]; _df = new float[blockLen]; _f = _jump ? new float[blockLen] : []; }
+        var pre = _pre; var f = _jump ? _f : _pre; var df = _df;
         var gWEnc = _gWEnc!; var gWDec = _gWDec!; var gBEnc = _gBEnc!; var gBDec = _gBDec!;
         Array.Clear(gBEnc); Array.Clear(gBDec);
         _gWEncTransposed = false;
         float twoOverN = 2f / n;
-        // standard: ‖W_dec_j‖ weights the L1 penalty; Σ_r f_rj feeds its W_dec gradient
-        var norms = _jump ? null : DecoderRowNorms();
-        var colSumF = _jump ? null : new double[m];
-        var gTheta = _jump ? new double[m] : null;
         float lamN = (float)(coef / n);
         float eps = (float)_o.JumpReluBandwidth;
+        // act(p) = p where p > θ_j (θ = 0 for ReLU), else 0
+        var threshold = _jump ? _theta! : new float[m];
+        // standard: ‖W_dec_j‖ weights the L1 penalty, so dpre gains λ/n·‖W_dec_j‖ where f > 0; Σ_r f_rj feeds its W_dec gradient
+        var norms = _jump ? null : DecoderRowNorms();
+        var l1Grad = new float[m];
+        if (!_jump) for (int j = 0; j < m; j++) l1Grad[j] = lamN * norms![j];
+        var colSumF = new double[m];
+        var blockSumF = new float[m];
+        var gTheta = _jump ? new double[m] : null;
         int chunks = (m + ColumnChunk - 1) / ColumnChunk;
-        var chunkSparsity = new double[chunks]; var chunkL0 = new double[chunks];
-        double sparsitySum = 0, l0Sum = 0;
 
         for (int r0 = 0; r0 < n; r0 += block)
         {
@@ -332,31 +352,22 @@ public sealed partial class SaeTrainer
             var sBlk = new ReadOnlySpan<float>(_s, r0 * d, b * d);
             var xBlk = new ReadOnlySpan<float>(_x, r0 * d, b * d);
             var gBlk = new Span<float>(_g, r0 * d, b * d);
-            Sae.PreActivations(sBlk, pre.AsSpan(0, b * m), b);
+            // pre = s·W_enc (b_enc is added in the activation pass)
+            Gemm.MatMul(sBlk, _wEnc, pre.AsSpan(0, b * m), b, d, m);
+            P("d-pregemm");
 
-            // f = act(pre), per column chunk (fixed chunks → the same sums whatever the thread count)
-            Array.Clear(chunkSparsity); Array.Clear(chunkL0);
+            // pre += b_enc; f = act(pre); per column: fires and Σ_r f (fixed column chunks → the same sums whatever the thread count)
             ForChunks(chunks, c =>
             {
                 int j0 = c * ColumnChunk, j1 = Math.Min(m, j0 + ColumnChunk);
-                double sp = 0, l0 = 0;
-                for (int r = 0; r < b; r++)
-                {
-                    long o = (long)r * m;
-                    for (int j = j0; j < j1; j++)
-                    {
-                        float p = pre[o + j];
-                        float v = _jump ? (p > _theta![j] ? p : 0f) : (p > 0 ? p : 0f);
-                        f[o + j] = v;
-                        if (v > 0) { l0++; _batchFires[j]++; if (!_jump) sp += (double)v * norms![j]; }
-                    }
-                }
-                chunkSparsity[c] = sp; chunkL0[c] = l0;
+                ActivateColumns(pre, f, _bEnc, threshold, b, m, j0, j1, blockSumF, _batchFires);
+                for (int j = j0; j < j1; j++) colSumF[j] += blockSumF[j];
             });
-            for (int c = 0; c < chunks; c++) { sparsitySum += chunkSparsity[c]; l0Sum += chunkL0[c]; }
+            P("d-act");
 
             // x̂ = f·W_dec + b_dec; e = x̂ − x; g = (2/n)·e
             Gemm.MatMul(f.AsSpan(0, b * m), _wDec, gBlk, b, m, d);
+            P("d-decgemm");
             for (int r = 0; r < b; r++)
             {
                 var gr = gBlk.Slice(r * d, d);
@@ -366,42 +377,28 @@ public sealed partial class SaeTrainer
                 TensorPrimitives.Multiply(gr, twoOverN, gr);
                 TensorPrimitives.Add(gBDec, gr, gBDec);
             }
+            P("d-g");
             // dW_dec (m, d) += fᵀ·g;  df (b, m) = g·W_decᵀ
             Gemm.MatMulTransA(f.AsSpan(0, b * m), gBlk, gWDec, m, b, d, accumulate: r0 > 0);
+            P("d-gWdec");
             Gemm.MatMulTransB(gBlk, _wDec, df.AsSpan(0, b * m), b, d, m);
+            P("d-df");
 
-            // dpre = df ⊙ act'(pre) (+ sparsity terms), in place in df
+            // dpre = df ⊙ act'(pre) (+ sparsity terms), in place in df; db_enc = Σ_r dpre
             ForChunks(chunks, c =>
             {
                 int j0 = c * ColumnChunk, j1 = Math.Min(m, j0 + ColumnChunk);
-                for (int r = 0; r < b; r++)
-                {
-                    long o = (long)r * m;
-                    for (int j = j0; j < j1; j++)
-                    {
-                        float p = pre[o + j], gd = df[o + j];
-                        if (_jump)
-                        {
-                            float th = _theta![j];
-                            // rectangle kernel: |pre − θ| / ε < 1/2
-                            float u = (p - th) / eps;
-                            if (u > -0.5f && u < 0.5f) gTheta![j] += -(th / eps) * gd - lamN / eps;
-                            df[o + j] = p > th ? gd : 0f;
-                        }
-                        else
-                        {
-                            float v = f[o + j];
-                            colSumF![j] += v;
-                            df[o + j] = p > 0 ? gd + lamN * norms![j] : 0f;
-                        }
-                        gBEnc[j] += df[o + j];
-                    }
-                }
+                if (_jump) JumpDpreColumns(pre, df, _theta!, gTheta!, gBEnc, eps, lamN, b, m, j0, j1);
+                else ReluDpreColumns(f, df, l1Grad, gBEnc, b, m, j0, j1);
             });
+            P("d-dpre");
             // dW_enc (d, m) += sᵀ·dpre
             Gemm.MatMulTransA(sBlk, df.AsSpan(0, b * m), gWEnc, d, b, m, accumulate: r0 > 0);
+            P("d-gWenc");
         }
 
+        double l0Sum = 0;
+        for (int j = 0; j < m; j++) l0Sum += _batchFires[j];
         double sparsity;
         if (_jump)
         {
@@ -410,19 +407,107 @@ public sealed partial class SaeTrainer
         }
         else
         {
-            // d/dW_dec_j of λ/n·Σ_r f_rj‖W_dec_j‖ = λ/n·(Σ_r f_rj)·W_dec_j/‖W_dec_j‖
-            for (int j = 0; j < m; j++)
-                if (norms![j] > 0 && colSumF![j] != 0)
-                {
-                    var row = _wDec.AsSpan(j * d, d);
-                    TensorPrimitives.MultiplyAdd(row, (float)(lamN * colSumF[j] / norms[j]), gWDec.AsSpan(j * d, d), gWDec.AsSpan(j * d, d));
-                }
+            // λ/n·Σ_r Σ_j f_rj‖W_dec_j‖ and its W_dec gradient λ/n·(Σ_r f_rj)·W_dec_j/‖W_dec_j‖
+            double sparsitySum = 0;
+            for (int j = 0; j < m; j++) sparsitySum += colSumF[j] * norms![j];
             sparsity = coef * sparsitySum / n;
+            ParallelRows.For(m, d, (j0, j1) =>
+            {
+                for (int j = j0; j < j1; j++)
+                    if (norms![j] > 0 && colSumF[j] != 0)
+                    {
+                        var row = new ReadOnlySpan<float>(_wDec, j * d, d);
+                        TensorPrimitives.MultiplyAdd(row, (float)(lamN * colSumF[j] / norms[j]), gWDec.AsSpan(j * d, d), gWDec.AsSpan(j * d, d));
+                    }
+            });
         }
+        P("d-tail1");
         FinishBDecGradient();
         double mse = 0;
         for (int r = 0; r < n; r++) mse += _rowErr[r];
+        P("d-tail2");
         return new BatchLoss(mse / n, sparsity, 0, l0Sum / n, 0, coef);
+    }
+
+    /// <summary>Columns [j0, j1) of b rows (pre, f are (b, m)): pre += b_enc; f = pre where pre &gt; θ_j, else 0;
+    /// fires_j += #{r : f_rj &gt; 0}; colSum_j = Σ_r f_rj (in row order).</summary>
+    static void ActivateColumns(float[] pre, float[] f, float[] bEnc, float[] threshold, int b, int m, int j0, int j1, float[] colSum, int[] fires)
+    {
+        Array.Clear(colSum, j0, j1 - j0);
+        for (int r = 0; r < b; r++)
+        {
+            long o = (long)r * m;
+            int j = j0;
+            if (Vector512.IsHardwareAccelerated)
+            {
+                var zero = Vector512<float>.Zero;
+                for (; j + 16 <= j1; j += 16)
+                {
+                    var p = Vector512.Create(pre.AsSpan((int)(o + j), 16)) + Vector512.Create(bEnc.AsSpan(j, 16));
+                    var on = Vector512.GreaterThan(p, Vector512.Create(threshold.AsSpan(j, 16)));
+                    var v = Vector512.ConditionalSelect(on, p, zero);
+                    p.CopyTo(pre.AsSpan((int)(o + j), 16));
+                    v.CopyTo(f.AsSpan((int)(o + j), 16));
+                    (Vector512.Create(colSum.AsSpan(j, 16)) + v).CopyTo(colSum.AsSpan(j, 16));
+                    // a true lane is all ones, −1 as an int
+                    (Vector512.Create(fires.AsSpan(j, 16)) - Vector512.GreaterThan(v, zero).AsInt32()).CopyTo(fires.AsSpan(j, 16));
+                }
+            }
+            for (; j < j1; j++)
+            {
+                float p = pre[o + j] + bEnc[j];
+                float v = p > threshold[j] ? p : 0f;
+                pre[o + j] = p; f[o + j] = v;
+                colSum[j] += v;
+                if (v > 0) fires[j]++;
+            }
+        }
+    }
+
+    /// <summary>ReLU + L1, columns [j0, j1): dpre = (df + λ/n·‖W_dec_j‖) where f &gt; 0, else 0 (in place in df); db_enc_j += Σ_r dpre_rj in row order.</summary>
+    static void ReluDpreColumns(float[] f, float[] df, float[] l1Grad, float[] gBEnc, int b, int m, int j0, int j1)
+    {
+        for (int r = 0; r < b; r++)
+        {
+            long o = (long)r * m;
+            int j = j0;
+            if (Vector512.IsHardwareAccelerated)
+            {
+                var zero = Vector512<float>.Zero;
+                for (; j + 16 <= j1; j += 16)
+                {
+                    var on = Vector512.GreaterThan(Vector512.Create(f.AsSpan((int)(o + j), 16)), zero);
+                    var g = Vector512.ConditionalSelect(on, Vector512.Create(df.AsSpan((int)(o + j), 16)) + Vector512.Create(l1Grad.AsSpan(j, 16)), zero);
+                    g.CopyTo(df.AsSpan((int)(o + j), 16));
+                    (Vector512.Create(gBEnc.AsSpan(j, 16)) + g).CopyTo(gBEnc.AsSpan(j, 16));
+                }
+            }
+            for (; j < j1; j++)
+            {
+                float g = f[o + j] > 0 ? df[o + j] + l1Grad[j] : 0f;
+                df[o + j] = g;
+                gBEnc[j] += g;
+            }
+        }
+    }
+
+    /// <summary>JumpReLU, columns [j0, j1): dpre = df where pre &gt; θ_j, else 0 (in place in df); db_enc += Σ_r dpre; and the
+    /// straight-through θ gradient −(θ/ε)·df − λ0/(nε) inside the rectangle kernel |pre − θ|/ε &lt; 1/2.</summary>
+    static void JumpDpreColumns(float[] pre, float[] df, float[] theta, double[] gTheta, float[] gBEnc, float eps, float lamN, int b, int m, int j0, int j1)
+    {
+        for (int r = 0; r < b; r++)
+        {
+            long o = (long)r * m;
+            for (int j = j0; j < j1; j++)
+            {
+                float p = pre[o + j], gd = df[o + j], th = theta[j];
+                float u = (p - th) / eps;
+                if (u > -0.5f && u < 0.5f) gTheta[j] += -(th / eps) * gd - lamN / eps;
+                float g = p > th ? gd : 0f;
+                df[o + j] = g;
+                gBEnc[j] += g;
+            }
+        }
     }
 
     float[] DecoderRowNorms()
