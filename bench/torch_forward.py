@@ -48,18 +48,7 @@ import sys
 import time
 
 
-def _threads_from_argv(argv):
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "1"
-
-
-# must happen before torch (and OpenBLAS) is loaded
-os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = _threads_from_argv(sys.argv)
-
+import torch_threads  # noqa: F401,E402  (sets the thread count before torch loads)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

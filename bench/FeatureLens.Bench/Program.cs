@@ -9,12 +9,14 @@ switch (args.Length > 0 ? args[0] : "")
     case "gemm": return GemmBench.Run(args[1..]);
     case "forward": return ForwardBench.Run(args[1..]);
     case "llama7b": return Llama7bBench.Run(args[1..]);
+    case "sae": return SaeBench.Run(args[1..]);
     case "all":
         int rc = GemmBench.Run([]);
         rc |= ForwardBench.Run([]);
         rc |= Llama7bBench.Run([]);
+        rc |= SaeBench.Run([]);
         return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | all");
+        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | all");
         return 2;
 }
