@@ -9,23 +9,19 @@ namespace FeatureLens.Saes.Training;
 /// threshold) SAE with Adam. Forward and backward are written out by hand over <see cref="Gemm"/>; see
 /// <see cref="SaeTrainingOptions"/> for the exact losses.
 /// <para>Shapes: x is (n, d_in) with d = d_in and m = d_sae; W_enc (d, m); W_dec (m, d); pre, f (n, m).</para>
-/// <para>Standard and JumpReLU run dense in blocks of rows (five GEMMs per block). TopK is sparse after the
-/// encoder GEMM: the decoder, both weight gradients and the AuxK term touch only the k (and k_aux) selected
+/// <para>Standard and JumpReLU run dense in blocks of rows (five GEMMs per block, vectorised elementwise passes
+/// between them); a standard block whose latents are at most 5 % active skips the four GEMMs after the encoder and
+/// is done per active latent, as TopK is. TopK is sparse after the encoder GEMM: the decoder, both weight gradients and the AuxK term touch only the k (and k_aux) selected
 /// latents of each row, grouped per latent so every gradient row is summed by one thread in row order.</para>
 /// <para>Every reduction has a fixed order that depends on neither the thread count nor scheduling, so the
 /// same seed and data give bit-identical weights.</para>
 /// </summary>
 public sealed partial class SaeTrainer
 {
-    static readonly bool ProfOn = Environment.GetEnvironmentVariable("FL_PROF") == "1";
-    static readonly System.Diagnostics.Stopwatch ProfSw = System.Diagnostics.Stopwatch.StartNew();
-    static readonly Dictionary<string, double> ProfAcc = new();
-    static double ProfLast;
-    static void P(string name) { if (!ProfOn) return; double t = ProfSw.Elapsed.TotalSeconds; ProfAcc[name] = ProfAcc.GetValueOrDefault(name) + t - ProfLast; ProfLast = t; }
-    static void PReset() { if (!ProfOn) return; ProfLast = ProfSw.Elapsed.TotalSeconds; }
-    static void PDump() { if (!ProfOn) return; Console.Error.WriteLine(string.Join("  ", ProfAcc.Select(kv => $"{kv.Key}={kv.Value*1000:F0}"))); ProfAcc.Clear(); }
-
     const int DenseBlockRows = 512, SparseBlockRows = 1024, ColumnChunk = 1024;
+    /// <summary>Standard SAE: a block of rows whose fraction of active latents is at most this is done sparsely
+    /// (per active latent) instead of with the four dense GEMMs after the encoder.</summary>
+    const double SparseMaxDensity = 0.05;
 
     readonly SaeTrainingOptions _o;
     readonly int _d, _m;
@@ -50,6 +46,7 @@ public sealed partial class SaeTrainer
     // per-step scratch
     float[] _x = [], _s = [], _g = [], _h = [];
     float[] _pre = [], _f = [], _df = [];
+    float[]? _gWEncSpare;
     double[] _rowErr = [];
     readonly int[] _batchFires;
 
@@ -170,9 +167,7 @@ public sealed partial class SaeTrainer
     /// (leaving the model untouched) when the batch or the loss is not finite.</summary>
     public TrainStepStats Step(ReadOnlySpan<float> batch, int n)
     {
-        PReset();
         var loss = ForwardBackward(batch, n);
-        P("fb-tail");
         long t = _step;
         double lr = LearningRateAt(t);
 
@@ -190,7 +185,6 @@ public sealed partial class SaeTrainer
         }
         if (_topK) NormalizeDecoderRows();
         Sae.InvalidateDecoderNorms();
-        P("adam");
 
         for (int j = 0; j < _m; j++)
         {
@@ -202,7 +196,6 @@ public sealed partial class SaeTrainer
 
         int resampled = 0;
         if (_o.ResampleDeadEvery > 0 && _step % _o.ResampleDeadEvery == 0) resampled = ResampleDead(n);
-        P("post"); PDump();
 
         return new TrainStepStats
         {
@@ -273,7 +266,6 @@ public sealed partial class SaeTrainer
         Array.Clear(_batchFires);
 
         double coef = SparsityCoefficientAt(_step);
-        P("prep");
         var loss = _topK ? BackwardTopK(n) : BackwardDense(n, coef);
 
         double totalVar = TotalVariance(x, n);
@@ -319,6 +311,7 @@ public sealed partial class SaeTrainer
     /// <summary>
     /// Per block of rows (x, s are (b, d)): pre = s·W_enc + b_enc; f = act(pre); x̂ = f·W_dec + b_dec;
     /// g = (2/n)(x̂ − x); dW_dec += fᵀ·g; df = g·W_decᵀ (+ L1 term); dpre = df ⊙ act'(pre); dW_enc += sᵀ·dpre.
+    /// Standard blocks with few active latents stop after f and are finished sparsely (<see cref="BackwardSparseRelu"/>).
     /// After all blocks: b_dec's gradient is Σ g − W_enc·Σ dpre (the second term when b_dec is subtracted from the input).
     /// </summary>
     BatchLoss BackwardDense(int n, double coef)
@@ -346,6 +339,9 @@ public sealed partial class SaeTrainer
         var gTheta = _jump ? new double[m] : null;
         int chunks = (m + ColumnChunk - 1) / ColumnChunk;
 
+        // ReLU blocks with few active latents are kept as sparse rows (CSR over the whole batch) and done after the loop
+        var sparse = new SparseRows(n);
+        int denseBlocks = 0;
         for (int r0 = 0; r0 < n; r0 += block)
         {
             int b = Math.Min(block, n - r0);
@@ -354,20 +350,27 @@ public sealed partial class SaeTrainer
             var gBlk = new Span<float>(_g, r0 * d, b * d);
             // pre = s·W_enc (b_enc is added in the activation pass)
             Gemm.MatMul(sBlk, _wEnc, pre.AsSpan(0, b * m), b, d, m);
-            P("d-pregemm");
 
             // pre += b_enc; f = act(pre); per column: fires and Σ_r f (fixed column chunks → the same sums whatever the thread count)
+            long firesBefore = 0;
+            for (int j = 0; j < m; j++) firesBefore += _batchFires[j];
             ForChunks(chunks, c =>
             {
                 int j0 = c * ColumnChunk, j1 = Math.Min(m, j0 + ColumnChunk);
                 ActivateColumns(pre, f, _bEnc, threshold, b, m, j0, j1, blockSumF, _batchFires);
                 for (int j = j0; j < j1; j++) colSumF[j] += blockSumF[j];
             });
-            P("d-act");
+            long active = -firesBefore;
+            for (int j = 0; j < m; j++) active += _batchFires[j];
+            if (!_jump && active <= SparseMaxDensity * b * m)
+            {
+                sparse.Append(f, r0, b, m, active);
+                continue;
+            }
+            bool accumulate = denseBlocks++ > 0;
 
             // x̂ = f·W_dec + b_dec; e = x̂ − x; g = (2/n)·e
             Gemm.MatMul(f.AsSpan(0, b * m), _wDec, gBlk, b, m, d);
-            P("d-decgemm");
             for (int r = 0; r < b; r++)
             {
                 var gr = gBlk.Slice(r * d, d);
@@ -377,12 +380,9 @@ public sealed partial class SaeTrainer
                 TensorPrimitives.Multiply(gr, twoOverN, gr);
                 TensorPrimitives.Add(gBDec, gr, gBDec);
             }
-            P("d-g");
             // dW_dec (m, d) += fᵀ·g;  df (b, m) = g·W_decᵀ
-            Gemm.MatMulTransA(f.AsSpan(0, b * m), gBlk, gWDec, m, b, d, accumulate: r0 > 0);
-            P("d-gWdec");
+            Gemm.MatMulTransA(f.AsSpan(0, b * m), gBlk, gWDec, m, b, d, accumulate);
             Gemm.MatMulTransB(gBlk, _wDec, df.AsSpan(0, b * m), b, d, m);
-            P("d-df");
 
             // dpre = df ⊙ act'(pre) (+ sparsity terms), in place in df; db_enc = Σ_r dpre
             ForChunks(chunks, c =>
@@ -391,11 +391,10 @@ public sealed partial class SaeTrainer
                 if (_jump) JumpDpreColumns(pre, df, _theta!, gTheta!, gBEnc, eps, lamN, b, m, j0, j1);
                 else ReluDpreColumns(f, df, l1Grad, gBEnc, b, m, j0, j1);
             });
-            P("d-dpre");
             // dW_enc (d, m) += sᵀ·dpre
-            Gemm.MatMulTransA(sBlk, df.AsSpan(0, b * m), gWEnc, d, b, m, accumulate: r0 > 0);
-            P("d-gWenc");
+            Gemm.MatMulTransA(sBlk, df.AsSpan(0, b * m), gWEnc, d, b, m, accumulate);
         }
+        if (sparse.Rows > 0) BackwardSparseRelu(sparse, n, l1Grad, denseBlocks > 0);
 
         double l0Sum = 0;
         for (int j = 0; j < m; j++) l0Sum += _batchFires[j];
@@ -421,12 +420,193 @@ public sealed partial class SaeTrainer
                     }
             });
         }
-        P("d-tail1");
         FinishBDecGradient();
         double mse = 0;
         for (int r = 0; r < n; r++) mse += _rowErr[r];
-        P("d-tail2");
         return new BatchLoss(mse / n, sparsity, 0, l0Sum / n, 0, coef);
+    }
+
+    /// <summary>Active latents (f &gt; 0) of some rows of the batch, row by row in row order (CSR).</summary>
+    sealed class SparseRows(int n)
+    {
+        /// <summary>Rows held; <see cref="Row"/>[q] is the batch row of held row q, its entries are [Start[q], Start[q+1]).</summary>
+        public int Rows;
+        public readonly int[] Row = new int[n];
+        public readonly int[] Start = new int[n + 1];
+        public int[] Col = [];
+        public float[] Val = [];
+
+        /// <summary>Appends rows r0 … r0+b−1 of the batch, whose activations are f (b, m) with <paramref name="active"/> positive values.</summary>
+        public void Append(float[] f, int r0, int b, int m, long active)
+        {
+            int baseQ = Rows;
+            long need = Start[baseQ] + active;
+            if (need > Array.MaxLength) throw new InvalidOperationException($"too many active latents in one batch ({need}) for the sparse path");
+            if (Col.Length < need)
+            {
+                int len = (int)Math.Min(Array.MaxLength, Math.Max(need, 2L * Col.Length));
+                Array.Resize(ref Col, len); Array.Resize(ref Val, len);
+            }
+            var counts = new int[b];
+            ParallelRows.For(b, m, (a0, a1) =>
+            {
+                for (int r = a0; r < a1; r++) counts[r] = CountPositive(new ReadOnlySpan<float>(f, r * m, m));
+            });
+            for (int r = 0; r < b; r++) { Row[baseQ + r] = r0 + r; Start[baseQ + r + 1] = Start[baseQ + r] + counts[r]; }
+            ParallelRows.For(b, m, (a0, a1) =>
+            {
+                for (int r = a0; r < a1; r++) GatherPositive(new ReadOnlySpan<float>(f, r * m, m), Start[baseQ + r], Col, Val);
+            });
+            Rows += b;
+        }
+
+        static int CountPositive(ReadOnlySpan<float> row)
+        {
+            int c = 0, j = 0;
+            if (Vector512.IsHardwareAccelerated)
+                for (; j + 16 <= row.Length; j += 16)
+                    c += System.Numerics.BitOperations.PopCount(Vector512.GreaterThan(Vector512.Create(row.Slice(j, 16)), Vector512<float>.Zero).ExtractMostSignificantBits());
+            for (; j < row.Length; j++) if (row[j] > 0) c++;
+            return c;
+        }
+
+        static void GatherPositive(ReadOnlySpan<float> row, int at, int[] col, float[] val)
+        {
+            int j = 0;
+            if (Vector512.IsHardwareAccelerated)
+                for (; j + 16 <= row.Length; j += 16)
+                {
+                    ulong bits = Vector512.GreaterThan(Vector512.Create(row.Slice(j, 16)), Vector512<float>.Zero).ExtractMostSignificantBits();
+                    while (bits != 0)
+                    {
+                        int t = System.Numerics.BitOperations.TrailingZeroCount(bits);
+                        col[at] = j + t; val[at] = row[j + t]; at++;
+                        bits &= bits - 1;
+                    }
+                }
+            for (; j < row.Length; j++) if (row[j] > 0) { col[at] = j; val[at] = row[j]; at++; }
+        }
+    }
+
+    /// <summary>
+    /// Standard SAE, the rows held sparsely: x̂ = b_dec + Σ f_j·W_dec[j], g = (2/n)(x̂ − x), dpre_j = g·W_dec[j] + λ/n·‖W_dec_j‖
+    /// at the active latents only (dpre is 0 elsewhere). The entries are regrouped by latent and each W_dec row gradient
+    /// (Σ f·g) and W_enc column gradient (Σ dpre·s, a row of the (m, d) spare buffer) is summed by one thread in row order.
+    /// When no block was dense the spare buffer becomes the (transposed) W_enc gradient; otherwise it is added to it.
+    /// </summary>
+    void BackwardSparseRelu(SparseRows sp, int n, float[] l1Grad, bool denseToo)
+    {
+        int d = _d, m = _m, rows = sp.Rows;
+        int total = sp.Start[rows];
+        float twoOverN = 2f / n;
+        var col = sp.Col; var val = sp.Val; var start = sp.Start; var rowOf = sp.Row;
+        var dEnc = new float[total];
+        ParallelRows.For(rows, (long)d * 4 * Math.Max(1, total / rows), (q0, q1) =>
+        {
+            for (int q = q0; q < q1; q++)
+            {
+                int r = rowOf[q];
+                var g = new Span<float>(_g, r * d, d);
+                _bDec.CopyTo(g);
+                int e0 = start[q], e1 = start[q + 1];
+                SumScaledRows(_wDec, d, col.AsSpan(e0, e1 - e0), val.AsSpan(e0, e1 - e0), g, accumulate: true);
+                TensorPrimitives.Subtract(g, new ReadOnlySpan<float>(_x, r * d, d), g); // e = x̂ − x
+                _rowErr[r] = TensorPrimitives.Dot(g, g);
+                TensorPrimitives.Multiply(g, twoOverN, g);
+                for (int e = start[q]; e < start[q + 1]; e++)
+                    dEnc[e] = TensorPrimitives.Dot(g, new ReadOnlySpan<float>(_wDec, col[e] * d, d)) + l1Grad[col[e]];
+            }
+        });
+        var gBDec = _gBDec!;
+        for (int q = 0; q < rows; q++) TensorPrimitives.Add(gBDec, new ReadOnlySpan<float>(_g, rowOf[q] * d, d), gBDec);
+
+        // regroup by latent (counting sort, rows ascending)
+        var first = new int[m + 1];
+        for (int e = 0; e < total; e++) first[col[e] + 1]++;
+        for (int j = 0; j < m; j++) first[j + 1] += first[j];
+        var fill = (int[])first.Clone();
+        var entRow = new int[total]; var entDec = new float[total]; var entEnc = new float[total];
+        for (int q = 0; q < rows; q++)
+            for (int e = start[q]; e < start[q + 1]; e++)
+            {
+                int p = fill[col[e]]++;
+                entRow[p] = rowOf[q]; entDec[p] = val[e]; entEnc[p] = dEnc[e];
+            }
+
+        var gWDec = _gWDec!; var gBEnc = _gBEnc!;
+        var gWEncT = _gWEncSpare ??= new float[(long)d * m];
+        ParallelRows.For(m, (long)d * 4 * Math.Max(1, total / m), (j0, j1) =>
+        {
+            for (int j = j0; j < j1; j++)
+            {
+                int p0 = first[j], p1 = first[j + 1];
+                var rowsJ = entRow.AsSpan(p0, p1 - p0);
+                SumScaledRows(_g, d, rowsJ, entDec.AsSpan(p0, p1 - p0), gWDec.AsSpan(j * d, d), accumulate: denseToo);
+                SumScaledRows(_s, d, rowsJ, entEnc.AsSpan(p0, p1 - p0), gWEncT.AsSpan(j * d, d), accumulate: false);
+                float be = 0;
+                for (int p = p0; p < p1; p++) be += entEnc[p];
+                gBEnc[j] += be;
+            }
+        });
+
+        if (!denseToo)
+        {
+            (_gWEnc, _gWEncSpare) = (gWEncT, _gWEnc);
+            _gWEncTransposed = true;
+            return;
+        }
+        // some blocks were dense: add the (m, d) part into W_enc's (d, m) gradient, 16 latents at a time
+        var gWEnc = _gWEnc!;
+        const int B = 16;
+        ParallelRows.For((m + B - 1) / B, (long)d * B, (b0, b1) =>
+        {
+            for (int blk = b0; blk < b1; blk++)
+            {
+                int j0 = blk * B, w = Math.Min(B, m - j0);
+                for (int i = 0; i < d; i++)
+                {
+                    long o = (long)i * m + j0;
+                    for (int t = 0; t < w; t++) gWEnc[o + t] += gWEncT[(long)(j0 + t) * d + i];
+                }
+            }
+        });
+    }
+
+    /// <summary>dst (d) = (dst if accumulating, else 0) + Σ_p coef[p]·src[rows[p]·d …], one fused multiply-add per p in
+    /// order for each element; 64 columns at a time are held in registers across all p.</summary>
+    static void SumScaledRows(float[] src, int d, ReadOnlySpan<int> rows, ReadOnlySpan<float> coef, Span<float> dst, bool accumulate)
+    {
+        int i = 0, count = rows.Length;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            ref float s0 = ref System.Runtime.InteropServices.MemoryMarshal.GetArrayDataReference(src);
+            for (; i + 64 <= d; i += 64)
+            {
+                var a0 = Vector512<float>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+                if (accumulate)
+                {
+                    a0 = Vector512.Create(dst.Slice(i, 16)); a1 = Vector512.Create(dst.Slice(i + 16, 16));
+                    a2 = Vector512.Create(dst.Slice(i + 32, 16)); a3 = Vector512.Create(dst.Slice(i + 48, 16));
+                }
+                for (int p = 0; p < count; p++)
+                {
+                    var c = Vector512.Create(coef[p]);
+                    nuint o = (nuint)((long)rows[p] * d + i);
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref s0, o), c, a0);
+                    a1 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref s0, o + 16), c, a1);
+                    a2 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref s0, o + 32), c, a2);
+                    a3 = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref s0, o + 48), c, a3);
+                }
+                a0.CopyTo(dst.Slice(i, 16)); a1.CopyTo(dst.Slice(i + 16, 16));
+                a2.CopyTo(dst.Slice(i + 32, 16)); a3.CopyTo(dst.Slice(i + 48, 16));
+            }
+        }
+        for (; i < d; i++)
+        {
+            float a = accumulate ? dst[i] : 0f;
+            for (int p = 0; p < count; p++) a = MathF.FusedMultiplyAdd(src[(long)rows[p] * d + i], coef[p], a);
+            dst[i] = a;
+        }
     }
 
     /// <summary>Columns [j0, j1) of b rows (pre, f are (b, m)): pre += b_enc; f = pre where pre &gt; θ_j, else 0;
@@ -495,14 +675,38 @@ public sealed partial class SaeTrainer
     /// straight-through θ gradient −(θ/ε)·df − λ0/(nε) inside the rectangle kernel |pre − θ|/ε &lt; 1/2.</summary>
     static void JumpDpreColumns(float[] pre, float[] df, float[] theta, double[] gTheta, float[] gBEnc, float eps, float lamN, int b, int m, int j0, int j1)
     {
+        float lamOverEps = lamN / eps;
         for (int r = 0; r < b; r++)
         {
             long o = (long)r * m;
-            for (int j = j0; j < j1; j++)
+            int j = j0;
+            if (Vector512.IsHardwareAccelerated)
+            {
+                var zero = Vector512<float>.Zero; var ev = Vector512.Create(eps); var le = Vector512.Create(lamOverEps);
+                var lo = Vector512.Create(-0.5f); var hi = Vector512.Create(0.5f);
+                for (; j + 16 <= j1; j += 16)
+                {
+                    var p = Vector512.Create(pre.AsSpan((int)(o + j), 16)); var gd = Vector512.Create(df.AsSpan((int)(o + j), 16));
+                    var th = Vector512.Create(theta.AsSpan(j, 16));
+                    var u = (p - th) / ev;
+                    var band = Vector512.GreaterThan(u, lo) & Vector512.LessThan(u, hi);
+                    if (band.ExtractMostSignificantBits() != 0)
+                    {
+                        var term = Vector512.ConditionalSelect(band, -(th / ev) * gd - le, zero);
+                        var (t0, t1) = Vector512.Widen(term);
+                        (Vector512.Create(gTheta.AsSpan(j, 8)) + t0).CopyTo(gTheta.AsSpan(j, 8));
+                        (Vector512.Create(gTheta.AsSpan(j + 8, 8)) + t1).CopyTo(gTheta.AsSpan(j + 8, 8));
+                    }
+                    var g = Vector512.ConditionalSelect(Vector512.GreaterThan(p, th), gd, zero);
+                    g.CopyTo(df.AsSpan((int)(o + j), 16));
+                    (Vector512.Create(gBEnc.AsSpan(j, 16)) + g).CopyTo(gBEnc.AsSpan(j, 16));
+                }
+            }
+            for (; j < j1; j++)
             {
                 float p = pre[o + j], gd = df[o + j], th = theta[j];
                 float u = (p - th) / eps;
-                if (u > -0.5f && u < 0.5f) gTheta[j] += -(th / eps) * gd - lamN / eps;
+                if (u > -0.5f && u < 0.5f) gTheta[j] += -(th / eps) * gd - lamOverEps;
                 float g = p > th ? gd : 0f;
                 df[o + j] = g;
                 gBEnc[j] += g;
