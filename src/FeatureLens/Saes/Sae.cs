@@ -361,7 +361,7 @@ public sealed class Sae
     /// Sparse latent activations of x (…, d_in), computed in blocks of <paramref name="blockRows"/> tokens so
     /// that the dense (n, d_sae) matrix never exists. Only positive activations are kept.
     /// </summary>
-    public SparseActivations EncodeSparse(Tensor x, int blockRows = 512)
+    public SparseActivations EncodeSparse(Tensor x, int blockRows = 1024)
     {
         int n = Rows(x, DIn, "input"), dSae = DSae;
         int block = Math.Max(1, Math.Min(blockRows, n));
