@@ -91,7 +91,13 @@ internal static class SaeTrainCommand
                         HookName = hookName, DatasetPath = corpusPath ?? actPath, ContextSize = actPath == null ? ctx : null, PrependBos = actPath == null ? true : null,
                     },
                 };
-                var result = Run(options, source, ct);
+                TrainResult result;
+                try { result = Run(options, source, ct); }
+                catch (OperationCanceledException)
+                {
+                    Console.Error.WriteLine($"interrupted: a checkpoint of the last completed step is in {Path.Combine(options.OutputDir!, SaeTrainer.CheckpointsFolder)}; run the same command again to resume");
+                    return 130;
+                }
                 Console.Error.WriteLine($"wrote {result.OutputDir} ({result.Steps} steps, {result.Tokens:N0} tokens" +
                     (result.ResumedFromStep > 0 ? $", resumed from step {result.ResumedFromStep}" : "") + ")");
                 return 0;

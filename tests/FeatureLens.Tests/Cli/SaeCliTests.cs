@@ -147,4 +147,41 @@ public class SaeCliTests
         Assert.Equal(1, missing.ExitCode);
         Assert.Contains("nope", missing.Stderr);
     }
+
+    [Fact]
+    public void InterruptedTrainingResumesWhereItStopped()
+    {
+        using var dir = new TempDir();
+        string corpus = SmallCorpus(dir, Random.Shared.Next()), outDir = dir.File("sae");
+        string[] args = ["sae", "train", "--model", Stories, "--hook", "blocks.1.hook_resid_post", "--corpus", corpus, "--architecture", "topk",
+            "--d-sae", "256", "--k", "8", "--tokens", "307200", "--batch-tokens", "1024", "--context", "64", "--out", outDir];
+        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "featurelens.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = new System.Diagnostics.Process { StartInfo = psi };
+        var started = new ManualResetEventSlim();
+        var err = new System.Text.StringBuilder();
+        // progress lines end in "NN%": interrupt once training is a few percent in
+        p.OutputDataReceived += (_, e) =>
+        {
+            var m = e.Data is null ? null : System.Text.RegularExpressions.Regex.Match(e.Data, @"(\d+)%\s*$");
+            if (m is { Success: true } && int.Parse(m.Groups[1].Value) >= 3) started.Set();
+        };
+        p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (err) err.AppendLine(e.Data); };
+        p.Start(); p.BeginOutputReadLine(); p.BeginErrorReadLine();
+        Assert.True(started.Wait(120_000), "training never reported progress");
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString()])!) kill.WaitForExit();
+        Assert.True(p.WaitForExit(60_000), "featurelens did not stop after SIGINT");
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {err}");
+        Assert.Contains("interrupted", err.ToString());
+        long step;
+        using (var f = SafetensorsFile.Open(Path.Combine(outDir, "checkpoints", "latest", "trainer_state.safetensors")))
+            step = long.Parse(f.Metadata["step"]);
+        Assert.True(step > 0 && step < 300, $"checkpoint at step {step}");
+        var resumed = CliTests.Run(args);
+        Assert.True(resumed.ExitCode == 0, resumed.Stderr);
+        Assert.Contains($"resumed from step {step}", resumed.Stderr);
+        Assert.Contains("300 steps", resumed.Stderr);
+    }
 }
