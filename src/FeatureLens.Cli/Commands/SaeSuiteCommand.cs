@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
 using FeatureLens.Analysis;
+using FeatureLens.Runtime.Models;
 using FeatureLens.Runtime.Tokenizers;
 using FeatureLens.Saes;
 using FeatureLens.Saes.Training;
@@ -35,17 +36,42 @@ internal static class SaeSuiteCommand
         cmd.SetAction((r, ct) => Task.FromResult(Execute(r, ct)));
         int Execute(ParseResult r, CancellationToken ct)
         {
-            var clock = Stopwatch.StartNew();
-            string dir = r.GetValue(output)!;
-            Directory.CreateDirectory(dir);
             using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            var settings = new SuiteSettings(r.GetValue(documents), r.GetValue(docTokens), r.GetValue(seed), r.GetValue(dSae), r.GetValue(k),
+                r.GetValue(tokens), r.GetValue(context), r.GetValue(evalTokens));
+            BuildSuite(m, r.GetValue(model)!, r.GetValue(output)!, settings, ct, force: true);
+            return 0;
+        }
+        return cmd;
+    }
+
+    /// <summary>What a suite is built with (the command's options).</summary>
+    public sealed record SuiteSettings(int Documents = 4000, int DocumentTokens = 256, int Seed = 1, int DSae = 1024, int K = 16,
+        long Tokens = 2_000_000, int Context = 128, long EvalTokens = 60_000);
+
+    /// <summary>
+    /// Builds (or resumes) the suite in <paramref name="dir"/> and returns the SAE folder. Unless
+    /// <paramref name="force"/>, a suite already completed with the same settings is reused as it is.
+    /// </summary>
+    public static string BuildSuite(HookedTransformer m, string modelPath, string dir, SuiteSettings settings, CancellationToken ct, bool force = false)
+    {
+        string saesDir = Path.Combine(dir, "saes"), done = Path.Combine(dir, "suite.json");
+        string wantedSuite = JsonSerializer.Serialize(new { model = Path.GetFullPath(modelPath), settings });
+        if (!force && File.Exists(done) && File.ReadAllText(done) == wantedSuite)
+        {
+            AnsiConsole.MarkupLine($"suite: reusing {Markup.Escape(dir)}");
+            return saesDir;
+        }
+        {
+            var clock = Stopwatch.StartNew();
+            Directory.CreateDirectory(dir);
             var tok = m.Tokenizer ?? throw new InvalidOperationException("the suite needs the model's tokenizer: pass --tokenizer PATH");
-            int nDocs = r.GetValue(documents), seedValue = r.GetValue(seed), ctx = Math.Min(r.GetValue(context), m.Config.NCtx);
+            int nDocs = settings.Documents, seedValue = settings.Seed, ctx = Math.Min(settings.Context, m.Config.NCtx);
 
             // 1. corpus sampled from the model (reused when the same settings made it)
             string trainCorpus = Path.Combine(dir, "corpus-train.jsonl"), evalCorpus = Path.Combine(dir, "corpus-eval.jsonl");
             string corpusMeta = Path.Combine(dir, "corpus.json");
-            string wanted = JsonSerializer.Serialize(new { model = Path.GetFullPath(r.GetValue(model)!), documents = nDocs, document_tokens = r.GetValue(docTokens), seed = seedValue, temperature = 1.0 });
+            string wanted = JsonSerializer.Serialize(new { model = Path.GetFullPath(modelPath), documents = nDocs, document_tokens = settings.DocumentTokens, seed = seedValue, temperature = 1.0 });
             if (!File.Exists(corpusMeta) || File.ReadAllText(corpusMeta) != wanted || !File.Exists(trainCorpus) || !File.Exists(evalCorpus))
             {
                 string all = Path.Combine(dir, "corpus-all.jsonl");
@@ -54,7 +80,7 @@ internal static class SaeSuiteCommand
                     .Start(p =>
                     {
                         var task = p.AddTask($"sampling {nDocs} documents from the model", maxValue: nDocs);
-                        sampled = SaeSuite.SampleCorpus(m, all, nDocs, r.GetValue(docTokens), seedValue, 1f, 1f, new SyncProgress<int>(n => task.Value = n));
+                        sampled = SaeSuite.SampleCorpus(m, all, nDocs, settings.DocumentTokens, seedValue, 1f, 1f, new SyncProgress<int>(n => task.Value = n));
                     });
                 var lines = File.ReadAllLines(all);
                 int nEval = Math.Max(1, lines.Length / 10);
@@ -72,23 +98,23 @@ internal static class SaeSuiteCommand
             {
                 string hook = $"blocks.{l}.hook_resid_post";
                 var source = ModelActivationSource.FromCorpus(m, hook, trainCorpus, ctx, prependBos: true, batchSequences: Math.Max(1, 4096 / ctx), shuffleSeed: (ulong)seedValue);
-                long total = r.GetValue(tokens);
+                long total = settings.Tokens;
                 int batchTokens = 4096;
                 var options = new SaeTrainingOptions
                 {
-                    Architecture = SaeArchitecture.TopK, DIn = source.DIn, DSae = r.GetValue(dSae), K = r.GetValue(k),
+                    Architecture = SaeArchitecture.TopK, DIn = source.DIn, DSae = settings.DSae, K = settings.K,
                     LearningRate = 1e-3, LrWarmupSteps = 20, LrDecaySteps = (int)(total / batchTokens / 5),
                     BatchTokens = batchTokens, TotalTokens = total, Seed = (ulong)(seedValue * 100 + l), AuxKCoefficient = 1.0 / 32,
                     DeadAfterTokens = Math.Min(500_000, total / 4), ApplyBDecToInput = true, CheckpointEveryTokens = Math.Max(batchTokens, total / 4),
                     OutputDir = Path.Combine(dir, "saes", hook),
-                    Metadata = new SaeMetadata { ModelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(r.GetValue(model)!)), HookName = hook, DatasetPath = trainCorpus, ContextSize = ctx, PrependBos = true },
+                    Metadata = new SaeMetadata { ModelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath)), HookName = hook, DatasetPath = trainCorpus, ContextSize = ctx, PrependBos = true },
                 };
                 var result = SaeTrainCommand.Run(options, source, ct, $"layer {l}");
                 saes.Add(SaeLoaderOrResult(result));
             }
 
             // 3. evaluation on held-out text
-            long evalBudget = r.GetValue(evalTokens);
+            long evalBudget = settings.EvalTokens;
             var windows = Corpus.Windows(Corpus.Documents(evalCorpus), tok, ctx, prependBos: true, maxTokens: evalBudget).ToList();
             IReadOnlyList<SaeEvalResult> evals = [];
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn())
@@ -105,9 +131,10 @@ internal static class SaeSuiteCommand
             WriteFeatures(Path.Combine(dir, "features.json"), examples, windows, tok);
             PrintExampleFeatures(examples, windows, tok);
             AnsiConsole.MarkupLine($"[green]suite built in {clock.Elapsed.TotalSeconds:F0} s[/]: {Markup.Escape(dir)}");
-            return 0;
+            File.WriteAllText(done + ".tmp", wantedSuite);
+            File.Move(done + ".tmp", done, overwrite: true);
+            return saesDir;
         }
-        return cmd;
     }
 
     static Sae SaeLoaderOrResult(TrainResult result) => Saes.Formats.SaeLoader.Load(result.OutputDir);
