@@ -17,6 +17,7 @@ public static class Program
             InspectCommand.Build(),
             SynthModelCommand.Build(),
             SaeCommand.Build(),
+            DownloadCommand.Build(),
         };
         if (Console.IsOutputRedirected)
         {
