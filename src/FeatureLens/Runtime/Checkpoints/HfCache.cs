@@ -3,7 +3,8 @@ using System.Text.RegularExpressions;
 namespace FeatureLens.Runtime.Checkpoints;
 
 /// <summary>
-/// Finds models already downloaded into the local Hugging Face hub cache (FeatureLens never downloads).
+/// Finds models in the local Hugging Face hub cache (filled by huggingface_hub or by `featurelens download`, the only
+/// command that uses the network).
 /// Layout: <c>{root}/models--ORG--NAME/refs/{revision}</c> holds a commit hash and
 /// <c>{root}/models--ORG--NAME/snapshots/{hash}/</c> holds the files. The root is
 /// <c>$HF_HUB_CACHE</c>, else <c>$HF_HOME/hub</c>, else <c>$XDG_CACHE_HOME/huggingface/hub</c>,
