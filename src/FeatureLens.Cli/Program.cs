@@ -18,6 +18,9 @@ public static class Program
             SynthModelCommand.Build(),
             SaeCommand.Build(),
             DownloadCommand.Build(),
+            TrackCommand.Build(),
+            CorrelateCommand.Build(),
+            LabelsCommand.Build(),
         };
         if (Console.IsOutputRedirected)
         {
