@@ -4,8 +4,14 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-if [[ $(id -u) -eq 0 ]] && ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-  apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 python3-torch >/dev/null
+if [[ $(id -u) -eq 0 ]]; then
+  # python3-torch: the reference the numerics are checked against; chromium: the browser of the web app's end-to-end tests
+  missing=()
+  /usr/bin/python3 -c 'import torch' 2>/dev/null || missing+=(python3-torch)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  if (( ${#missing[@]} )); then
+    apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
+  fi
 fi
 if [[ ! -d tests/FeatureLens.Tests/node/node_modules/gpt-3-encoder ]]; then
   npm install --prefix tests/FeatureLens.Tests/node --no-audit --no-fund --silent >/dev/null

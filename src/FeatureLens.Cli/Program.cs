@@ -17,10 +17,11 @@ public static class Program
             InspectCommand.Build(),
             SynthModelCommand.Build(),
             SaeCommand.Build(),
-            DownloadCommand.Build(),
             TrackCommand.Build(),
             CorrelateCommand.Build(),
             LabelsCommand.Build(),
+            DownloadCommand.Build(),
+            ServeCommand.Build(),
         };
         if (Console.IsOutputRedirected)
         {

@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using System.Net.Http.Json;
+using FeatureLens.Analysis;
+using FeatureLens.Runtime.Checkpoints;
+using FeatureLens.Runtime.Models;
+using FeatureLens.Runtime.Tensors;
+using FeatureLens.Runtime.Tokenizers;
+using FeatureLens.Saes;
+using FeatureLens.Saes.Formats;
+using FeatureLens.Web;
+using Spectre.Console;
+
+namespace FeatureLens.Bench;
+
+/// <summary>
+/// The feature activation tracker as a client sees it: POST /api/track latency against the real server on
+/// loopback, for (a) stories260K with its 5 SAEs on a 64-token prompt (the suite's SAEs when
+/// suites/stories260K exists, else 5 random TopK SAEs of the same shape), and (b) a GPT-2-small-shaped
+/// synthetic model with 12 random TopK residual SAEs of 24576 latents on a 128-token prompt (the stories
+/// tokenizer encodes the text; its ids are valid GPT-2 ids). Then (c) corpus correlation tokens/s over
+/// 100k tokens of the shared corpora with the stories SAEs. Options: --runs N (timed requests, default 30).
+/// </summary>
+public static class TrackerBench
+{
+    public static int Run(string[] args)
+    {
+        int runs = args.Length >= 2 && args[0] == "--runs" ? int.Parse(args[1]) : 30;
+        string shared = Path.Combine(BenchSupport.RepoRoot(), "..", "shared");
+        string storiesPath = Path.Combine(shared, "models", "stories260K", "stories260K.bin");
+        var rows = new List<(string Case, double Median, double P90, double Target, string Note)>();
+
+        // (a) stories260K
+        using (var m = HookedTransformer.Load(storiesPath))
+        {
+            string suite = Path.Combine(BenchSupport.RepoRoot(), "suites", "stories260K", "saes");
+            var saes = Directory.Exists(suite) ? SaeLoader.LoadAll(suite).ToList()
+                : Enumerable.Range(0, m.Config.NLayers).Select(l => RandomTopK(new Random(l), 64, 1024, 16, $"blocks.{l}.hook_resid_post")).ToList();
+            string note = Directory.Exists(suite) ? "the suite's 5 trained TopK SAEs (1024 latents, k 16)" : "5 random TopK SAEs (1024 latents, k 16); suites/stories260K not built";
+            string text = PromptOf(m.Tokenizer!, File.ReadAllText(Path.Combine(shared, "corpora", "tinyshakespeare.txt"))[..4000], 64);
+            var (med, p90) = Latency(new SaeSet(m, saes), text, runs);
+            rows.Add(("stories260K, 5 SAEs, 64 tokens", med, p90, 0.020, note));
+
+            // (c) corpus correlation over the shared corpora
+            var docs = Corpus.Documents(Path.Combine(shared, "corpora", "tinyshakespeare.txt")).Concat(Corpus.Documents(Path.Combine(shared, "corpora", "wikitext-2-raw-test.txt")));
+            var windows = Corpus.Windows(docs, m.Tokenizer!, 128, prependBos: true, maxTokens: 100_000).ToList();
+            long tokens = windows.Sum(w => (long)w.Length);
+            var sw = Stopwatch.StartNew();
+            var net = FeatureCorrelation.Corpus(new SaeSet(m, saes), windows, new CorrelationOptions { Threshold = 0.5 });
+            double secs = sw.Elapsed.TotalSeconds;
+            AnsiConsole.MarkupLine($"corpus correlation ({note}): {tokens:N0} tokens of the shared corpora in {secs:F2} s = [bold]{tokens / secs:N0} tokens/s[/]; {net.Nodes.Count} nodes, {net.Edges.Count} edges at |r| ≥ 0.5");
+        }
+
+        // (b) GPT-2-small shape, 12 SAEs of 24576 latents
+        string folder = Path.Combine(BenchSupport.ModelsDir(), "gpt2-small-f32");
+        if (!File.Exists(Path.Combine(folder, "config.json")))
+        {
+            AnsiConsole.MarkupLine($"[grey]writing {folder} (synth-model gpt2-small f32)[/]");
+            SyntheticModel.Write(folder, Architecture.Gpt2, "gpt2-small", DType.F32, 1);
+        }
+        using (var g = HookedTransformer.Load(folder, Path.Combine(Path.GetDirectoryName(storiesPath)!, "tok512.bin")))
+        {
+            var saes = Enumerable.Range(0, g.Config.NLayers).Select(l => RandomTopK(new Random(100 + l), g.Config.DModel, 24576, 32, $"blocks.{l}.hook_resid_post")).ToList();
+            string text = PromptOf(g.Tokenizer!, File.ReadAllText(Path.Combine(shared, "corpora", "wikitext-2-raw-test.txt"))[..8000], 128);
+            var (med, p90) = Latency(new SaeSet(g, saes), text, Math.Max(5, runs / 3));
+            rows.Add(("GPT-2-small shape, 12 SAEs × 24576, 128 tokens", med, p90, 0.6, "synthetic weights, random TopK SAEs (k 32); ~90 GFLOP"));
+        }
+
+        var t = new Table().Border(TableBorder.Rounded).AddColumns("case", "median", "p90", "target", "", "SAEs");
+        foreach (var r in rows)
+            t.AddRow(r.Case, $"{r.Median * 1000:F1} ms", $"{r.P90 * 1000:F1} ms", $"≤ {r.Target * 1000:F0} ms", r.Median <= r.Target ? "[green]met[/]" : "[red]missed[/]", Markup.Escape(r.Note));
+        t.Title = new TableTitle("POST /api/track latency from an HTTP client on loopback");
+        AnsiConsole.Write(t);
+        return 0;
+    }
+
+    /// <summary>Median and 90th percentile seconds of POST /api/track, after 3 warm-up requests.</summary>
+    static (double Median, double P90) Latency(SaeSet set, string text, int runs)
+    {
+        var app = TrackerApp.Build(new TrackerAppOptions { Sets = [new TrackerSet { Name = "bench", Set = set }], Urls = ["http://127.0.0.1:0"] });
+        app.StartAsync().GetAwaiter().GetResult();
+        try
+        {
+            using var http = new HttpClient { BaseAddress = new Uri(app.Urls.First()) };
+            var body = new { set = "bench", text, top = 10, threshold = 0.5 };
+            for (int i = 0; i < 3; i++) Post(http, body);
+            var times = new List<double>();
+            for (int i = 0; i < runs; i++)
+            {
+                var sw = Stopwatch.StartNew();
+                Post(http, body);
+                times.Add(sw.Elapsed.TotalSeconds);
+            }
+            times.Sort();
+            return (BenchSupport.Median(times), times[(int)Math.Min(times.Count - 1, Math.Ceiling(0.9 * times.Count) - 1)]);
+        }
+        finally
+        {
+            app.StopAsync().GetAwaiter().GetResult();
+        }
+    }
+
+    static void Post(HttpClient http, object body)
+    {
+        using var resp = http.PostAsJsonAsync("/api/track", body).GetAwaiter().GetResult();
+        string content = resp.Content.ReadAsStringAsync().GetAwaiter().GetResult();
+        if (!resp.IsSuccessStatusCode) throw new InvalidOperationException($"/api/track answered {(int)resp.StatusCode}: {content}");
+    }
+
+    /// <summary>Text that encodes to about <paramref name="tokens"/> tokens (BOS included).</summary>
+    static string PromptOf(ITokenizer tok, string source, int tokens)
+    {
+        var ids = tok.Encode(source, addBos: false);
+        return tok.Decode(ids.AsSpan(0, Math.Min(ids.Length, tokens - 1)));
+    }
+
+    static Sae RandomTopK(Random rng, int dIn, int dSae, int k, string hook)
+    {
+        float G() => (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
+        var wEnc = new float[(long)dIn * dSae]; for (long i = 0; i < wEnc.Length; i++) wEnc[i] = G() / MathF.Sqrt(dIn);
+        var wDec = new float[(long)dSae * dIn]; for (long i = 0; i < wDec.Length; i++) wDec[i] = G() / MathF.Sqrt(dIn);
+        var cfg = new SaeConfig { Architecture = SaeArchitecture.TopK, DIn = dIn, DSae = dSae, DOut = dIn, K = k, Metadata = new SaeMetadata { HookName = hook } };
+        return new Sae(cfg, wEnc, new float[dSae], wDec, new float[dIn]);
+    }
+}

@@ -1,0 +1,122 @@
+using System.CommandLine;
+using System.Text.Json;
+using FeatureLens.Analysis;
+using FeatureLens.Runtime.Models;
+using FeatureLens.Web;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
+
+namespace FeatureLens.Cli.Commands;
+
+/// <summary>
+/// featurelens serve: the feature activation tracker web app over one model + SAE set (--model, --sae, --labels)
+/// and/or the sets of a JSON config file:
+/// <code>
+/// { "sets": [ { "name": "stories260K", "model": "stories260K.bin", "tokenizer": null,
+///               "sae": ["saes/stories260K"], "labels": "labels.csv" } ] }
+/// </code>
+/// Paths in the config are relative to the config file's folder.
+/// </summary>
+internal static class ServeCommand
+{
+    public static Command Build()
+    {
+        var model = new Option<string?>("--model") { Description = "A Hugging Face model folder, a llama2.c .bin checkpoint, or a repo id in the local Hugging Face cache" };
+        var tokenizer = Cli.TokenizerOption();
+        var sae = new Option<string[]>("--sae") { Description = "SAE folder (or a folder of SAE folders); repeat for several", AllowMultipleArgumentsPerToken = true };
+        var labels = new Option<string?>("--labels") { Description = "Feature labels for the --model set: Neuronpedia JSONL export or CSV (layer, feature, label, f1, specialization)" };
+        var name = new Option<string?>("--name") { Description = "Name of the --model set in the app (default: the model's file or folder name)" };
+        var config = new Option<string?>("--config") { Description = "JSON file listing several model + SAE sets: {\"sets\": [{\"name\", \"model\", \"tokenizer\", \"sae\": [...], \"labels\"}]}" };
+        var host = new Option<string>("--host") { Description = "Address to listen on (default 127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "Port to listen on", DefaultValueFactory = _ => 8600 };
+        var maxText = new Option<int>("--max-text") { Description = "Longest prompt accepted, in characters", DefaultValueFactory = _ => 4000 };
+        var cmd = new Command("serve", "Serve the feature activation tracker: a web page and JSON API showing which SAE features fire at every layer, their evolution and cross-layer correlations")
+        {
+            model, tokenizer, sae, labels, name, config, host, port, maxText,
+        };
+        cmd.SetAction(r =>
+        {
+            var specs = new List<SetSpec>();
+            if (r.GetValue(model) is string m)
+            {
+                var saes = r.GetValue(sae) ?? [];
+                if (saes.Length == 0) throw new ArgumentException("--model needs its SAEs: pass --sae DIR (repeat for several)");
+                specs.Add(new SetSpec(r.GetValue(name), m, r.GetValue(tokenizer), saes, r.GetValue(labels)));
+            }
+            else if (r.GetValue(sae) is { Length: > 0 } || r.GetValue(labels) != null)
+                throw new ArgumentException("--sae and --labels belong to a --model: pass --model PATH too");
+            if (r.GetValue(config) is string configPath) specs.AddRange(ReadConfig(configPath));
+            if (specs.Count == 0) throw new ArgumentException("nothing to serve: pass --model PATH --sae DIR..., or --config FILE");
+            int p = r.GetValue(port);
+            if (p is < 0 or > 65535) throw new ArgumentException($"--port must be 0..65535 (got {p})");
+
+            var models = new List<HookedTransformer>();
+            try
+            {
+                var sets = specs.Select(spec => LoadSet(spec, models)).ToList();
+                string hostName = r.GetValue(host)!;
+                string url = $"http://{(hostName.Contains(':') && !hostName.StartsWith('[') ? $"[{hostName}]" : hostName)}:{p}";
+                var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = r.GetValue(maxText) });
+                app.StartAsync().GetAwaiter().GetResult();
+                foreach (var s in sets) Console.WriteLine($"{s.Name}: {s.ModelSource} with {s.Set.Saes.Count} SAE(s) ({string.Join(", ", s.Set.Names)}), {s.Labels?.Count ?? 0} labels");
+                foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
+                app.WaitForShutdownAsync().GetAwaiter().GetResult();
+                app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                return 0;
+            }
+            finally
+            {
+                foreach (var model in models) model.Dispose();
+            }
+        });
+        return cmd;
+    }
+
+    sealed record SetSpec(string? Name, string Model, string? Tokenizer, string[] Saes, string? Labels);
+
+    static TrackerSet LoadSet(SetSpec spec, List<HookedTransformer> models)
+    {
+        var m = Cli.LoadModel(spec.Model, spec.Tokenizer);
+        models.Add(m);
+        var set = new SaeSet(m, SaeCommand.LoadSaes(spec.Saes));
+        var labels = spec.Labels is null ? null : FeatureLabels.Load(spec.Labels, set);
+        string name = spec.Name ?? Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(spec.Model));
+        return new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = spec.Model };
+    }
+
+    static List<SetSpec> ReadConfig(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"config file {path} does not exist");
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        string Resolve(string p) => Path.IsPathRooted(p) ? p : Path.GetFullPath(Path.Combine(dir, p));
+        JsonDocument doc;
+        try { doc = JsonDocument.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new FormatException($"{path} is not valid JSON: {e.Message}"); }
+        using (doc)
+        {
+            if (!doc.RootElement.TryGetProperty("sets", out var sets) || sets.ValueKind != JsonValueKind.Array || sets.GetArrayLength() == 0)
+                throw new FormatException($"{path}: expected {{\"sets\": [{{\"name\", \"model\", \"sae\": [...], \"labels\"}}, ...]}}");
+            var list = new List<SetSpec>();
+            int i = 0;
+            foreach (var s in sets.EnumerateArray())
+            {
+                string where = $"{path}: sets[{i++}]";
+                if (s.ValueKind != JsonValueKind.Object) throw new FormatException($"{where} is not an object");
+                string? Str(string key) => s.TryGetProperty(key, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+                string model = Str("model") ?? throw new FormatException($"{where} has no \"model\" (a path)");
+                string[] saes = s.TryGetProperty("sae", out var sv) ? sv.ValueKind switch
+                {
+                    JsonValueKind.String => [sv.GetString()!],
+                    JsonValueKind.Array => sv.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : throw new FormatException($"{where}.sae holds a non-string")).ToArray(),
+                    _ => throw new FormatException($"{where}.sae must be a path or a list of paths"),
+                } : [];
+                if (saes.Length == 0) throw new FormatException($"{where} has no \"sae\" paths");
+                // a model path that does not exist here may be a repo id in the Hugging Face cache
+                string modelPath = File.Exists(Resolve(model)) || Directory.Exists(Resolve(model)) ? Resolve(model) : model;
+                list.Add(new SetSpec(Str("name"), modelPath, Str("tokenizer") is string t ? Resolve(t) : null, saes.Select(Resolve).ToArray(),
+                    Str("labels") is string l ? Resolve(l) : null));
+            }
+            return list;
+        }
+    }
+}

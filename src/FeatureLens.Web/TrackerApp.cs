@@ -1,0 +1,154 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using FeatureLens.Analysis;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace FeatureLens.Web;
+
+/// <summary>
+/// The feature activation tracker as a web app: a JSON API over <see cref="FeatureTracker"/> and
+/// <see cref="FeatureEvolution"/>, and the page in wwwroot (Plotly.js and Cytoscape.js, served locally).
+/// <code>
+/// GET  /api/sets                                   the model + SAE sets, their SAEs and the request limits
+/// POST /api/track   {set, text, top, rankBy, tokenIndex, threshold}   → TrackResult
+/// GET|POST /api/feature {set, sae, feature, text}  → a feature's per-token activations, label and evolution
+/// </code>
+/// Errors are JSON <c>{"error": "..."}</c>: 400 for bad input, 404 for unknown routes, 413 for oversize text or bodies.
+/// </summary>
+public static class TrackerApp
+{
+    /// <summary>camelCase JSON of the library records (enums as strings, NaN written as "NaN" rather than failing).</summary>
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web)
+    {
+        NumberHandling = JsonNumberHandling.AllowReadingFromString | JsonNumberHandling.AllowNamedFloatingPointLiterals,
+        DefaultIgnoreCondition = JsonIgnoreCondition.Never,
+        // responses are application/json read by JSON.parse, never inlined into HTML
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    /// <summary>Builds the app (not started): call <c>Run()</c>, or <c>StartAsync()</c> and read the bound address from <c>Urls</c>.</summary>
+    public static WebApplication Build(TrackerAppOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Sets.Count == 0) throw new ArgumentException("the tracker needs at least one model + SAE set");
+        var dup = options.Sets.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
+        if (dup != null) throw new ArgumentException($"two SAE sets are named '{dup.Key}'; give each a different name");
+        if (options.MaxTextChars <= 0) throw new ArgumentException("MaxTextChars must be positive");
+        if (options.MaxRequestBytes < 1024) throw new ArgumentException("MaxRequestBytes must be at least 1024");
+
+        string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
+        foreach (string needed in new[] { "index.html", "app.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+            if (!File.Exists(Path.Combine(webRoot, needed)))
+                throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            Args = [],
+            ContentRootPath = AppContext.BaseDirectory,
+            WebRootPath = webRoot,
+            ApplicationName = typeof(TrackerApp).Assembly.GetName().Name,
+        });
+        builder.WebHost.UseUrls([.. options.Urls]);
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Limits.MaxRequestBodySize = options.MaxRequestBytes;
+        });
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.Services.AddSingleton(new TrackerService(options));
+
+        var app = builder.Build();
+        app.UseExceptionHandler(errorApp => errorApp.Run(WriteError));
+        app.UseStatusCodePages(async ctx =>
+        {
+            var r = ctx.HttpContext.Response;
+            if (r.HasStarted || r.ContentLength > 0) return;
+            string message = r.StatusCode switch
+            {
+                404 => $"no such page or endpoint: {ctx.HttpContext.Request.Path}",
+                405 => $"{ctx.HttpContext.Request.Method} is not allowed on {ctx.HttpContext.Request.Path}",
+                _ => $"HTTP {r.StatusCode}",
+            };
+            await Results.Json(new ApiError(message), Json, statusCode: r.StatusCode).ExecuteAsync(ctx.HttpContext);
+        });
+        app.Use(async (ctx, next) =>
+        {
+            // the page loads nothing from elsewhere; Plotly needs inline styles, nothing needs inline or eval'd script
+            var h = ctx.Response.Headers;
+            h["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'";
+            h["X-Content-Type-Options"] = "nosniff";
+            h["Referrer-Policy"] = "no-referrer";
+            await next();
+        });
+        app.UseDefaultFiles();
+        app.UseStaticFiles();
+
+        var api = app.MapGroup("/api");
+        api.MapGet("/sets", (TrackerService s) => Results.Json(s.Describe(), Json));
+        api.MapPost("/track", async (HttpContext ctx, TrackerService s) =>
+            Results.Json(s.Track(await ReadBody<TrackRequest>(ctx)), Json));
+        api.MapPost("/feature", async (HttpContext ctx, TrackerService s) =>
+            Results.Json(s.Feature(await ReadBody<FeatureRequest>(ctx)), Json));
+        api.MapGet("/feature", (HttpContext ctx, TrackerService s) =>
+        {
+            var q = ctx.Request.Query;
+            int? feature = q.TryGetValue("feature", out var f) ? (int.TryParse(f, out int v) ? v : throw new ApiException(400, $"feature '{f}' is not an integer")) : null;
+            return Results.Json(s.Feature(new FeatureRequest(q["set"], q["sae"], feature, q["text"])), Json);
+        });
+        api.Map("/{**rest}", (HttpContext ctx) => Results.Json(new ApiError($"no API endpoint {ctx.Request.Method} {ctx.Request.Path}"), Json, statusCode: 404));
+        return app;
+    }
+
+    static async Task<T> ReadBody<T>(HttpContext ctx) where T : class
+    {
+        if (ctx.Request.ContentType is not { } type || !type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
+            throw new ApiException(415, "send the request body as JSON (Content-Type: application/json)");
+        try
+        {
+            return await JsonSerializer.DeserializeAsync<T>(ctx.Request.Body, Json, ctx.RequestAborted)
+                ?? throw new ApiException(400, "the request body is empty: send a JSON object");
+        }
+        catch (JsonException e)
+        {
+            string where = e.Path is { Length: > 1 } p ? $" at {p}" : "";
+            throw new ApiException(400, $"the request body is not the JSON this endpoint expects{where}: {FirstLine(e.Message)}");
+        }
+    }
+
+    /// <summary>Turns any exception into {"error": message} with a status that says what went wrong; never a stack trace.</summary>
+    static async Task WriteError(HttpContext ctx)
+    {
+        var e = ctx.Features.Get<IExceptionHandlerFeature>()?.Error;
+        (int status, string message) = e switch
+        {
+            ApiException a => (a.Status, a.Message),
+            BadHttpRequestException b when b.StatusCode == 413 => (413, "the request body is larger than the server accepts"),
+            BadHttpRequestException b => (b.StatusCode, FirstLine(b.Message)),
+            ArgumentException or FormatException or InvalidDataException or KeyNotFoundException or IndexOutOfRangeException => (400, FirstLine(e.Message)),
+            InvalidOperationException => (400, FirstLine(e.Message)),
+            OperationCanceledException => (499, "the request was cancelled"),
+            null => (500, "unknown error"),
+            _ => (500, $"internal error: {FirstLine(e.Message)}"),
+        };
+        if (status >= 500)
+            ctx.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger("FeatureLens.Web").LogError(e, "request {Path} failed", ctx.Request.Path);
+        ctx.Response.StatusCode = status;
+        await ctx.Response.WriteAsJsonAsync(new ApiError(message), Json);
+    }
+
+    static string FirstLine(string s) { int nl = s.IndexOf('\n'); return (nl < 0 ? s : s[..nl]).Trim(); }
+}
+
+/// <summary>An error the API reports to the client with <see cref="Status"/>.</summary>
+public sealed class ApiException(int status, string message) : Exception(message)
+{
+    public int Status { get; } = status;
+}
+
+/// <summary>The body of every error response.</summary>
+public sealed record ApiError(string Error);
