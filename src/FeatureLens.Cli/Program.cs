@@ -22,6 +22,7 @@ public static class Program
             LabelsCommand.Build(),
             DownloadCommand.Build(),
             ServeCommand.Build(),
+            DemoCommand.Build(),
         };
         if (Console.IsOutputRedirected)
         {

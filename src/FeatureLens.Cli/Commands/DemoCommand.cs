@@ -1,0 +1,73 @@
+using System.CommandLine;
+using FeatureLens.Analysis;
+using FeatureLens.Saes.Formats;
+using FeatureLens.Web;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
+using Spectre.Console;
+
+namespace FeatureLens.Cli.Commands;
+
+/// <summary>
+/// featurelens demo: the whole chain in one command — build (or reuse) the model's SAE suite, label its features
+/// from a labelled prompt set, and serve the feature activation tracker on it.
+/// </summary>
+internal static class DemoCommand
+{
+    public static Command Build()
+    {
+        var model = Cli.ModelOption();
+        var tokenizer = Cli.TokenizerOption();
+        var output = new Option<string?>("--out") { Description = "Suite folder (default: suites/<model name>); built once, reused afterwards" };
+        var prompts = new Option<string?>("--prompts") { Description = "Labelled prompt set (JSONL {text, label}) to label features with (default: the stories260K set shipped with FeatureLens)" };
+        var host = new Option<string>("--host") { Description = "Address to listen on (default 127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "Port to listen on", DefaultValueFactory = _ => 8600 };
+        var documents = new Option<int>("--documents") { Description = "Suite: documents to sample from the model", DefaultValueFactory = _ => 4000 };
+        var tokens = new Option<long>("--tokens") { Description = "Suite: training tokens per SAE", DefaultValueFactory = _ => 2_000_000 };
+        var dSae = new Option<int>("--d-sae") { Description = "Suite: latents per SAE", DefaultValueFactory = _ => 1024 };
+        var k = new Option<int>("--k") { Description = "Suite: latents per token (TopK)", DefaultValueFactory = _ => 16 };
+        var cmd = new Command("demo", "Build the model's SAE suite if needed (corpus sampled from the model, one TopK SAE per layer), label the features, and serve the feature activation tracker")
+        {
+            model, tokenizer, output, prompts, host, port, documents, tokens, dSae, k,
+        };
+        // synchronous: the web host then owns Ctrl-C (an interrupted suite build resumes from its checkpoints on the next run)
+        cmd.SetAction(r => Execute(r, CancellationToken.None));
+        int Execute(ParseResult r, CancellationToken ct)
+        {
+            string modelPath = r.GetValue(model)!;
+            using var m = Cli.LoadModel(modelPath, r.GetValue(tokenizer));
+            string name = Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(modelPath));
+            string dir = r.GetValue(output) ?? Path.Combine("suites", name);
+            string saesDir = SaeSuiteCommand.BuildSuite(m, modelPath, dir, new SaeSuiteCommand.SuiteSettings(Documents: r.GetValue(documents), Tokens: r.GetValue(tokens), DSae: r.GetValue(dSae), K: r.GetValue(k)), ct);
+            var set = new SaeSet(m, SaeLoader.LoadAll(saesDir));
+
+            string labelsPath = Path.Combine(dir, "labels.csv");
+            FeatureLabelLookup? labels = null;
+            string? promptsPath = r.GetValue(prompts) ?? Path.Combine(AppContext.BaseDirectory, "data", "prompts", "stories260K-labelled.jsonl");
+            if (File.Exists(labelsPath)) labels = FeatureLabels.Load(labelsPath, set);
+            else if (File.Exists(promptsPath))
+            {
+                AnsiConsole.MarkupLine($"labelling features with {Markup.Escape(promptsPath)}");
+                labels = FeatureLabels.Compute(set, FeatureLabels.ReadLabelledPrompts(promptsPath));
+                FeatureLabels.SaveCsv(labels, set, labelsPath);
+            }
+            else AnsiConsole.MarkupLine("no labelled prompt set found: features are served without labels (pass --prompts FILE)");
+
+            string hostName = r.GetValue(host)!;
+            string url = $"http://{(hostName.Contains(':') && !hostName.StartsWith('[') ? $"[{hostName}]" : hostName)}:{r.GetValue(port)}";
+            var app = TrackerApp.Build(new TrackerAppOptions
+            {
+                Sets = [new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = modelPath }],
+                Urls = [url],
+            });
+            app.StartAsync().GetAwaiter().GetResult();
+            Console.WriteLine($"{name}: {set.Saes.Count} SAE(s) ({string.Join(", ", set.Names)}), {labels?.Count ?? 0} labels");
+            foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
+            // the web host handles Ctrl-C / SIGTERM itself and shuts down; this returns then
+            app.WaitForShutdownAsync().GetAwaiter().GetResult();
+            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            return 0;
+        }
+        return cmd;
+    }
+}
