@@ -57,8 +57,9 @@ public static class TrackerBench
             AnsiConsole.MarkupLine($"[grey]writing {folder} (synth-model gpt2-small f32)[/]");
             SyntheticModel.Write(folder, Architecture.Gpt2, "gpt2-small", DType.F32, 1);
         }
-        using (var g = HookedTransformer.Load(folder, Path.Combine(Path.GetDirectoryName(storiesPath)!, "tok512.bin")))
+        using (var plain = HookedTransformer.Load(folder))
         {
+            var g = new HookedTransformer(plain.Config, plain.Weights, TokenizerLoader.Load(Path.Combine(Path.GetDirectoryName(storiesPath)!, "tok512.bin"), 512));
             var saes = Enumerable.Range(0, g.Config.NLayers).Select(l => RandomTopK(new Random(100 + l), g.Config.DModel, 24576, 32, $"blocks.{l}.hook_resid_post")).ToList();
             string text = PromptOf(g.Tokenizer!, File.ReadAllText(Path.Combine(shared, "corpora", "wikitext-2-raw-test.txt"))[..8000], 128);
             var (med, p90) = Latency(new SaeSet(g, saes), text, Math.Max(5, runs / 3));

@@ -34,6 +34,10 @@ public static class TrackerApp
     /// <summary>Builds the app (not started): call <c>Run()</c>, or <c>StartAsync()</c> and read the bound address from <c>Urls</c>.</summary>
     public static WebApplication Build(TrackerAppOptions options)
     {
+        // The kernels fan out over the thread pool (Parallel.For) from inside a request; keep enough pool threads
+        // ready that a request never waits for the pool to grow (its injection delay is ~0.5 s per thread).
+        ThreadPool.GetMinThreads(out int workers, out int io);
+        ThreadPool.SetMinThreads(Math.Max(workers, 4 * Environment.ProcessorCount + 4), io);
         ArgumentNullException.ThrowIfNull(options);
         if (options.Sets.Count == 0) throw new ArgumentException("the tracker needs at least one model + SAE set");
         var dup = options.Sets.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
