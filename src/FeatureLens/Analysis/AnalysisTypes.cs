@@ -6,7 +6,8 @@ namespace FeatureLens.Analysis;
 
 /// <summary>
 /// A model with SAEs at several hook points — the unit every analysis works on. SAEs are ordered by layer
-/// (then hook name); <see cref="Names"/> gives each a short display name such as "L2 resid_post".
+/// (then hook name); <see cref="Names"/> gives each a short display name such as "L2 resid_post". Each SAE's
+/// encoder is packed for the GEMM once (<see cref="Sae.PrepackEncoder"/>: a second copy of W_enc in memory).
 /// </summary>
 public sealed class SaeSet
 {
@@ -32,6 +33,8 @@ public sealed class SaeSet
         Hooks = list.Select(x => x.Splice.InputHook).ToList();
         Layers = Hooks.Select(LayerOf).ToList();
         Names = Hooks.Select(ShortName).ToList();
+        // analyses encode a few tokens at a time, again and again: pack each encoder once
+        foreach (var sae in Saes) sae.PrepackEncoder();
     }
 
     /// <summary>Index of the SAE reading <paramref name="hook"/>, or of the SAE named <paramref name="hook"/> ("L2 resid_post").</summary>

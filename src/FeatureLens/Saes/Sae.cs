@@ -2,6 +2,7 @@ using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 using FeatureLens.Runtime.Kernels;
+using FeatureLens.Runtime.Tensors;
 using Tensor = FeatureLens.Runtime.Tensors.Tensor;
 
 namespace FeatureLens.Saes;
@@ -84,6 +85,38 @@ public sealed class Sae
     /// <summary>Call after changing W_dec in place (training) so cached decoder norms are recomputed.</summary>
     public void InvalidateDecoderNorms() => _decoderNorms = null;
 
+    PackedMatrix? _packedEncoder;
+
+    /// <summary>
+    /// Packs W_enc once for the GEMM kernel so that every later encode skips re-packing it — the dominant cost when
+    /// few tokens are encoded at a time (a prompt in the tracker). Costs a second copy of W_enc in memory; results
+    /// are bit-identical. Call <see cref="DropPackedEncoder"/> after changing W_enc in place.
+    /// </summary>
+    public void PrepackEncoder()
+    {
+        if (_packedEncoder != null) return;
+        unsafe
+        {
+            fixed (float* w = WEnc) _packedEncoder = Gemm.Pack(MatrixView.F32(w, DIn, DSae));
+        }
+    }
+
+    /// <summary>Frees the packed copy of W_enc (see <see cref="PrepackEncoder"/>).</summary>
+    public void DropPackedEncoder()
+    {
+        _packedEncoder?.Dispose();
+        _packedEncoder = null;
+    }
+
+    /// <summary>pre (n, d_sae) = saeIn (n, d_in) · W_enc, from the packed encoder when there is one.</summary>
+    unsafe void EncoderGemm(ReadOnlySpan<float> saeIn, Span<float> pre, int n)
+    {
+        var packed = _packedEncoder;
+        if (packed == null || packed.Path != Gemm.Resolve(Gemm.Path)) { Gemm.MatMul(saeIn, WEnc, pre, n, DIn, DSae); return; }
+        fixed (float* x = saeIn) fixed (float* p = pre)
+            Gemm.Multiply(MatrixView.F32(x, n, DIn), packed, p, DSae);
+    }
+
     // ───────────────────────────── encode ─────────────────────────────
 
     /// <summary>
@@ -157,7 +190,7 @@ public sealed class Sae
         int dSae = DSae;
         CheckLen(saeIn.Length, (long)n * DIn, "SAE input");
         CheckLen(pre.Length, (long)n * dSae, "pre-activations");
-        Gemm.MatMul(saeIn[..(n * DIn)], WEnc, pre[..(n * dSae)], n, DIn, dSae);
+        EncoderGemm(saeIn[..(n * DIn)], pre[..(n * dSae)], n);
         AddBiases(pre, n, gatePre);
     }
 
@@ -374,7 +407,7 @@ public sealed class Sae
         {
             int m = Math.Min(block, n - r0);
             Preprocess(new ReadOnlySpan<float>(x.Data, r0 * DIn, m * DIn), saeIn, m);
-            Gemm.MatMul(saeIn.AsSpan(0, m * DIn), WEnc, pre.AsSpan(0, m * dSae), m, DIn, dSae);
+            EncoderGemm(saeIn.AsSpan(0, m * DIn), pre.AsSpan(0, m * dSae), m);
             int baseRow = r0;
             unsafe
             {

@@ -45,6 +45,51 @@ public static unsafe class Gemm
     public static void Multiply(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate = false) =>
         Multiply(a, b, c, ldc, accumulate, Path, Threads);
 
+    /// <summary>
+    /// Packs B [K, N] once into the micro-kernel's panel layout, for products with many different A (e.g. an SAE
+    /// encoder applied to batch after batch): <see cref="Multiply(MatrixView, PackedMatrix, float*, int, bool)"/> then
+    /// skips re-packing B, which dominates when A has few rows. The result is bit-identical to the unpacked product.
+    /// </summary>
+    public static PackedMatrix Pack(MatrixView b)
+    {
+        var path = Resolve(Path);
+        int k = b.Rows, n = b.Cols, nr = GemmMicroKernels.PanelWidth(path), kc = SliceDepth(Math.Max(1, k));
+        int panels = (n + nr - 1) / nr;
+        var packed = new PackedMatrix(k, n, path, nr, kc, panels);
+        var buffers = GemmBuffers.Rent();
+        try
+        {
+            for (int k0 = 0; k0 < k; k0 += kc)
+            {
+                int depth = Math.Min(kc, k - k0);
+                for (int n0 = 0; n0 < n; n0 += NCMax)
+                    GemmPacking.PackB(b, k0, depth, n0, Math.Min(NCMax, n - n0), nr, packed.PanelPointer(k0, depth, n0), buffers.Scratch, buffers.Zeros);
+            }
+        }
+        finally { GemmBuffers.Return(buffers); }
+        return packed;
+    }
+
+    /// <summary>C[M,N] = A·B (or +=) with B packed by <see cref="Pack"/>.</summary>
+    public static void Multiply(MatrixView a, PackedMatrix b, float* c, int ldc, bool accumulate = false)
+    {
+        ObjectDisposedException.ThrowIf(b.IsDisposed, b);
+        if (a.Cols != b.Rows) throw new ArgumentException($"GEMM inner dimensions differ: A is [{a.Rows},{a.Cols}], packed B is [{b.Rows},{b.Cols}]");
+        if (ldc < b.Cols) throw new ArgumentException($"GEMM ldc {ldc} is smaller than N = {b.Cols}");
+        int m = a.Rows, n = b.Cols, k = a.Cols;
+        if (m == 0 || n == 0) return;
+        if (c == null) throw new ArgumentException($"GEMM output pointer is null for C [{m},{n}]");
+        if (k == 0)
+        {
+            if (!accumulate) for (int i = 0; i < m; i++) new Span<float>(c + (long)i * ldc, n).Clear();
+            return;
+        }
+        // the view of B is only used for its shape when B is packed
+        var shape = new MatrixView(null, DType.F32, k, n, n, 1);
+        new GemmJob(a, shape, c, ldc, accumulate, b.Path, Threads, b).Run();
+        GC.KeepAlive(b);
+    }
+
     /// <summary>As <see cref="Multiply(MatrixView, MatrixView, float*, int, bool)"/> with an explicit path and thread count (no global state).</summary>
     internal static void Multiply(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate, GemmPath path, int threads)
     {
@@ -145,9 +190,11 @@ public static unsafe class Gemm
         readonly int chunkCols, nChunks, chunkRows, mChunks;
         int next = -1;
 
-        public GemmJob(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate, GemmPath path, int threads)
+        readonly PackedMatrix? packed;
+
+        public GemmJob(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate, GemmPath path, int threads, PackedMatrix? packed = null)
         {
-            this.a = a; this.b = b; this.c = c; this.ldc = ldc; this.accumulate = accumulate; this.path = path;
+            this.a = a; this.b = b; this.c = c; this.ldc = ldc; this.accumulate = accumulate; this.path = path; this.packed = packed;
             m = a.Rows; n = b.Cols; k = a.Cols;
             kcDepth = SliceDepth(k);
             nr = GemmMicroKernels.PanelWidth(path);
@@ -206,7 +253,13 @@ public static unsafe class Gemm
             {
                 int kc = Math.Min(kcDepth, k - k0);
                 bool add = accumulate || k0 > 0;
-                GemmPacking.PackB(b, k0, kc, n0, nc, nr, buf.PackedB, buf.Scratch, buf.Zeros);
+                float* packedB;
+                if (packed != null) packedB = packed.PanelPointer(k0, kc, n0);
+                else
+                {
+                    GemmPacking.PackB(b, k0, kc, n0, nc, nr, buf.PackedB, buf.Scratch, buf.Zeros);
+                    packedB = buf.PackedB;
+                }
                 for (int i = i0; i < i1; i += MR)
                 {
                     int mr = Math.Min(MR, i1 - i);
@@ -216,7 +269,7 @@ public static unsafe class Gemm
                     for (int p = 0; p < panels; p++)
                     {
                         int nValid = Math.Min(nr, nc - p * nr);
-                        GemmMicroKernels.Run(path, mr, buf.PackedA, aRow, aK, buf.PackedB + (nint)p * kc * nr, kc,
+                        GemmMicroKernels.Run(path, mr, buf.PackedA, aRow, aK, packedB + (nint)p * kc * nr, kc,
                                              cRow + p * nr, ldc, nValid, add);
                     }
                 }
@@ -248,5 +301,49 @@ public static unsafe class Gemm
 
         public static GemmBuffers Rent() => pool.TryTake(out var b) ? b : new GemmBuffers();
         public static void Return(GemmBuffers b) => pool.Add(b);
+    }
+}
+
+/// <summary>
+/// A GEMM right-hand side packed once (see <see cref="Gemm.Pack"/>): for each KC-deep slice of K, every NR-wide
+/// panel of columns, each (kc, nr) row-major and zero-padded — the layout the micro-kernel reads. Native memory,
+/// 64-byte aligned; freed by Dispose or the finalizer.
+/// </summary>
+public sealed unsafe class PackedMatrix : IDisposable
+{
+    readonly float* _data;
+    internal readonly GemmPath Path;
+    internal readonly int Nr, Kc, Panels;
+    /// <summary>K and N of the packed B [K, N].</summary>
+    public int Rows { get; }
+    public int Cols { get; }
+    internal bool IsDisposed { get; private set; }
+
+    internal PackedMatrix(int rows, int cols, GemmPath path, int nr, int kc, int panels)
+    {
+        Rows = rows; Cols = cols; Path = path; Nr = nr; Kc = kc; Panels = panels;
+        nuint bytes = (nuint)Math.Max(1L, (long)rows * panels * nr) * sizeof(float);
+        _data = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(bytes, 64);
+        GC.AddMemoryPressure((long)bytes);
+        _bytes = (long)bytes;
+    }
+
+    readonly long _bytes;
+
+    /// <summary>Panels of the K slice starting at k0 (depth kc), from the panel holding column n0 (a multiple of NR).</summary>
+    internal float* PanelPointer(int k0, int kc, int n0) => _data + (long)k0 * Panels * Nr + (long)(n0 / Nr) * kc * Nr;
+
+    public void Dispose()
+    {
+        if (IsDisposed) return;
+        IsDisposed = true;
+        System.Runtime.InteropServices.NativeMemory.AlignedFree(_data);
+        GC.RemoveMemoryPressure(_bytes);
+        GC.SuppressFinalize(this);
+    }
+
+    ~PackedMatrix()
+    {
+        if (!IsDisposed) { System.Runtime.InteropServices.NativeMemory.AlignedFree(_data); GC.RemoveMemoryPressure(_bytes); }
     }
 }
