@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every benchmark (GEMM, GPT-2-small forward, Llama-7B-shaped bf16) against PyTorch in the same run.
+# Runs every benchmark (GEMM, GPT-2-small forward, Llama-7B-shaped bf16, SAE encode/training, tracker API)
+# against PyTorch (where there is a peer) in the same run.
 # As root it first installs the peer: Debian's python3-torch with OpenBLAS (libopenblas0-pthread).
 # Needs ~14 GB of disk for the synthetic Llama-7B folder (written once into bench/models/).
 set -euo pipefail
@@ -7,4 +8,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $(id -u) -eq 0 ]] && { ! /usr/bin/python3 -c 'import torch' 2>/dev/null || ! dpkg -s libopenblas0-pthread >/dev/null 2>&1; }; then
   apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 python3-torch libopenblas0-pthread >/dev/null
 fi
-exec dotnet run -c Release --project "$root/bench/FeatureLens.Bench" -- "${@:-all}"
+bench() { dotnet run -c Release --project "$root/bench/FeatureLens.Bench" -- "$@"; }
+case "${1:-all}" in
+  # the tracker runs as the server does (`featurelens serve` uses the server GC, see FeatureLens.Cli.csproj)
+  tracker) DOTNET_gcServer=1 bench "$@" ;;
+  all) bench gemm && bench forward && bench llama7b && bench sae && DOTNET_gcServer=1 bench tracker ;;
+  *) bench "$@" ;;
+esac
