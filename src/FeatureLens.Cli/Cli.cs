@@ -17,6 +17,12 @@ internal static class Cli
         Description = "Tokenizer file or folder (default: found beside the model)",
     };
 
+    /// <summary>The required, repeatable --sae option of the commands that analyse a model's SAEs.</summary>
+    public static Option<string[]> SaeOption() => new("--sae")
+    {
+        Description = "SAE folder (or a folder of SAE folders); repeat for several", Required = true, AllowMultipleArgumentsPerToken = false,
+    };
+
     public static Option<bool> NoBosOption() => new("--no-bos")
     {
         Description = "Do not prepend the beginning-of-sequence token to text",

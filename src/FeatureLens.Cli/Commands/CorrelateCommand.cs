@@ -12,7 +12,7 @@ internal static class CorrelateCommand
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
-        var sae = TrackCommand.SaeOption();
+        var sae = Cli.SaeOption();
         var corpus = new Option<string>("--corpus") { Description = "Text file (documents separated by blank lines) or JSONL with a \"text\" field", Required = true };
         var tokens = new Option<long>("--tokens") { Description = "Tokens to read from the corpus", DefaultValueFactory = _ => 100_000 };
         var context = new Option<int?>("--context") { Description = "Tokens per window (default: the SAEs' context_size, else 128)" };

@@ -2,8 +2,6 @@ using System.CommandLine;
 using FeatureLens.Analysis;
 using FeatureLens.Saes.Formats;
 using FeatureLens.Web;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Hosting;
 using Spectre.Console;
 
 namespace FeatureLens.Cli.Commands;
@@ -53,19 +51,7 @@ internal static class DemoCommand
             }
             else AnsiConsole.MarkupLine("no labelled prompt set found: features are served without labels (pass --prompts FILE)");
 
-            string hostName = r.GetValue(host)!;
-            string url = $"http://{(hostName.Contains(':') && !hostName.StartsWith('[') ? $"[{hostName}]" : hostName)}:{r.GetValue(port)}";
-            var app = TrackerApp.Build(new TrackerAppOptions
-            {
-                Sets = [new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = modelPath }],
-                Urls = [url],
-            });
-            app.StartAsync().GetAwaiter().GetResult();
-            Console.WriteLine($"{name}: {set.Saes.Count} SAE(s) ({string.Join(", ", set.Names)}), {labels?.Count ?? 0} labels");
-            foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
-            // the web host handles Ctrl-C / SIGTERM itself and shuts down; this returns then
-            app.WaitForShutdownAsync().GetAwaiter().GetResult();
-            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            ServeCommand.Serve([new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = modelPath }], r.GetValue(host)!, r.GetValue(port));
             return 0;
         }
         return cmd;

@@ -16,16 +16,11 @@ internal static class LabelsCommand
         return cmd;
     }
 
-    static Option<string[]> SaeOption() => new("--sae")
-    {
-        Description = "SAE folder (or a folder of SAE folders); repeat for several", Required = true, AllowMultipleArgumentsPerToken = false,
-    };
-
     static Command Compute()
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
-        var sae = SaeOption();
+        var sae = Cli.SaeOption();
         var prompts = new Option<string>("--prompts") { Description = "Labelled prompts: JSONL lines {\"text\": ..., \"label\": ...} (e.g. data/prompts/stories260K-labelled.jsonl)", Required = true };
         var output = new Option<string>("--out") { Description = "Write the labels to this CSV file (hook, layer, feature, label, f1, precision, recall, specialization)", Required = true };
         var threshold = new Option<double>("--threshold") { Description = "A feature fires on a prompt when its largest activation there exceeds this", DefaultValueFactory = _ => 0 };
@@ -64,7 +59,7 @@ internal static class LabelsCommand
         var file = new Argument<string>("file") { Description = "Labels: CSV (layer or hook, feature, label, f1, ...) or a Neuronpedia explanation export (.jsonl)" };
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
-        var sae = SaeOption();
+        var sae = Cli.SaeOption();
         var limit = new Option<int?>("--limit") { Description = "Rows printed per SAE (default: all)" };
         var cmd = new Command("show", "Load labels for a model's SAEs and print them") { file, model, tokenizer, sae, limit };
         cmd.SetAction(r =>

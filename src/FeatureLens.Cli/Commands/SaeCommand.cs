@@ -52,7 +52,7 @@ internal static class SaeCommand
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
-        var sae = new Option<string[]>("--sae") { Description = "SAE folder (or a folder of SAE folders); repeat for several", Required = true, AllowMultipleArgumentsPerToken = false };
+        var sae = Cli.SaeOption();
         var corpus = new Option<string>("--corpus") { Description = "Text file (documents separated by blank lines) or JSONL with a \"text\" field", Required = true };
         var tokens = new Option<long>("--tokens") { Description = "Tokens to evaluate on", DefaultValueFactory = _ => 100_000 };
         var context = new Option<int?>("--context") { Description = "Tokens per sequence (default: the SAE's context_size, else 128)" };

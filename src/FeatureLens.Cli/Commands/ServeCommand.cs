@@ -48,20 +48,12 @@ internal static class ServeCommand
             if (r.GetValue(config) is string configPath) specs.AddRange(ReadConfig(configPath));
             if (specs.Count == 0) throw new ArgumentException("nothing to serve: pass --model PATH --sae DIR..., or --config FILE");
             int p = r.GetValue(port);
-            if (p is < 0 or > 65535) throw new ArgumentException($"--port must be 0..65535 (got {p})");
 
             var models = new List<HookedTransformer>();
             try
             {
                 var sets = specs.Select(spec => LoadSet(spec, models)).ToList();
-                string hostName = r.GetValue(host)!;
-                string url = $"http://{(hostName.Contains(':') && !hostName.StartsWith('[') ? $"[{hostName}]" : hostName)}:{p}";
-                var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = r.GetValue(maxText) });
-                app.StartAsync().GetAwaiter().GetResult();
-                foreach (var s in sets) Console.WriteLine($"{s.Name}: {s.ModelSource} with {s.Set.Saes.Count} SAE(s) ({string.Join(", ", s.Set.Names)}), {s.Labels?.Count ?? 0} labels");
-                foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
-                app.WaitForShutdownAsync().GetAwaiter().GetResult();
-                app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                Serve(sets, r.GetValue(host)!, p, r.GetValue(maxText));
                 return 0;
             }
             finally
@@ -70,6 +62,19 @@ internal static class ServeCommand
             }
         });
         return cmd;
+    }
+
+    /// <summary>Runs the tracker on <paramref name="sets"/> until Ctrl-C / SIGTERM (the web host handles both).</summary>
+    public static void Serve(IReadOnlyList<TrackerSet> sets, string host, int port, int maxText = 4000)
+    {
+        if (port is < 0 or > 65535) throw new ArgumentException($"--port must be 0..65535 (got {port})");
+        string url = $"http://{(host.Contains(':') && !host.StartsWith('[') ? $"[{host}]" : host)}:{port}";
+        var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = maxText });
+        app.StartAsync().GetAwaiter().GetResult();
+        foreach (var s in sets) Console.WriteLine($"{s.Name}: {s.ModelSource} with {s.Set.Saes.Count} SAE(s) ({string.Join(", ", s.Set.Names)}), {s.Labels?.Count ?? 0} labels");
+        foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
+        app.WaitForShutdownAsync().GetAwaiter().GetResult();
+        app.DisposeAsync().AsTask().GetAwaiter().GetResult();
     }
 
     sealed record SetSpec(string? Name, string Model, string? Tokenizer, string[] Saes, string? Labels);

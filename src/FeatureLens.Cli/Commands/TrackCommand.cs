@@ -13,11 +13,6 @@ internal static class TrackCommand
     /// <summary>JSON of analysis results: camelCase names (as the web API), indented.</summary>
     public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web) { WriteIndented = true };
 
-    public static Option<string[]> SaeOption() => new("--sae")
-    {
-        Description = "SAE folder (or a folder of SAE folders); repeat for several", Required = true, AllowMultipleArgumentsPerToken = false,
-    };
-
     public static Option<string?> LabelsOption() => new("--labels")
     {
         Description = "Feature labels: CSV (layer or hook, feature, label, f1, specialization) or Neuronpedia JSONL",
@@ -27,7 +22,7 @@ internal static class TrackCommand
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
-        var sae = SaeOption();
+        var sae = Cli.SaeOption();
         var text = new Option<string>("--text") { Description = "The prompt to track", Required = true };
         var top = new Option<int>("--top") { Description = "Features shown per SAE", DefaultValueFactory = _ => 10 };
         var rank = new Option<string>("--rank") { Description = "Rank features by their max or mean over tokens, or at --token", DefaultValueFactory = _ => "max" };
