@@ -215,7 +215,8 @@ public class SaeTrainingTests(ITestOutputHelper output)
         var o = new SaeTrainingOptions
         {
             Architecture = Arch(arch), DIn = d, DSae = 96, K = 6, BatchTokens = n, TotalTokens = (long)steps * n,
-            LearningRate = 3e-3, L1Coefficient = 0.2, L0Coefficient = 0.005, JumpReluBandwidth = 0.1, JumpReluInitThreshold = 0.3,
+            // 60 seeds: held-out EV min 0.932 (topk), 0.945 (standard), 0.970 (jumprelu) with these rates
+            LearningRate = arch == "standard" ? 3e-3 : 1e-2, L1Coefficient = 0.2, L0Coefficient = 0.005, JumpReluBandwidth = 0.1, JumpReluInitThreshold = 0.3,
             // JumpReLU starts with unit decoder rows (W_enc = W_decᵀ) so that pre-activations clear the initial threshold
             DecoderInitNorm = arch == "jumprelu" ? 1.0 : 0.1,
             LrWarmupSteps = 20, Seed = (ulong)seed, DeadAfterTokens = 20 * n, ApplyBDecToInput = arch == "topk",
@@ -224,7 +225,21 @@ public class SaeTrainingTests(ITestOutputHelper output)
         TrainStepStats? last = null;
         for (int s = 0; s < steps; s++) last = trainer.Step(dict.Batch(rng, n), n);
         output.WriteLine($"{arch}: {last}");
-        Assert.True(last!.ExplainedVariance > 0.9, $"seed {seed}, {arch}: explained variance {last.ExplainedVariance:F3} after {steps} steps (L0 {last.L0:F1})");
+        // judged on 4096 held-out rows, not on the last (noisy) training batch
+        int m = 4096;
+        var x = dict.Batch(rng, m);
+        var y = trainer.ExportSae().Forward(new Tensor(new[] { m, d }, x)).Output.Data;
+        double sse = 0, sst = 0;
+        for (int i = 0; i < d; i++)
+        {
+            double mean = 0;
+            for (int r = 0; r < m; r++) mean += x[r * d + i];
+            mean /= m;
+            for (int r = 0; r < m; r++) { sse += Math.Pow(x[r * d + i] - y[r * d + i], 2); sst += Math.Pow(x[r * d + i] - mean, 2); }
+        }
+        double ev = 1 - sse / sst;
+        output.WriteLine($"{arch}: held-out explained variance {ev:F4}");
+        Assert.True(ev > 0.9, $"seed {seed}, {arch}: held-out explained variance {ev:F3} after {steps} steps (L0 {last!.L0:F1})");
         // at initialisation about half of the 96 latents fire; the dictionary uses 3 atoms per row
         Assert.True(last.L0 < 30, $"seed {seed}, {arch}: L0 {last.L0:F1} is not sparse");
     }
