@@ -16,12 +16,21 @@ public class CliTests
 
     internal static Result Run(params string[] args) => RunWithEnv(null, args);
 
+    /// <summary>Start info for the built featurelens CLI with redirected output. SIGINT is reset to its default
+    /// disposition (coreutils env), so Ctrl-C tests work even when the test run was started with SIGINT ignored
+    /// (a shell's background job).</summary>
+    internal static ProcessStartInfo StartInfo(params string[] args)
+    {
+        var psi = new ProcessStartInfo("env") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "--default-signal=INT", "dotnet", Path.Combine(AppContext.BaseDirectory, "featurelens.dll") }) psi.ArgumentList.Add(a);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        return psi;
+    }
+
     internal static Result RunWithEnv(IDictionary<string, string>? env, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = StartInfo(args);
         if (env != null) foreach (var (k, v) in env) psi.Environment[k] = v;
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "featurelens.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var ms = new MemoryStream();
         var copy = p.StandardOutput.BaseStream.CopyToAsync(ms);

@@ -14,10 +14,8 @@ public class DemoCliTests
     {
         using var dir = new TempDir();
         int port = 20000 + Random.Shared.Next(20000);
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "featurelens.dll"));
-        foreach (var a in new[] { "demo", "--model", Stories, "--out", dir.File("suite"), "--port", port.ToString(),
-                     "--documents", "48", "--tokens", "24576", "--d-sae", "128", "--k", "8" }) psi.ArgumentList.Add(a);
+        var psi = CliTests.StartInfo("demo", "--model", Stories, "--out", dir.File("suite"), "--port", port.ToString(),
+            "--documents", "48", "--tokens", "24576", "--d-sae", "128", "--k", "8");
         using var p = new Process { StartInfo = psi };
         var listening = new TaskCompletionSource();
         var output = new System.Text.StringBuilder();

@@ -472,7 +472,8 @@ internal sealed class FakeHub : IDisposable
     public void Dispose()
     {
         if (!listener.IsListening) return;
-        listener.Stop();
+        // Close alone: on Unix the managed HttpListener's Stop() then Close() removes the endpoint twice, and the second
+        // removal binds the port again (fails with "Address already in use" when another socket took it meanwhile)
         listener.Close();
         try { loop.Wait(2000); } catch (AggregateException) { }
     }

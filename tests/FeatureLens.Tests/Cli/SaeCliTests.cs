@@ -155,9 +155,7 @@ public class SaeCliTests
         string corpus = SmallCorpus(dir, Random.Shared.Next()), outDir = dir.File("sae");
         string[] args = ["sae", "train", "--model", Stories, "--hook", "blocks.1.hook_resid_post", "--corpus", corpus, "--architecture", "topk",
             "--d-sae", "256", "--k", "8", "--tokens", "307200", "--batch-tokens", "1024", "--context", "64", "--out", outDir];
-        var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "featurelens.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
+        var psi = CliTests.StartInfo(args);
         using var p = new System.Diagnostics.Process { StartInfo = psi };
         var started = new ManualResetEventSlim();
         var err = new System.Text.StringBuilder();

@@ -228,9 +228,7 @@ public sealed class TrackerApiTests(TrackerServer server) : IDisposable
         {
             sets = new[] { new { name = "two", model = TrackerServer.ModelPath, sae = new[] { "saes/blocks.0.hook_resid_post", "saes/blocks.2.hook_resid_post" }, labels = "labels.csv" } },
         }));
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "featurelens.dll"), "serve", "--model", TrackerServer.ModelPath, "--sae", Path.Combine(dir.Path, "saes"), "--config", dir.File("serve.json"), "--port", "0" })
-            psi.ArgumentList.Add(a);
+        var psi = FeatureLens.Tests.Cli.CliTests.StartInfo("serve", "--model", TrackerServer.ModelPath, "--sae", Path.Combine(dir.Path, "saes"), "--config", dir.File("serve.json"), "--port", "0");
         using var p = new Process { StartInfo = psi };
         var url = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var output = new StringBuilder();
