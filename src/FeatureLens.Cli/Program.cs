@@ -13,6 +13,8 @@ public static class Program
         {
             GenerateCommand.Build(),
             RunCommand.Build(),
+            AttributeCommand.Build(),
+            PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),
             SynthModelCommand.Build(),

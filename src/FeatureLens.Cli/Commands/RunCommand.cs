@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
+using FeatureLens.Connections;
 using FeatureLens.Runtime.Checkpoints;
 using FeatureLens.Runtime.Models;
 using FeatureLens.Runtime.Tensors;
@@ -22,9 +23,14 @@ internal static class RunCommand
         var output = new Option<string>("--out") { Description = "Output .safetensors file", Required = true };
         var saes = new Option<string[]>("--sae") { Description = "Splice this SAE (folder, or a folder of SAE folders) at its hook; repeat for several. Its hooks ({hook}.hook_sae_acts_post, ...) can be saved with --hooks" };
         var errorTerm = new Option<bool>("--sae-error-term") { Description = "Add the SAEs' reconstruction error back, so the model's outputs are unchanged" };
+        var grad = new Option<string?>("--grad")
+        {
+            Description = "Also save the gradient of this metric at each saved hook (NAME.grad, same shape) and the metric's value (metric): " +
+                "logit:T, logit-diff:T1,T2, logprob:T, prob:T, loss or feature:HOOK:I, with an optional @POS (default @-1)",
+        };
         var cmd = new Command("run", "Run the model on one sequence and save hook activations (shape [pos, ...]), tokens and optionally logits")
         {
-            model, tokenizer, text, tokens, hooks, logits, noBos, output, saes, errorTerm,
+            model, tokenizer, text, tokens, hooks, logits, noBos, output, saes, errorTerm, grad,
         };
         cmd.SetAction(r =>
         {
@@ -40,16 +46,33 @@ internal static class RunCommand
             var selected = m.HookPointNames.Where(filter).ToList();   // includes the spliced SAEs' hooks
             if (!string.IsNullOrWhiteSpace(globs) && selected.Count == 0)
                 throw new ArgumentException($"--hooks '{globs}' matches no hook point of this model (e.g. {string.Join(", ", m.HookPointNames.Take(4))})");
-            var (logitTensor, cache) = m.RunWithCache([ids], filter);
-
+            string? metricText = r.GetValue(grad);
             var writer = new SafetensorsWriter();
-            foreach (string name in selected) writer.Add(name, cache.Sequence(name, 0));
+            Tensor logitTensor;
+            if (metricText != null)
+            {
+                var metric = Metric.Parse(metricText);
+                var result = m.RunWithGradients([ids], metric, new GradientOptions { CacheFilter = filter });
+                logitTensor = result.Logits;
+                foreach (string name in selected)
+                {
+                    writer.Add(name, result.Activations.Sequence(name, 0));
+                    writer.Add(name + ".grad", result.Gradients.Sequence(name, 0));
+                }
+                writer.Add("metric", new Tensor([1], [result.Value]));
+                Console.Error.WriteLine($"{metric} = {result.Value:G6}");
+            }
+            else
+            {
+                (logitTensor, var cache) = m.RunWithCache([ids], filter);
+                foreach (string name in selected) writer.Add(name, cache.Sequence(name, 0));
+            }
             if (r.GetValue(logits)) writer.Add("logits", logitTensor.Reshape(ids.Length, m.Config.VocabSize));
             long[] ids64 = ids.Select(i => (long)i).ToArray();
             writer.Add("tokens", DType.I64, [ids.Length], MemoryMarshal.AsBytes(ids64.AsSpan()).ToArray());
             string outPath = r.GetValue(output)!;
             writer.Write(outPath, new Dictionary<string, string> { ["format"] = "pt", ["producer"] = "featurelens run" });
-            Console.Error.WriteLine($"wrote {selected.Count} hook tensor(s){(r.GetValue(logits) ? " + logits" : "")} + tokens for {ids.Length} positions to {outPath}");
+            Console.Error.WriteLine($"wrote {selected.Count} hook tensor(s){(metricText != null ? " with gradients" : "")}{(r.GetValue(logits) ? " + logits" : "")} + tokens for {ids.Length} positions to {outPath}");
             return 0;
         });
         return cmd;

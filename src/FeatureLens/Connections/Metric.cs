@@ -108,7 +108,7 @@ public sealed class Metric : IObjective
     {
         int p = Position < 0 ? length + Position : Position;
         if (p < 0 || p >= length)
-            throw new ArgumentOutOfRangeException(nameof(Position), $"metric '{this}': position {Position} is outside sequence {sequence} of {length} tokens (valid: 0..{length - 1} or -{length}..-1)");
+            throw new ArgumentException($"metric '{this}': position {Position} is outside sequence {sequence} of {length} tokens (valid: 0..{length - 1} or -{length}..-1)");
         return p;
     }
 
@@ -118,7 +118,7 @@ public sealed class Metric : IObjective
     public void Validate(ModelConfig config, int[][] tokens, IReadOnlyCollection<string> hookNames)
     {
         foreach (int t in Kind switch { MetricKind.LogitDiff => new[] { Token, Token2 }, MetricKind.Loss or MetricKind.Feature => [], _ => [Token] })
-            if (t >= config.VocabSize) throw new ArgumentOutOfRangeException(nameof(tokens), $"metric '{this}': token id {t} is outside the vocabulary [0, {config.VocabSize})");
+            if (t >= config.VocabSize) throw new ArgumentException($"metric '{this}': token id {t} is outside the vocabulary [0, {config.VocabSize})");
         for (int b = 0; b < tokens.Length; b++)
         {
             if (Kind == MetricKind.Loss)
@@ -186,7 +186,7 @@ public sealed class Metric : IObjective
                     var acts = reads[m.ActsHook!];
                     int width = acts.Shape[2];
                     if (m.Feature >= width)
-                        throw new ArgumentOutOfRangeException(nameof(metrics), $"metric '{m}': latent {m.Feature} is outside the SAE at '{m.Hook}' ({width} latents)");
+                        throw new ArgumentException($"metric '{m}': latent {m.Feature} is outside the SAE at '{m.Hook}' ({width} latents)");
                     long idx = ((long)b * T + p) * width + m.Feature;
                     values[b] = acts.Data[idx];
                     if (!seeds.TryGetValue(m.ActsHook!, out var seed)) seeds[m.ActsHook!] = seed = new float[acts.Length];
