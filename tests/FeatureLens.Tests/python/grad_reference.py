@@ -304,7 +304,8 @@ class Graph:
 
     def _splice_in(self, sae, x_full):
         h = sae.get("hook_head_index")
-        x = x_full[:, h, :] if h is not None else x_full
+        # one head of a per-head hook, or the whole hook flattened to (T, width) (hook_z: NH*HS)
+        x = x_full[:, h, :] if h is not None else x_full.reshape(x_full.shape[0], -1)
         p = sae["hook_name"] + "."
         # the encoder reads its own node (x's value); the clean output is a second, separate
         # branch of the graph from x itself, so edits of sae_input/pre/f/recons do not reach it
@@ -342,7 +343,7 @@ class Graph:
         if name not in self.pending:
             raise ValueError(f"transcoder output hook {name} comes before its input hook")
         sae, out, clean = self.pending.pop(name)
-        return self._finish(sae, actual_full, out, actual_full, clean)
+        return self._finish(sae, actual_full, out, actual_full.reshape(actual_full.shape[0], -1), clean)
 
     def _finish(self, sae, target_full, out, actual, clean):
         p = sae["hook_name"] + "."
@@ -350,7 +351,7 @@ class Graph:
         o = self.node(p + "hook_sae_output", out + e)
         h = sae.get("hook_head_index")
         if h is None:
-            return o
+            return o.reshape(target_full.shape)
         heads = list(target_full.unbind(1))
         heads[h] = o
         return torch.stack(heads, 1)
@@ -694,8 +695,8 @@ def selfcheck(args):
         ok2 = close(gs.nodes[p + "hook_sae_recons"].grad, gout)[0]
         ok3 = close(gs.nodes[p + "hook_sae_acts_post"].grad, gout @ s["t"]["W_dec"].t())[0]
         x = gs.nodes[s.get("hook_name_out") or s["hook_name"]]
-        xv = x[:, s["hook_head_index"], :] if s.get("hook_head_index") is not None else x
-        xg = x.grad[:, s["hook_head_index"], :] if s.get("hook_head_index") is not None else x.grad
+        xv = x[:, s["hook_head_index"], :] if s.get("hook_head_index") is not None else x.reshape(x.shape[0], -1)
+        xg = x.grad[:, s["hook_head_index"], :] if s.get("hook_head_index") is not None else x.grad.reshape(x.shape[0], -1)
         ok4 = close(xg, gout)[0]
         ok5 = close(gs.nodes[p + "hook_sae_output"], xv, 1e-12)[0]
         check(ok1 and ok2 and ok3 and ok4 and ok5,
@@ -709,12 +710,13 @@ def selfcheck(args):
     Cl = llama["cfg"]["d_model"]
     lsaes = [random_sae(rng, "t0", "blocks.1.hook_resid_pre", "topk", Cl, 40, k=6),
              random_sae(rng, "t1", "blocks.0.attn.hook_z", "standard", Cl // 4, 12, head=3),
-             random_sae(rng, "t2", "blocks.0.ln2.hook_normalized", "transcoder", Cl, 30, hook_out="blocks.0.hook_mlp_out")]
-    fd_check(llama, toks, "loss", lsaes, "llama + 3 SAEs", n_entries=2)
+             random_sae(rng, "t2", "blocks.0.ln2.hook_normalized", "transcoder", Cl, 30, hook_out="blocks.0.hook_mlp_out"),
+             random_sae(rng, "t3", "blocks.1.attn.hook_z", "gated", Cl, 20)]
+    fd_check(llama, toks, "loss", lsaes, "llama + 4 SAEs", n_entries=2)
     _, gl = run_sequence(llama, toks, parse_metric("loss"), "loss", lsaes)
     for hook, pos in (("blocks.0.ln2.hook_normalized", -3), ("blocks.1.hook_resid_pre", 5), ("blocks.0.attn.hook_z", -1)):
         f = gl.nodes[hook + ".hook_sae_acts_post"][pos]
-        fd_check(llama, toks, f"feature:{hook}:{int(f.argmax())}@{pos}", lsaes, "llama + 3 SAEs", n_entries=2)
+        fd_check(llama, toks, f"feature:{hook}:{int(f.argmax())}@{pos}", lsaes, "llama + 4 SAEs", n_entries=2)
 
     # 5. the CLI end to end: per-sequence metric sums, SAE file layout
     tok_path = os.path.join(tmp, "tokens.json")
