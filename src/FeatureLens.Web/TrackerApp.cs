@@ -46,7 +46,7 @@ public static class TrackerApp
         if (options.MaxRequestBytes < 1024) throw new ArgumentException("MaxRequestBytes must be at least 1024");
 
         string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
-        foreach (string needed in new[] { "index.html", "app.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
             if (!File.Exists(Path.Combine(webRoot, needed)))
                 throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
 

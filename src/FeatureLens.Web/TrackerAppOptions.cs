@@ -24,6 +24,6 @@ public sealed record TrackerAppOptions
     public int MaxTextChars { get; init; } = 4000;
     /// <summary>Largest request body accepted, in bytes (larger gets 413).</summary>
     public long MaxRequestBytes { get; init; } = 64 * 1024;
-    /// <summary>The folder of index.html, app.js, app.css and lib/ (default: wwwroot beside this assembly).</summary>
+    /// <summary>The folder of index.html, app.js (and its modules under js/), app.css and lib/ (default: wwwroot beside this assembly).</summary>
     public string? WebRoot { get; init; }
 }

@@ -525,6 +525,80 @@ public sealed class Sae
         }
     }
 
+    // ───────────────────────────── backward (activation gradients, beside each forward stage) ─────────────────────────────
+    // Input normalisation factors count as constants (they rescale each token by a number; their own dependence on the
+    // input is not differentiated). Shapes as in the forward: n rows.
+
+    /// <summary>Backward of <see cref="Postprocess"/> to the raw reconstruction: dRecons (n, d_out) from dOutput (n, d_out).</summary>
+    public void PostprocessBackward(ReadOnlySpan<float> dOutput, Span<float> dRecons, int n, InputNorm? norm)
+    {
+        int dOut = DOut;
+        dOutput[..(n * dOut)].CopyTo(dRecons);
+        if (norm == null || Config.IsTranscoder) return;
+        for (int r = 0; r < n; r++)
+        {
+            var o = dRecons.Slice(r * dOut, dOut);
+            if (Config.Normalization == ActivationNormalization.ConstantNormRescale) TensorPrimitives.Divide(o, norm.InScale[r], o);
+            else TensorPrimitives.Multiply(o, norm.OutScale[r], o);
+        }
+    }
+
+    /// <summary>Backward of the skip path of skip transcoders (output += x·W_skipᵀ): dX (n, d_in) += dOutput (n, d_out)·W_skip.</summary>
+    public void SkipBackward(ReadOnlySpan<float> dOutput, Span<float> dX, int n)
+    {
+        if (Config.Architecture != SaeArchitecture.SkipTranscoder) return;
+        Gemm.MatMul(dOutput[..(n * DOut)], WSkip!, dX[..(n * DIn)], n, DOut, DIn, accumulate: true);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="DecodeRaw"/>: dActs (n, d_sae) = dRecons (n, d_out)·W_decᵀ (÷ decoder norms for rescaling
+    /// TopK SAEs) — for every latent, active or not.
+    /// </summary>
+    public void DecodeBackward(ReadOnlySpan<float> dRecons, Span<float> dActs, int n)
+    {
+        int dSae = DSae;
+        Gemm.MatMulTransB(dRecons[..(n * DOut)], WDec, dActs[..(n * dSae)], n, DOut, dSae);
+        if (Config.RescaleActsByDecoderNorm)
+        {
+            var norms = DecoderNorms;
+            for (int r = 0; r < n; r++) TensorPrimitives.Divide(dActs.Slice(r * dSae, dSae), norms, dActs.Slice(r * dSae, dSae));
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="Activate"/>: dPre (n, d_sae) = dActs where the latent is active (ReLU, JumpReLU, gated
+    /// magnitude, the selected TopK latents — × decoder norm when rescaling), 0 elsewhere.
+    /// </summary>
+    public void ActivateBackward(ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs, Span<float> dPre, int n)
+    {
+        int dSae = DSae;
+        var norms = Config.Architecture == SaeArchitecture.TopK && Config.RescaleActsByDecoderNorm ? DecoderNorms : null;
+        for (int r = 0; r < n; r++)
+        {
+            var a = acts.Slice(r * dSae, dSae); var da = dActs.Slice(r * dSae, dSae); var dp = dPre.Slice(r * dSae, dSae);
+            for (int j = 0; j < dSae; j++) dp[j] = a[j] != 0 ? (norms == null ? da[j] : da[j] * norms[j]) : 0f;
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="PreActivations"/> and <see cref="Preprocess"/> to the SAE's raw input: dX (n, d_in) =
+    /// dPre·W_encᵀ (gated: the magnitude path, dPre ⊙ exp(r_mag)), × the normalisation's input scale.
+    /// </summary>
+    public void EncodeBackward(ReadOnlySpan<float> dPre, Span<float> dX, int n, InputNorm? norm)
+    {
+        int dSae = DSae, d = DIn;
+        ReadOnlySpan<float> dp = dPre[..(n * dSae)];
+        if (Config.Architecture == SaeArchitecture.Gated)
+        {
+            var scaled = new float[(long)n * dSae];
+            for (int r = 0; r < n; r++) TensorPrimitives.Multiply(dp.Slice(r * dSae, dSae), MagnitudeScale, scaled.AsSpan(r * dSae, dSae));
+            dp = scaled;
+        }
+        Gemm.MatMulTransB(dp, WEnc, dX[..(n * d)], n, dSae, d);
+        if (norm != null)
+            for (int r = 0; r < n; r++) TensorPrimitives.Multiply(dX.Slice(r * d, d), norm.InScale[r], dX.Slice(r * d, d));
+    }
+
     /// <summary>Reconstruction (…, d_out) of dense activations (…, d_sae), undoing <paramref name="norm"/> if given.</summary>
     public Tensor Decode(Tensor acts, InputNorm? norm = null)
     {

@@ -77,10 +77,14 @@ public sealed class SaeSplice : IHookSplice
 
     public IHookSpliceRun Start() => new Run(this);
 
-    sealed class Run(SaeSplice s) : IHookSpliceRun
+    sealed class Run(SaeSplice s) : IHookSpliceRun, IHookSpliceBackward
     {
         float[]? _x;           // (n, d_in) compacted input rows
         int _n;
+        // kept for the backward pass when the forward is recorded: the latents (after hook functions) and the normalisation
+        float[]? _acts;
+        Sae.InputNorm? _norm;
+        float[]? _pendingInput;   // (n, d_in): the gradient the splice adds at its input hook
 
         public void OnInput(SpliceContext ctx, Tensor act)
         {
@@ -106,6 +110,7 @@ public sealed class SaeSplice : IHookSplice
             var acts = new float[(long)n * sae.DSae];
             sae.Activate(pre, acts, n, gate);
             acts = FireRows(ctx, s._post, acts, n, sae.DSae, B, T, ref anyFunctions);
+            if (ctx.Recording) { _acts = acts; _norm = norm; _n = n; }
             var recons = new float[(long)n * sae.DOut];
             sae.DecodeRaw(acts, recons, n);
             recons = FireRows(ctx, s._recons, recons, n, sae.DOut, B, T, ref anyFunctions);
@@ -133,6 +138,59 @@ public sealed class SaeSplice : IHookSplice
             }
             output = FireRows(ctx, s._out, output, n, sae.DOut, B, T, ref anyFunctions);
             s.Scatter(ctx, act, output, sae.DOut);
+        }
+
+        /// <summary>
+        /// The gradient g of the splice's output: fires the gradients of hook_sae_output, hook_sae_error (= g), hook_sae_recons,
+        /// hook_sae_acts_post (W_dec·g for every latent), hook_sae_acts_pre and hook_sae_input. With the error term the
+        /// activation the SAE replaced gets the error's gradient (for an SAE reading and writing one hook that is the identity
+        /// through the splice; a transcoder's true MLP output gets it) and the input gets no share through the encoder; without
+        /// it, the gradient reaches the input through the active latents only.
+        /// </summary>
+        public void OnOutputBackward(SpliceContext ctx, Tensor grad)
+        {
+            var sae = s.Sae;
+            if (_acts is null) throw new InvalidOperationException($"SAE at '{s.OutputHook}': backward without a recorded forward");
+            int B = grad.Shape[0], T = grad.Shape[1], n = _n;
+            bool any = false;
+            var g = s.Gather(ctx, grad, sae.DOut, out _);
+            g = FireRows(ctx, s._out, g, n, sae.DOut, B, T, ref any);
+            float[]? gError = null;
+            if (s.UseErrorTerm) gError = FireRows(ctx, s._error, (float[])g.Clone(), n, sae.DOut, B, T, ref any);
+            var dRecons = new float[(long)n * sae.DOut];
+            sae.PostprocessBackward(g, dRecons, n, _norm);
+            dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref any);
+            var dActs = new float[(long)n * sae.DSae];
+            sae.DecodeBackward(dRecons, dActs, n);
+            dActs = FireRows(ctx, s._post, dActs, n, sae.DSae, B, T, ref any);
+            var dPre = new float[(long)n * sae.DSae];
+            sae.ActivateBackward(_acts, dActs, dPre, n);
+            dPre = FireRows(ctx, s._pre, dPre, n, sae.DSae, B, T, ref any);
+            float[] dIn;
+            if (s.UseErrorTerm) dIn = s.InputHook == s.OutputHook ? (float[])gError!.Clone() : new float[(long)n * sae.DIn];
+            else
+            {
+                dIn = new float[(long)n * sae.DIn];
+                sae.EncodeBackward(dPre, dIn, n, _norm);
+                sae.SkipBackward(g, dIn, n);
+            }
+            dIn = FireRows(ctx, s._in, dIn, n, sae.DIn, B, T, ref any);
+            // the replaced activation at the output hook: a transcoder's error carries the true output; an SAE reading
+            // the same hook passes its share through the input (added by OnInputBackward); nothing else reaches it
+            bool errorCarries = s.UseErrorTerm && s.InputHook != s.OutputHook;
+            s.Scatter(ctx, grad, errorCarries ? gError! : new float[(long)n * sae.DOut], sae.DOut);
+            _pendingInput = dIn;
+            _acts = null; _norm = null;
+        }
+
+        /// <summary>Adds the input's share (computed by <see cref="OnOutputBackward"/>) to the input hook's gradient.</summary>
+        public void OnInputBackward(SpliceContext ctx, Tensor grad)
+        {
+            var dIn = _pendingInput ?? throw new InvalidOperationException($"SAE at '{s.InputHook}': input backward before output backward");
+            _pendingInput = null;
+            var current = s.Gather(ctx, grad, s.Sae.DIn, out _);
+            TensorPrimitives.Add(current, dIn, current);
+            s.Scatter(ctx, grad, current, s.Sae.DIn);
         }
 
         static float[] FireRows(SpliceContext ctx, string name, float[] rows, int n, int width, int B, int T, ref bool anyFunctions)

@@ -46,4 +46,35 @@ public static class Activations
             TensorPrimitives.Multiply(s, up.Slice(i, n), output.Slice(i, n));
         }
     }
+
+    /// <summary>
+    /// Backward of <see cref="GeluNew"/>: dInp = dOut · gelu_new′(x), with u = √(2/π)(x + 0.044715x³):
+    /// gelu_new′(x) = 0.5(1 + tanh u) + 0.5x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²). All spans have the same length.
+    /// </summary>
+    public static void GeluNewBackward(ReadOnlySpan<float> inp, ReadOnlySpan<float> dOut, Span<float> dInp)
+    {
+        for (int i = 0; i < inp.Length; i++)
+        {
+            float x = inp[i];
+            float th = MathF.Tanh(Sqrt2OverPi * (x + 0.044715f * x * x * x));
+            float d = 0.5f * (1f + th) + 0.5f * x * (1f - th * th) * Sqrt2OverPi * (1f + 3f * 0.044715f * x * x);
+            dInp[i] = dOut[i] * d;
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="SwiGlu"/>: with s = sigmoid(gate), dGate = dOut·up·s(1 + gate(1 − s)) and
+    /// dUp = dOut·gate·s. All spans have the same length.
+    /// </summary>
+    public static void SwiGluBackward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, ReadOnlySpan<float> dOut, Span<float> dGate, Span<float> dUp)
+    {
+        for (int i = 0; i < gate.Length; i++)
+        {
+            float g = gate[i];
+            float s = 1f / (1f + MathF.Exp(-g));
+            float silu = g * s;
+            dUp[i] = dOut[i] * silu;
+            dGate[i] = dOut[i] * up[i] * s * (1f + g * (1f - s));
+        }
+    }
 }

@@ -84,8 +84,12 @@ public static unsafe class Attention
         }
     }
 
-    /// <summary>z[b,t,h] = Σ_j pattern[b,h,t,j] · v[b,j,h/G] over the unmasked keys j ≤ past+t.</summary>
-    public static void WeightedValues(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, Span<float> z, Shape s)
+    /// <summary>
+    /// z[b,t,h] = Σ_j pattern[b,h,t,j] · v[b,j,h/G] over the unmasked keys j ≤ past+t, or over all S keys when
+    /// <paramref name="allKeys"/> (a hook edited the pattern: entries above the diagonal then count, as in TransformerLens;
+    /// the masked entries a softmax leaves at 0 add exactly nothing).
+    /// </summary>
+    public static void WeightedValues(ReadOnlySpan<float> pattern, ReadOnlySpan<float> v, Span<float> z, Shape s, bool allKeys = false)
     {
         fixed (float* pp = pattern, pv = v, pz = z)
         {
@@ -95,11 +99,118 @@ public static unsafe class Attention
                 for (int bh = start; bh < end; bh++)
                     for (int t = 0; t < s.T; t++)
                     {
-                        var row = new ReadOnlySpan<float>((float*)ap + ((long)bh * s.T + t) * s.S, s.Past + t + 1);
+                        var row = new ReadOnlySpan<float>((float*)ap + ((long)bh * s.T + t) * s.S, allKeys ? s.S : s.Past + t + 1);
                         WeightedRow(row, (float*)av, s, bh / s.NH, bh % s.NH, t, (float*)az);
                     }
             });
         }
+    }
+
+    // ───────────────────────────── backward ─────────────────────────────
+    // Without a KV cache (Past = 0, Smax = S = T). dz is (B,T,NH,HS); pattern, dPattern, dScores are (B,NH,T,T);
+    // q, dq are (B,T,NH,HS) (after RoPE); k, v, dk, dv are (B,T,NKV,HS). Work is split by (batch, key/value head),
+    // so the heads of one group add into their shared dk/dv rows on one thread.
+
+    /// <summary>
+    /// Backward of <see cref="WeightedValues"/>: dPattern[b,h,t,j] = dz[b,t,h]·v[b,j,h/G] for every (t, j) — above the
+    /// causal diagonal too, where the pattern is 0 but changing it would move z — and dv = Σ_h patternᵀ·dz.
+    /// </summary>
+    public static void WeightedValuesBackward(ReadOnlySpan<float> dz, ReadOnlySpan<float> pattern, ReadOnlySpan<float> v,
+        Span<float> dPattern, Span<float> dv, Shape s)
+    {
+        CheckNoCache(s);
+        fixed (float* pdz = dz, pp = pattern, pv = v, pdp = dPattern, pdv = dv)
+        {
+            nint adz = (nint)pdz, ap = (nint)pp, av = (nint)pv, adp = (nint)pdp, adv = (nint)pdv;
+            ParallelRows.For(s.B * s.NKV, s.Cost * s.Group * 2, (start, end) =>
+            {
+                for (int bk = start; bk < end; bk++)
+                {
+                    int b = bk / s.NKV, kvh = bk % s.NKV;
+                    var vBlock = HeadRows((float*)av, s, b, kvh, s.NKV);
+                    var dvBlock = HeadRows((float*)adv, s, b, kvh, s.NKV);
+                    for (int g = 0; g < s.Group; g++)
+                    {
+                        int h = kvh * s.Group + g;
+                        var dzBlock = HeadRows((float*)adz, s, b, h, s.NH);
+                        float* dpBlock = (float*)adp + ((long)b * s.NH + h) * s.T * s.T;
+                        var pBlock = MatrixView.F32((float*)ap + ((long)b * s.NH + h) * s.T * s.T, s.T, s.T);
+                        Gemm.Multiply(dzBlock, vBlock.T, dpBlock, s.T, false, Gemm.Path, 1);
+                        Gemm.Multiply(pBlock.T, dzBlock, dvBlock.Pointer32, (int)dvBlock.RowStride, g > 0, Gemm.Path, 1);
+                    }
+                }
+            });
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="Softmax"/> row by row: dScores = P ⊙ (dP − Σ_j P·dP) over the unmasked keys; masked
+    /// entries (P = 0) get 0, as autograd gives for the −∞ scores.
+    /// </summary>
+    public static void SoftmaxBackward(ReadOnlySpan<float> pattern, ReadOnlySpan<float> dPattern, Span<float> dScores, Shape s)
+    {
+        int rows = s.B * s.NH * s.T;
+        for (int r = 0; r < rows; r++)
+        {
+            int n = s.Past + r % s.T + 1;
+            var p = pattern.Slice(r * s.S, n);
+            var dp = dPattern.Slice(r * s.S, n);
+            var ds = dScores.Slice(r * s.S, s.S);
+            float dot = TensorPrimitives.Dot(p, dp);
+            TensorPrimitives.Subtract(dp, dot, ds[..n]);
+            TensorPrimitives.Multiply(ds[..n], p, ds[..n]);
+            ds[n..].Clear();
+        }
+    }
+
+    /// <summary>Backward of <see cref="Scores"/>: dq = dScores·k/√HS and dk = Σ_h dScoresᵀ·q/√HS.</summary>
+    public static void ScoresBackward(ReadOnlySpan<float> dScores, ReadOnlySpan<float> q, ReadOnlySpan<float> k,
+        Span<float> dq, Span<float> dk, Shape s)
+    {
+        CheckNoCache(s);
+        float inv = 1f / MathF.Sqrt(s.HS);
+        fixed (float* pds = dScores, pq = q, pk = k, pdq = dq, pdk = dk)
+        {
+            nint ads = (nint)pds, aq = (nint)pq, ak = (nint)pk, adq = (nint)pdq, adk = (nint)pdk;
+            ParallelRows.For(s.B * s.NKV, s.Cost * s.Group * 2, (start, end) =>
+            {
+                for (int bk = start; bk < end; bk++)
+                {
+                    int b = bk / s.NKV, kvh = bk % s.NKV;
+                    var kBlock = HeadRows((float*)ak, s, b, kvh, s.NKV);
+                    var dkBlock = HeadRows((float*)adk, s, b, kvh, s.NKV);
+                    for (int g = 0; g < s.Group; g++)
+                    {
+                        int h = kvh * s.Group + g;
+                        var dsBlock = MatrixView.F32((float*)ads + ((long)b * s.NH + h) * s.T * s.T, s.T, s.T);
+                        var qBlock = HeadRows((float*)aq, s, b, h, s.NH);
+                        var dqBlock = HeadRows((float*)adq, s, b, h, s.NH);
+                        Gemm.Multiply(dsBlock, kBlock, dqBlock.Pointer32, (int)dqBlock.RowStride, false, Gemm.Path, 1);
+                        Gemm.Multiply(dsBlock.T, qBlock, dkBlock.Pointer32, (int)dkBlock.RowStride, g > 0, Gemm.Path, 1);
+                    }
+                    ScaleHeadRows(dkBlock, inv);
+                    for (int g = 0; g < s.Group; g++) ScaleHeadRows(HeadRows((float*)adq, s, b, kvh * s.Group + g, s.NH), inv);
+                }
+            });
+        }
+    }
+
+    /// <summary>Head <paramref name="h"/> of batch <paramref name="b"/> in a (B,T,heads,HS) buffer: a (T,HS) view with row stride heads·HS.</summary>
+    static MatrixView HeadRows(float* x, Shape s, int b, int h, int heads) =>
+        new(x + ((long)b * s.T * heads + h) * s.HS, DType.F32, s.T, s.HS, (long)heads * s.HS, 1);
+
+    static void ScaleHeadRows(MatrixView m, float factor)
+    {
+        for (int t = 0; t < m.Rows; t++)
+        {
+            var row = new Span<float>(m.Pointer32 + t * m.RowStride, m.Cols);
+            TensorPrimitives.Multiply(row, factor, row);
+        }
+    }
+
+    static void CheckNoCache(Shape s)
+    {
+        if (s.Past != 0 || s.Smax != s.T) throw new ArgumentException("attention backward runs on whole sequences (no KV cache)");
     }
 
     /// <summary>dst (T,S) = q_bh (T,HS) · k_bh(S,HS)ᵀ / √HS, one single-threaded GEMM (the caller parallelises over heads).</summary>

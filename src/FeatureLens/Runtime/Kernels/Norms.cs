@@ -50,4 +50,41 @@ public static class Norms
             if (!bias.IsEmpty) TensorPrimitives.Add(o, bias, o);
         }
     }
+
+    /// <summary>
+    /// Backward of <see cref="Affine"/> for the input: dNormalized = dOut · weight (rows (R,C), weight (C)).
+    /// Weight and bias gradients are not needed for activation gradients and are not computed.
+    /// </summary>
+    public static void AffineBackward(ReadOnlySpan<float> dOut, ReadOnlySpan<float> weight, Span<float> dNormalized, int rows, int C)
+    {
+        for (int r = 0; r < rows; r++)
+            TensorPrimitives.Multiply(dOut.Slice(r * C, C), weight, dNormalized.Slice(r * C, C));
+    }
+
+    /// <summary>
+    /// Backward of normalized = x / scale for the scale: dScale[r] = −Σ_c dNormalized·x / scale² (x is the centered
+    /// input for LayerNorm, the input for RMSNorm). Shapes: dNormalized, x (R,C); scale, dScale (R).
+    /// </summary>
+    public static void NormalizeBackwardScale(ReadOnlySpan<float> dNormalized, ReadOnlySpan<float> x, ReadOnlySpan<float> scale, Span<float> dScale, int rows, int C)
+    {
+        for (int r = 0; r < rows; r++)
+            dScale[r] = -TensorPrimitives.Dot(dNormalized.Slice(r * C, C), x.Slice(r * C, C)) / (scale[r] * scale[r]);
+    }
+
+    /// <summary>
+    /// The rest of the norm's backward, to its input: with x centered (LayerNorm) or raw (RMSNorm),
+    /// dx = dNormalized/scale + dScale·x/(C·scale) (scale = √(mean(x²)+eps)), then for LayerNorm minus its row mean
+    /// (the centering). Shapes: dNormalized, x, dInput (R,C); scale, dScale (R).
+    /// </summary>
+    public static void NormBackwardInput(ReadOnlySpan<float> dNormalized, ReadOnlySpan<float> x, ReadOnlySpan<float> scale, ReadOnlySpan<float> dScale,
+        Span<float> dInput, int rows, int C, bool layerNorm)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var dx = dInput.Slice(r * C, C);
+            TensorPrimitives.Divide(dNormalized.Slice(r * C, C), scale[r], dx);
+            TensorPrimitives.MultiplyAdd(x.Slice(r * C, C), dScale[r] / (C * scale[r]), dx, dx);
+            if (layerNorm) TensorPrimitives.Subtract(dx, TensorPrimitives.Sum(dx) / C, dx);
+        }
+    }
 }

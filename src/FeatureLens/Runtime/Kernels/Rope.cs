@@ -52,7 +52,16 @@ public sealed class Rope
     /// <summary>
     /// Rotates x in place. x is (R, NH, HS) where row r has position positions[r].
     /// </summary>
-    public void Apply(Span<float> x, ReadOnlySpan<int> positions, int nHeads)
+    public void Apply(Span<float> x, ReadOnlySpan<int> positions, int nHeads) => Rotate(x, positions, nHeads, 1f);
+
+    /// <summary>
+    /// Backward of <see cref="Apply"/>: the gradient of the rotated vector, turned back by the transposed (inverse)
+    /// rotation, is the gradient of the vector before RoPE. x is (R, NH, HS), rotated in place.
+    /// </summary>
+    public void ApplyBackward(Span<float> x, ReadOnlySpan<int> positions, int nHeads) => Rotate(x, positions, nHeads, -1f);
+
+    /// <summary>Turns every plane by +angle (<paramref name="direction"/> 1) or −angle (−1).</summary>
+    void Rotate(Span<float> x, ReadOnlySpan<int> positions, int nHeads, float direction)
     {
         int hs = HeadSize, half = hs / 2;
         int maxPos = -1;
@@ -62,11 +71,13 @@ public sealed class Rope
             maxPos = Math.Max(maxPos, p);
         }
         var (cosTable, sinTable) = Tables(maxPos + 1);
+        Span<float> sin = stackalloc float[half];
         for (int r = 0; r < positions.Length; r++)
         {
             int p = positions[r];
             var cos = new ReadOnlySpan<float>(cosTable, p * half, half);
-            var sin = new ReadOnlySpan<float>(sinTable, p * half, half);
+            var sinRow = new ReadOnlySpan<float>(sinTable, p * half, half);
+            for (int i = 0; i < half; i++) sin[i] = direction * sinRow[i];
             for (int h = 0; h < nHeads; h++)
             {
                 var v = x.Slice((r * nHeads + h) * hs, hs);

@@ -194,6 +194,43 @@ public sealed class HookedTransformer : IDisposable
             options.StopAtLayer ?? Config.NLayers);
     }
 
+    /// <summary>
+    /// Runs the model, then a hand-written backward pass of <paramref name="objective"/> (a metric summed over the batch):
+    /// keeps the activations and the gradients the options ask for (TransformerLens names, including those of splices),
+    /// and runs backward hooks on the way. Spliced SAEs with their error term pass gradients upstream as the identity.
+    /// </summary>
+    public GradientResult RunWithGradients(int[][] tokens, IObjective objective, GradientOptions? options = null)
+    {
+        options ??= new GradientOptions();
+        ValidateTokens(tokens, null);
+        foreach (var s in options.Splices) s.Validate(this);
+        var splices = _persistentSplices.Concat(options.Splices).ToList();
+        var names = new HashSet<string>(_baseHookNames, StringComparer.Ordinal);
+        names.UnionWith(splices.SelectMany(s => s.HookNames));
+        foreach (var (name, _) in options.Hooks.Concat(options.BackwardHooks))
+            if (!names.Contains(name)) CheckHookName(name);
+        objective.Validate(Config, tokens, names);
+
+        var lengths = tokens.Select(t => t.Length).ToArray();
+        var userCache = options.CacheFilter;
+        var reads = new HashSet<string>(objective.ReadsHooks, StringComparer.Ordinal);
+        var cache = new ActivationCache { Lengths = lengths };
+        var hooks = new HookSet(_persistentHooks.Concat(options.Hooks), n => reads.Contains(n) || (userCache?.Invoke(n) ?? false), cache, splices, lengths);
+        var grads = new ActivationCache { Lengths = lengths };
+        var gradFilter = options.GradFilter ?? userCache;
+        hooks.EnableBackward(options.BackwardHooks, gradFilter ?? (_ => false), gradFilter == null ? null : grads);
+
+        var tape = new ForwardTape();
+        var logits = TransformerForward.Run(Config, Weights, _rope, _names, tokens, hooks, true, null, Config.NLayers, tape)!;
+        var g = objective.Evaluate(logits, cache, tokens);
+        foreach (var (name, seed) in g.HookSeeds) hooks.Seeds[name] = seed;
+        TransformerBackward.Run(Config, Weights, _rope, _names, tape, hooks, g.LogitRows, g.LogitGradients);
+        TransformerForward.ZeroPadding(grads, lengths, tape.T);
+        if (userCache == null) cache.Clear();
+        else foreach (var name in reads) if (!userCache(name)) cache.Remove(name);
+        return new GradientResult { Value = g.Values.Sum(), Values = g.Values, Logits = logits, Activations = cache, Gradients = grads };
+    }
+
     /// <summary>Throws a clear error for an unknown hook name, suggesting near matches.</summary>
     public void CheckHookName(string name)
     {

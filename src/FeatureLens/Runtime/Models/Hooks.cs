@@ -140,16 +140,39 @@ public interface IHookSpliceRun
     void OnOutput(SpliceContext context, Tensor activation);
 }
 
+/// <summary>
+/// The backward pass of a spliced run (implemented by <see cref="IHookSpliceRun"/>s that support gradients). The
+/// gradient tensors are [batch, pos, ...] like the activations; <see cref="SpliceContext.Fire"/> fires the gradients of
+/// the splice's own hook points.
+/// </summary>
+public interface IHookSpliceBackward
+{
+    /// <summary>
+    /// The backward reached the output hook: <paramref name="gradient"/> holds the gradient of the splice's output; replace
+    /// it in place with the gradient of the activation the splice replaced.
+    /// </summary>
+    void OnOutputBackward(SpliceContext context, Tensor gradient);
+    /// <summary>The backward reached the input hook: add the splice's share to <paramref name="gradient"/>.</summary>
+    void OnInputBackward(SpliceContext context, Tensor gradient);
+}
+
 /// <summary>What a splice may do during a forward pass: fire its own hook points and see which rows are real.</summary>
 public sealed class SpliceContext
 {
     readonly Action<string, int, float[], int[]> _fire;
     readonly Func<string, bool> _active, _hasFunctions;
 
-    internal SpliceContext(int layer, int[] lengths, Action<string, int, float[], int[]> fire, Func<string, bool> active, Func<string, bool> hasFunctions)
+    internal SpliceContext(int layer, int[] lengths, Action<string, int, float[], int[]> fire, Func<string, bool> active, Func<string, bool> hasFunctions,
+        bool recording = false)
     {
-        Layer = layer; Lengths = lengths; _fire = fire; _active = active; _hasFunctions = hasFunctions;
+        Layer = layer; Lengths = lengths; _fire = fire; _active = active; _hasFunctions = hasFunctions; Recording = recording;
     }
+
+    /// <summary>
+    /// In a forward pass: a backward pass will follow, so keep what it needs. In a backward pass (the context given to
+    /// <see cref="IHookSpliceBackward"/>): always true; <see cref="Fire"/> then fires gradients.
+    /// </summary>
+    public bool Recording { get; }
 
     /// <summary>The layer of the hook being processed (−1 outside blocks).</summary>
     public int Layer { get; }

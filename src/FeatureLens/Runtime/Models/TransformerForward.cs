@@ -14,6 +14,65 @@ internal sealed class HookSet
     readonly int[] _lengths;
     public ActivationCache? Cache { get; }
 
+    // ---- backward: hooks on gradients, the gradient cache, metric seeds ----
+    readonly Dictionary<string, List<HookFunction>> _backwardFns = new(StringComparer.Ordinal);
+    Func<string, bool>? _gradFilter;
+    /// <summary>Gradients kept by the backward pass (null: none).</summary>
+    public ActivationCache? GradientCache { get; private set; }
+    /// <summary>Gradients added at hook points when the backward reaches them (e.g. a feature metric's one-hot seed).</summary>
+    public Dictionary<string, float[]> Seeds { get; } = new(StringComparer.Ordinal);
+    /// <summary>The forward is recorded for a backward pass: splices keep what their backward needs.</summary>
+    public bool Recording { get; private set; }
+
+    /// <summary>Prepares this hook set for a recorded forward and the backward pass after it.</summary>
+    public void EnableBackward(IEnumerable<(string Name, HookFunction Fn)> backwardHooks, Func<string, bool>? gradFilter, ActivationCache? gradCache)
+    {
+        foreach (var (name, fn) in backwardHooks)
+        {
+            if (!_backwardFns.TryGetValue(name, out var list)) _backwardFns[name] = list = [];
+            list.Add(fn);
+        }
+        _gradFilter = gradFilter; GradientCache = gradCache; Recording = true;
+    }
+
+    /// <summary>True when a backward hook, the gradient cache or a seed wants this hook point's gradient.</summary>
+    public bool WantsGradient(string name) => _backwardFns.ContainsKey(name) || (GradientCache != null && _gradFilter!(name)) || Seeds.ContainsKey(name);
+
+    /// <summary>
+    /// The backward pass reached <paramref name="name"/> with <paramref name="grad"/> (the gradient of the value the rest
+    /// of the forward used, shaped like the activation). In reverse of <see cref="Fire"/>: splices writing this hook turn it
+    /// into the gradient of the value before them, splices reading it add their share, the seed is added, backward hook
+    /// functions read or edit it, and the cache keeps it.
+    /// </summary>
+    public void FireBackward(string name, int layer, float[] grad, params int[] shape)
+    {
+        var t = new Tensor(shape, grad);
+        bool hasOut = _spliceOut.TryGetValue(name, out var outs), hasIn = _spliceIn.TryGetValue(name, out var ins);
+        if (hasOut || hasIn)
+        {
+            var ctx = new SpliceContext(layer, _lengths, FireBackward, WantsGradient, _backwardFns.ContainsKey, Recording);
+            if (hasOut) for (int i = outs!.Count - 1; i >= 0; i--) Backward(outs[i]).OnOutputBackward(ctx, t);
+            if (hasIn) for (int i = ins!.Count - 1; i >= 0; i--) Backward(ins[i]).OnInputBackward(ctx, t);
+        }
+        if (Seeds.TryGetValue(name, out var seed)) TensorPrimitives.Add(grad, seed, grad);
+        if (_backwardFns.TryGetValue(name, out var fns))
+        {
+            var point = new HookPoint(name, layer);
+            foreach (var fn in fns)
+            {
+                var r = fn(t, point);
+                if (r is null || ReferenceEquals(r.Data, grad)) continue;
+                if (!r.Shape.AsSpan().SequenceEqual(shape))
+                    throw new InvalidOperationException($"backward hook at '{name}' returned shape [{string.Join(",", r.Shape)}], expected [{string.Join(",", shape)}]");
+                r.Data.AsSpan().CopyTo(grad);
+            }
+        }
+        if (GradientCache != null && _gradFilter!(name)) GradientCache[name] = t.Clone();
+    }
+
+    static IHookSpliceBackward Backward(IHookSpliceRun run) => run as IHookSpliceBackward
+        ?? throw new NotSupportedException($"{run.GetType().Name} does not support gradients (it has no backward pass)");
+
     public HookSet(IEnumerable<(string Name, HookFunction Fn)> hooks, Func<string, bool>? cacheFilter, ActivationCache? cache,
         IEnumerable<IHookSplice>? splices = null, int[]? lengths = null)
     {
@@ -65,7 +124,7 @@ internal sealed class HookSet
         if (Cache != null && _cacheFilter!(name)) Cache[name] = t.Clone();
         bool hasIn = _spliceIn.TryGetValue(name, out var ins), hasOut = _spliceOut.TryGetValue(name, out var outs);
         if (!hasIn && !hasOut) return;
-        var ctx = new SpliceContext(layer, _lengths, Fire, Active, HasHook);
+        var ctx = new SpliceContext(layer, _lengths, Fire, Active, HasHook, Recording);
         if (hasIn) foreach (var s in ins!) s.OnInput(ctx, t);
         if (hasOut) foreach (var s in outs!) s.OnOutput(ctx, t);
     }
@@ -103,16 +162,18 @@ internal static unsafe class TransformerForward
 {
     /// <summary>Runs the model; returns logits (B, T, V) or null when <paramref name="computeLogits"/> is false.</summary>
     public static Tensor? Run(ModelConfig cfg, TransformerWeights w, Rope? rope, LayerHookNames[] names,
-        int[][] tokens, HookSet hooks, bool computeLogits, KvCache? kv, int stopAtLayer)
+        int[][] tokens, HookSet hooks, bool computeLogits, KvCache? kv, int stopAtLayer, ForwardTape? tape = null)
     {
         int B = tokens.Length, T = tokens.Max(t => t.Length), R = B * T;
         int C = cfg.DModel, NH = cfg.NHeads, NKV = cfg.NKvHeads, HS = cfg.DHead, M = cfg.DMlp, V = cfg.VocabSize;
         int past = kv?.Length ?? 0;
         bool llama = cfg.Architecture == Architecture.Llama;
         int[] lengths = tokens.Select(t => t.Length).ToArray();
+        if (tape != null && (kv != null || stopAtLayer < cfg.NLayers)) throw new ArgumentException("a recorded forward runs whole sequences through every layer");
 
         var positions = new int[R];
         for (int r = 0; r < R; r++) positions[r] = past + r % T;
+        tape?.Start(B, T, lengths, positions, cfg.NLayers);
 
         // ---- embeddings ----
         var embed = Alloc(R * C);
@@ -147,6 +208,17 @@ internal static unsafe class TransformerForward
         {
             var L = w.Layers[l];
             var n = names[l];
+            BlockTape? bt = null;
+            if (tape != null)
+            {
+                // the backward needs this block's buffers: give it fresh ones instead of reusing the last block's
+                bt = tape.Blocks[l] = new BlockTape();
+                normIn = Alloc(R * C); scale = Alloc(R);
+                q = Alloc(R * NH * HS); k = Alloc(R * NKV * HS); v = Alloc(R * NKV * HS);
+                residMid = Alloc(R * C); residPost = Alloc(R * C); mlpIn = null;
+                pre = Alloc(R * M); preLinear = llama ? Alloc(R * M) : null;
+                bt.Ln1 = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : resid, scale);
+            }
             hooks.Fire(n.ResidPre, l, resid, B, T, C);
 
             // ---- attention ----
@@ -177,7 +249,7 @@ internal static unsafe class TransformerForward
                 }
             }
             var shape = new Attention.Shape(B, T, past, smax, NH, NKV, HS);
-            if (hooks.Active(n.Scores) || hooks.Active(n.Pattern))
+            if (bt != null || hooks.Active(n.Scores) || hooks.Active(n.Pattern))
             {
                 int S = past + T;
                 var scores = Alloc(B * NH * T * S);
@@ -186,11 +258,13 @@ internal static unsafe class TransformerForward
                 var pattern = Alloc(B * NH * T * S);
                 Attention.Softmax(scores, pattern, shape);
                 hooks.Fire(n.Pattern, l, pattern, B, NH, T, S);
-                Attention.WeightedValues(pattern, values, z, shape);
+                Attention.WeightedValues(pattern, values, z, shape, allKeys: hooks.HasHook(n.Pattern));
+                if (bt != null) { bt.Q = q; bt.K = k; bt.V = v; bt.Pattern = pattern; }
             }
             else Attention.Forward(q, keys, values, z, shape);
             hooks.Fire(n.Z, l, z, B, T, NH, HS);
 
+            if (bt != null) bt.ResultActive = hooks.Active(n.Result);
             if (hooks.Active(n.Result))
             {
                 // result[r,h,:] = z[r,h,:]·Wo[h·HS:(h+1)·HS, :]; attn_out = Σ_h result + bo
@@ -224,6 +298,12 @@ internal static unsafe class TransformerForward
                 hooks.Fire(n.MlpIn, l, mlpIn, B, T, C);
                 mlpInput = mlpIn;
             }
+            if (bt != null)
+            {
+                normIn = Alloc(R * C); scale = Alloc(R);
+                bt.Ln2 = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : mlpInput, scale);
+                bt.Pre = pre; bt.PreLinear = preLinear;
+            }
             Norm(cfg, mlpInput, L.Ln2Weight, L.Ln2Bias, normIn, scale, normalized, normOut, R, C, hooks, n.Ln2Scale, n.Ln2Normalized, l, B, T);
             Linear(normOut, R, L.WIn, L.BIn, pre);
             hooks.Fire(n.MlpPre, l, pre, B, T, M);
@@ -252,6 +332,11 @@ internal static unsafe class TransformerForward
         if (kv != null) kv.Length = past + T;
 
         // ---- final norm and unembedding ----
+        if (tape != null)
+        {
+            normIn = Alloc(R * C); scale = Alloc(R);
+            tape.Final = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : resid, scale);
+        }
         Norm(cfg, resid, w.FinalNormWeight, w.FinalNormBias, normIn, scale, normalized, normOut, R, C, hooks, HookNames.LnFinalScale, HookNames.LnFinalNormalized, -1, B, T);
         ZeroPadding(hooks.Cache, lengths, T);
         if (!computeLogits) return null;
@@ -294,7 +379,7 @@ internal static unsafe class TransformerForward
     }
 
     /// <summary>Zeros the padded positions of every cached activation, so padding never looks like data.</summary>
-    static void ZeroPadding(ActivationCache? cache, int[] lengths, int T)
+    internal static void ZeroPadding(ActivationCache? cache, int[] lengths, int T)
     {
         if (cache is null || lengths.All(l => l == T)) return;
         foreach (var (name, t) in cache)

@@ -25,6 +25,9 @@ public readonly unsafe struct MatrixView
     public static MatrixView F32(float* p, int rows, int cols, long ld = -1) =>
         new(p, DType.F32, rows, cols, ld < 0 ? cols : ld, 1);
 
+    /// <summary>The first element as a float pointer (F32 views).</summary>
+    public float* Pointer32 => (float*)Pointer;
+
     /// <summary>The transpose: same memory, rows and columns swapped.</summary>
     public MatrixView T => new(Pointer, DType, Cols, Rows, ColStride, RowStride);
 
