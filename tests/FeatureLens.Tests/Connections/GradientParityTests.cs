@@ -49,6 +49,7 @@ internal static class GradientCheck
     public static Dictionary<string, (double Err, string At)> CompareAll(GradientResult r, SafetensorsFile reference, int[][] batch,
         IReadOnlyList<string> names, string context)
     {
+        var failures = new List<string>();
         var worst = new Dictionary<string, (double, string)> { ["grad"] = (0, ""), ["activation"] = (0, ""), ["logits"] = (0, ""), ["metric"] = (0, "") };
         void Note(string kind, double err, string at)
         {
@@ -93,11 +94,13 @@ internal static class GradientCheck
                     var (num, den) = Distance(ours.Data, theirs.Data, $"{what} ({context})");
                     double err = num / Math.Max(den, floor);
                     Note(kind, err, what);
-                    Assert.True(err <= Tolerance,
-                        $"{what}: ‖ours − torch‖ = {num:E3}, ‖torch‖ = {den:E3} (floor {floor:E2}): error {err:E3} > {Tolerance:E0} ({context})");
+                    if (err > Tolerance)
+                        failures.Add($"{what}: ‖ours − torch‖ = {num:E3}, ‖torch‖ = {den:E3}, ‖ours‖ = {Distance(ours.Data, ours.Data, "").Den:E3} (floor {floor:E2}): error {err:E3}");
                 }
             }
         }
+        Assert.True(failures.Count == 0, $"{failures.Count} tensors beyond {Tolerance:E0} ({context}):\n" + string.Join("\n", failures.Take(40)) +
+                                         (failures.Count > 40 ? $"\n... and {failures.Count - 40} more" : ""));
         return worst;
     }
 
@@ -162,8 +165,8 @@ public class GradientParityTests(ITestOutputHelper output)
 {
     public static TheoryData<string, string, string> Cases => new()
     {
-        { "gpt2", "f32", "logit-diff" }, { "gpt2", "bf16", "loss" }, { "gpt2", "f32", "prob" },
-        { "llama", "f32", "logprob" }, { "llama", "bf16", "logit" }, { "llama", "f32", "loss" }, { "llama", "bf16", "prob" },
+        // with the stories260K case (logit) every metric kind is covered; each case ≈ 3.5 s (two Python starts)
+        { "gpt2", "f32", "logit-diff" }, { "gpt2", "bf16", "loss" }, { "llama", "f32", "logprob" }, { "llama", "bf16", "prob" },
     };
 
     [Theory]
@@ -189,7 +192,7 @@ public class GradientParityTests(ITestOutputHelper output)
         output.WriteLine("worst: " + GradientCheck.Describe(worst));
     }
 
-    /// <summary>stories260K (llama2.c .bin: interleaved RoPE, 5 layers, GQA 8/4 heads) with a random metric.</summary>
+    /// <summary>stories260K (llama2.c .bin: interleaved RoPE, 5 layers, GQA 8/4 heads) with a logit metric at a random position.</summary>
     [Fact]
     public void Stories260KGradientsMatchTorch()
     {
@@ -198,8 +201,7 @@ public class GradientParityTests(ITestOutputHelper output)
         using var dir = new TempDir();
         string bin = Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin");
         var batch = GradientCheck.Batch(rng, 2, 512, 3, 16, firstToken: 1);
-        string kind = new[] { "logit", "logit-diff", "logprob", "prob", "loss" }[rng.Next(5)];
-        string metric = GradientCheck.RandomMetric(rng, kind, 512, batch);
+        string metric = GradientCheck.RandomMetric(rng, "logit", 512, batch);
         string context = $"seed {seed}, stories260K, metric {metric}, lengths [{string.Join(",", batch.Select(s => s.Length))}]";
         output.WriteLine(context);
         string refPath = GradReference.Run(bin, batch, metric, dir.File("grad.safetensors"));
