@@ -142,51 +142,77 @@ public sealed class SaeSplice : IHookSplice
 
         /// <summary>
         /// The gradient g of the splice's output: fires the gradients of hook_sae_output, hook_sae_error (= g), hook_sae_recons,
-        /// hook_sae_acts_post (W_dec·g for every latent), hook_sae_acts_pre and hook_sae_input. With the error term the
-        /// activation the SAE replaced gets the error's gradient (for an SAE reading and writing one hook that is the identity
-        /// through the splice; a transcoder's true MLP output gets it) and the input gets no share through the encoder; without
-        /// it, the gradient reaches the input through the active latents only.
+        /// hook_sae_acts_post (W_dec·g for every latent, plus a feature metric's seed), hook_sae_acts_pre and hook_sae_input (the
+        /// encoder path: what editing the SAE's input would do, the error being the unedited input's). Without the error term the
+        /// replaced activation gets nothing and the input gets the encoder path. With it, the activation gets the error's
+        /// gradient (the error is the true activation minus the clean reconstruction, a second path through the encoder), so
+        /// the downstream gradient passes as through the identity and the input gets the encoder path minus that second path:
+        /// nothing unless a seed or a backward hook changed the latents' gradients.
         /// </summary>
         public void OnOutputBackward(SpliceContext ctx, Tensor grad)
         {
             var sae = s.Sae;
-            if (_acts is null) throw new InvalidOperationException($"SAE at '{s.OutputHook}': backward without a recorded forward");
+            var acts = _acts ?? throw new InvalidOperationException($"SAE at '{s.OutputHook}': backward without a recorded forward");
             int B = grad.Shape[0], T = grad.Shape[1], n = _n;
-            bool any = false;
+            bool edited = false;
             var g = s.Gather(ctx, grad, sae.DOut, out _);
-            g = FireRows(ctx, s._out, g, n, sae.DOut, B, T, ref any);
+            g = FireRows(ctx, s._out, g, n, sae.DOut, B, T, ref edited);
             float[]? gError = null;
-            if (s.UseErrorTerm) gError = FireRows(ctx, s._error, (float[])g.Clone(), n, sae.DOut, B, T, ref any);
+            if (s.UseErrorTerm) gError = FireRows(ctx, s._error, (float[])g.Clone(), n, sae.DOut, B, T, ref edited);
             var dRecons = new float[(long)n * sae.DOut];
             sae.PostprocessBackward(g, dRecons, n, _norm);
-            dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref any);
+            dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref edited);
             var dActs = new float[(long)n * sae.DSae];
             sae.DecodeBackward(dRecons, dActs, n);
-            dActs = FireRows(ctx, s._post, dActs, n, sae.DSae, B, T, ref any);
+            dActs = FireRows(ctx, s._post, dActs, n, sae.DSae, B, T, ref edited);
             var dPre = new float[(long)n * sae.DSae];
-            sae.ActivateBackward(_acts, dActs, dPre, n);
-            dPre = FireRows(ctx, s._pre, dPre, n, sae.DSae, B, T, ref any);
-            float[] dIn;
-            if (s.UseErrorTerm) dIn = s.InputHook == s.OutputHook ? (float[])gError!.Clone() : new float[(long)n * sae.DIn];
+            sae.ActivateBackward(acts, dActs, dPre, n);
+            dPre = FireRows(ctx, s._pre, dPre, n, sae.DSae, B, T, ref edited);
+            var dIn = new float[(long)n * sae.DIn];
+            sae.EncodeBackward(dPre, dIn, n, _norm);
+            sae.SkipBackward(g, dIn, n);
+            dIn = FireRows(ctx, s._in, dIn, n, sae.DIn, B, T, ref edited);
+            if (s.UseErrorTerm)
+            {
+                s.Scatter(ctx, grad, gError!, sae.DOut);
+                // the encoder path minus the clean reconstruction's path of the error's gradient; they cancel exactly
+                // unless a seed or a hook edited a gradient in between
+                if (edited)
+                {
+                    var second = EncoderPath(sae, gError!, acts, n);
+                    TensorPrimitives.Subtract(dIn, second, dIn);
+                    _pendingInput = dIn;
+                }
+                else _pendingInput = null;
+            }
             else
             {
-                dIn = new float[(long)n * sae.DIn];
-                sae.EncodeBackward(dPre, dIn, n, _norm);
-                sae.SkipBackward(g, dIn, n);
+                s.Scatter(ctx, grad, new float[(long)n * sae.DOut], sae.DOut);
+                _pendingInput = dIn;
             }
-            dIn = FireRows(ctx, s._in, dIn, n, sae.DIn, B, T, ref any);
-            // the replaced activation at the output hook: a transcoder's error carries the true output; an SAE reading
-            // the same hook passes its share through the input (added by OnInputBackward); nothing else reaches it
-            bool errorCarries = s.UseErrorTerm && s.InputHook != s.OutputHook;
-            s.Scatter(ctx, grad, errorCarries ? gError! : new float[(long)n * sae.DOut], sae.DOut);
-            _pendingInput = dIn;
             _acts = null; _norm = null;
+        }
+
+        /// <summary>The gradient the SAE's encoder-decoder passes back from a gradient <paramref name="v"/> of its output (no hooks).</summary>
+        float[] EncoderPath(Sae sae, float[] v, float[] acts, int n)
+        {
+            var dRecons = new float[(long)n * sae.DOut];
+            sae.PostprocessBackward(v, dRecons, n, _norm);
+            var dActs = new float[(long)n * sae.DSae];
+            sae.DecodeBackward(dRecons, dActs, n);
+            var dPre = new float[(long)n * sae.DSae];
+            sae.ActivateBackward(acts, dActs, dPre, n);
+            var dIn = new float[(long)n * sae.DIn];
+            sae.EncodeBackward(dPre, dIn, n, _norm);
+            sae.SkipBackward(v, dIn, n);
+            return dIn;
         }
 
         /// <summary>Adds the input's share (computed by <see cref="OnOutputBackward"/>) to the input hook's gradient.</summary>
         public void OnInputBackward(SpliceContext ctx, Tensor grad)
         {
-            var dIn = _pendingInput ?? throw new InvalidOperationException($"SAE at '{s.InputHook}': input backward before output backward");
+            var dIn = _pendingInput;
+            if (dIn is null) return;      // nothing reaches the input beyond what the output hook passed on
             _pendingInput = null;
             var current = s.Gather(ctx, grad, s.Sae.DIn, out _);
             TensorPrimitives.Add(current, dIn, current);

@@ -67,8 +67,14 @@ public static class Norms
     /// </summary>
     public static void NormalizeBackwardScale(ReadOnlySpan<float> dNormalized, ReadOnlySpan<float> x, ReadOnlySpan<float> scale, Span<float> dScale, int rows, int C)
     {
+        // summed in double: the terms largely cancel (the final norm's scale gradient is a small difference)
         for (int r = 0; r < rows; r++)
-            dScale[r] = -TensorPrimitives.Dot(dNormalized.Slice(r * C, C), x.Slice(r * C, C)) / (scale[r] * scale[r]);
+        {
+            var d = dNormalized.Slice(r * C, C); var xr = x.Slice(r * C, C);
+            double dot = 0;
+            for (int c = 0; c < C; c++) dot += (double)d[c] * xr[c];
+            dScale[r] = (float)(-dot / ((double)scale[r] * scale[r]));
+        }
     }
 
     /// <summary>

@@ -50,7 +50,8 @@ internal sealed class HookSet
         bool hasOut = _spliceOut.TryGetValue(name, out var outs), hasIn = _spliceIn.TryGetValue(name, out var ins);
         if (hasOut || hasIn)
         {
-            var ctx = new SpliceContext(layer, _lengths, FireBackward, WantsGradient, _backwardFns.ContainsKey, Recording);
+            // a seed changes a gradient like a backward hook does
+            var ctx = new SpliceContext(layer, _lengths, FireBackward, WantsGradient, n => _backwardFns.ContainsKey(n) || Seeds.ContainsKey(n), Recording);
             if (hasOut) for (int i = outs!.Count - 1; i >= 0; i--) Backward(outs[i]).OnOutputBackward(ctx, t);
             if (hasIn) for (int i = ins!.Count - 1; i >= 0; i--) Backward(ins[i]).OnInputBackward(ctx, t);
         }
