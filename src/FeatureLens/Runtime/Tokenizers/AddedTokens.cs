@@ -86,7 +86,7 @@ internal static class TokenBytes
             else
             {
                 consumed = status == System.Buffers.OperationStatus.Done ? consumed : 1;
-                for (int i = 0; i < consumed; i++) sb.Append($"<0x{bytes[i]:X2}>");
+                for (int i = 0; i < consumed; i++) sb.Append(CultureInfo.InvariantCulture, $"<0x{bytes[i]:X2}>");
             }
             bytes = bytes[consumed..];
         }
