@@ -98,6 +98,6 @@ internal static class TokenBytes
     {
         value = 0;
         return piece.Length == 6 && piece.StartsWith("<0x") && piece[5] == '>'
-            && byte.TryParse(piece.Slice(3, 2), System.Globalization.NumberStyles.AllowHexSpecifier, null, out value);
+            && byte.TryParse(piece.Slice(3, 2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value);
     }
 }
