@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (when run as root) and runs every test.
 # Prints the VSTest summary and, last, "N passed, N failed, N skipped".
+# FEATURELENS_FAILED_CHECKS (CI: the checks of scripts/lint.sh that failed before the tests) is added to "failed".
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -20,15 +21,18 @@ results="$root/artifacts/test-results"
 rm -rf "$results"
 dotnet test FeatureLens.slnx -c Release --nologo --logger "trx;LogFileName=tests.trx" --results-directory "$results" "$@"
 code=$?
+checks=${FEATURELENS_FAILED_CHECKS:-0}
 trx="$results/tests.trx"
 if [[ -f "$trx" ]]; then
   counters=$(grep -o '<Counters [^>]*>' "$trx" | head -1)
   get() { echo "$counters" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]*'; }
   passed=$(get passed); failed=$(get failed); total=$(get total); executed=$(get executed)
   skipped=$(( ${total:-0} - ${executed:-0} ))
-  echo "${passed:-0} passed, ${failed:-0} failed, ${skipped} skipped"
+  failed=$(( ${failed:-0} + checks ))
+  echo "${passed:-0} passed, ${failed} failed, ${skipped} skipped"
 else
-  echo "0 passed, 1 failed"
+  echo "0 passed, $(( 1 + checks )) failed"
   [[ $code -eq 0 ]] && code=1
 fi
+(( checks > 0 )) && [[ $code -eq 0 ]] && code=1
 exit $code

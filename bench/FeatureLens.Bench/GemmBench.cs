@@ -111,7 +111,9 @@ public static class GemmBench
         if (layout is not ("NN" or "NT" or "TN")) throw new FormatException($"--shape '{text}': layout must be NN, NT or TN");
         var type = parts.Length > 2 ? parts[2].ToLowerInvariant() switch
         {
-            "f32" => DType.F32, "bf16" => DType.BF16, "f16" => DType.F16,
+            "f32" => DType.F32,
+            "bf16" => DType.BF16,
+            "f16" => DType.F16,
             _ => throw new FormatException($"--shape '{text}': dtype must be f32, bf16 or f16"),
         } : DType.F32;
         return new Shape(text, dims[0], dims[1], dims[2], layout, type);

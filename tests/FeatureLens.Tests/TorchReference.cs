@@ -36,7 +36,7 @@ internal static class TorchReference
         string cfgPath = Path.Combine(dir, "make-config.json");
         File.WriteAllText(cfgPath, JsonSerializer.Serialize(config));
         string outDir = Path.Combine(dir, "model");
-        Run(["make", "--arch", arch, "--config", cfgPath, "--dtype", dtype, "--seed", seed.ToString(), "--out", outDir, .. extra]);
+        Run(["make", "--arch", arch, "--config", cfgPath, "--dtype", dtype, "--seed", seed.ToString(CultureInfo.InvariantCulture), "--out", outDir, .. extra]);
         return outDir;
     }
 

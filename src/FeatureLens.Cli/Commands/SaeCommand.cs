@@ -106,10 +106,12 @@ internal static class SaeCommand
         }
     }
 
+    static readonly JsonSerializerOptions EvalJson = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
     public static void WriteJson(string path, IReadOnlyList<SaeEvalResult> results)
     {
         string tmp = path + ".tmp";
-        File.WriteAllText(tmp, JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower }));
+        File.WriteAllText(tmp, JsonSerializer.Serialize(results, EvalJson));
         File.Move(tmp, path, overwrite: true);
         Console.Error.WriteLine($"wrote {path}");
     }

@@ -155,7 +155,9 @@ internal static class SaeSuiteCommand
         return $"{left}[{token}]".Replace("\n", "\\n");
     }
 
-    static void WriteFeatures(string path, IReadOnlyList<LatentTopExamples> all, IReadOnlyList<int[]> windows, ITokenizer tok)
+    static readonly JsonSerializerOptions IndentedJson = new() { WriteIndented = true };
+
+    static void WriteFeatures(string path, IReadOnlyList<LatentTopExamples> all, List<int[]> windows, ITokenizer tok)
     {
         var doc = all.Select(x => new
         {
@@ -168,7 +170,7 @@ internal static class SaeSuiteCommand
                 examples = x.Examples[j].Select(e => new { activation = e.Activation, token = tok.Decode(windows[e.Sequence].AsSpan(e.Position, 1)), context = Context(e, windows, tok) }),
             }),
         });
-        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
+        File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(doc, IndentedJson));
         File.Move(path + ".tmp", path, overwrite: true);
     }
 
@@ -176,7 +178,7 @@ internal static class SaeSuiteCommand
     /// For each SAE, the latents (firing on 0.1–8 % of tokens) whose top examples agree most on the token they
     /// fire on — the quickest to read — with their top activations in context.
     /// </summary>
-    static void PrintExampleFeatures(IReadOnlyList<LatentTopExamples> all, IReadOnlyList<int[]> windows, ITokenizer tok, int perLayer = 6)
+    static void PrintExampleFeatures(IReadOnlyList<LatentTopExamples> all, List<int[]> windows, ITokenizer tok, int perLayer = 6)
     {
         foreach (var x in all)
         {

@@ -48,7 +48,7 @@ public sealed class SaeSet
     {
         if (!hook.StartsWith("blocks.", StringComparison.Ordinal)) return -1;
         int dot = hook.IndexOf('.', 7);
-        return dot > 7 && int.TryParse(hook.AsSpan(7, dot - 7), out int l) ? l : -1;
+        return dot > 7 && int.TryParse(hook.AsSpan(7, dot - 7), NumberStyles.None, CultureInfo.InvariantCulture, out int l) ? l : -1;
     }
 
     /// <summary>"blocks.2.hook_resid_post" → "L2 resid_post"; "blocks.1.attn.hook_z" → "L1 attn.z".</summary>

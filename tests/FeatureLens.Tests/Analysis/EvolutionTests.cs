@@ -81,7 +81,7 @@ public class EvolutionTests
             var column = Enumerable.Range(0, T).Select(t => direct[s][t * 96 + result.Chain[s].Feature]).ToArray();
             Assert.True(Compare.RelativeError(result.Chain[s].PerToken, column, "chain per-token") <= 1e-5 || column.All(v => v == 0) && result.Chain[s].PerToken.All(v => v == 0), $"seed {seed}");
         }
-        var json = JsonSerializer.Serialize(result, new JsonSerializerOptions(JsonSerializerDefaults.Web));
+        var json = JsonSerializer.Serialize(result, AnalysisTestData.WebJson);
         var root = JsonDocument.Parse(json).RootElement;
         Assert.Equal(5, root.GetProperty("chain").GetArrayLength());
         Assert.Equal(T, root.GetProperty("chain")[0].GetProperty("perToken").GetArrayLength());

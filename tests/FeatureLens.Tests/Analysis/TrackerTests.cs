@@ -10,6 +10,9 @@ namespace FeatureLens.Tests.Analysis;
 /// <summary>stories260K with random SAEs, and the direct oracle: the clean model's cached activations encoded by each SAE.</summary>
 internal static class AnalysisTestData
 {
+    /// <summary>The web app's JSON conventions (camelCase), shared by the serialization round trips.</summary>
+    public static readonly JsonSerializerOptions WebJson = new(JsonSerializerDefaults.Web);
+
     public static string Stories => Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin");
 
     static readonly Lazy<HookedTransformer> model = new(() => HookedTransformer.Load(Stories));
@@ -175,7 +178,7 @@ public class TrackerTests
         Assert.Equal(5, result.Layers[0].Top[0].Feature);
         Assert.Equal(100.0, result.Layers[0].Top[0].Max, 4);
         Assert.Equal(0, result.Network.Nodes.Single(n => n.Id == CorrelationNetwork.NodeId(set, 0, 5)).Degree);
-        Assert.DoesNotContain(result.Network.Edges, e => e.Source.EndsWith(":5") && e.Source.StartsWith(set.Names[0]));
+        Assert.DoesNotContain(result.Network.Edges, e => e.Source.EndsWith(":5", StringComparison.Ordinal) && e.Source.StartsWith(set.Names[0], StringComparison.Ordinal));
         Assert.True(result.Network.Edges.Count > 0, $"seed {seed}");
     }
 
@@ -202,7 +205,7 @@ public class TrackerTests
     {
         var set = NewSet(out _);
         var result = FeatureTracker.Track(set, "Tom had a red ball.", new TrackOptions { TopN = 3 });
-        var json = JsonSerializer.Serialize(result, new JsonSerializerOptions(JsonSerializerDefaults.Web));
+        var json = JsonSerializer.Serialize(result, AnalysisTestData.WebJson);
         var root = JsonDocument.Parse(json).RootElement;
         Assert.Equal("Tom had a red ball.", root.GetProperty("text").GetString());
         Assert.Equal("Max", root.GetProperty("options").GetProperty("rankBy").GetString());
@@ -211,7 +214,7 @@ public class TrackerTests
         Assert.Equal(result.TokenIds.Length, layer.GetProperty("top")[0].GetProperty("perToken").GetArrayLength());
         Assert.Equal(3, root.GetProperty("heatmap").GetProperty("rows").GetArrayLength());
         Assert.True(root.GetProperty("network").TryGetProperty("hubs", out _));
-        var back = JsonSerializer.Deserialize<TrackResult>(json, new JsonSerializerOptions(JsonSerializerDefaults.Web))!;
+        var back = JsonSerializer.Deserialize<TrackResult>(json, AnalysisTestData.WebJson)!;
         Assert.Equal(result.Layers[2].Top[0].PerToken, back.Layers[2].Top[0].PerToken);
     }
 }

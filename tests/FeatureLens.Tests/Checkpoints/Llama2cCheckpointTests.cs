@@ -127,12 +127,12 @@ public class Llama2cCheckpointTests
         File.WriteAllBytes(path, [.. bytes, .. new byte[extra]]);
         var ex = Assert.Throws<InvalidDataException>(() => Llama2cCheckpoint.Open(path));
         Assert.Contains(path, ex.Message);
-        Assert.Contains(bytes.Length.ToString(), ex.Message);
-        Assert.Contains((bytes.Length + extra).ToString(), ex.Message);
+        Assert.Contains(bytes.Length.ToString(CultureInfo.InvariantCulture), ex.Message);
+        Assert.Contains((bytes.Length + extra).ToString(CultureInfo.InvariantCulture), ex.Message);
 
         File.WriteAllBytes(path, bytes[..^Random.Shared.Next(1, 1000)]);
         ex = Assert.Throws<InvalidDataException>(() => Llama2cCheckpoint.Open(path));
-        Assert.Contains(bytes.Length.ToString(), ex.Message);
+        Assert.Contains(bytes.Length.ToString(CultureInfo.InvariantCulture), ex.Message);
 
         // The classifier-sign mismatch gets a hint.
         string unshared = dir.File("unshared.bin");

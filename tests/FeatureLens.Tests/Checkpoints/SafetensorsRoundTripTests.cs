@@ -186,7 +186,7 @@ public class SafetensorsRoundTripTests
         var w = new SafetensorsWriter().Add("a", new Tensor(2, 2));
         Assert.Contains("'a'", Assert.Throws<ArgumentException>(() => w.Add("a", new Tensor(1))).Message);
         Assert.Contains("'b'", Assert.Throws<ArgumentException>(() => w.Add("b", DType.F16, [3], new byte[5])).Message);
-        Assert.Contains("'c'", Assert.Throws<ArgumentException>(() => w.Add("c", DType.F32, [-1], new byte[0])).Message);
+        Assert.Contains("'c'", Assert.Throws<ArgumentException>(() => w.Add("c", DType.F32, [-1], Array.Empty<byte>())).Message);
         Assert.Throws<ArgumentException>(() => w.Add("__metadata__", new Tensor(1)));
     }
 

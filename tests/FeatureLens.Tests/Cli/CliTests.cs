@@ -36,7 +36,7 @@ public class CliTests
         var copy = p.StandardOutput.BaseStream.CopyToAsync(ms);
         var err = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException($"featurelens {string.Join(" ", args)} timed out"); }
-        copy.Wait(); 
+        copy.Wait();
         return new Result(p.ExitCode, ms.ToArray(), err.Result);
     }
 
@@ -51,7 +51,7 @@ public class CliTests
     [Fact]
     public void GenerateWithSamplingIsSeededAndContinuesThePrompt()
     {
-        string seed = Random.Shared.Next().ToString();
+        string seed = Random.Shared.Next().ToString(CultureInfo.InvariantCulture);
         var a = Run("generate", "--model", Stories, "--prompt", "Tom had a dog", "--max-new-tokens", "30", "--temperature", "0.8", "--top-p", "0.9", "--seed", seed);
         var b = Run("generate", "--model", Stories, "--prompt", "Tom had a dog", "--max-new-tokens", "30", "--temperature", "0.8", "--top-p", "0.9", "--seed", seed);
         Assert.True(a.ExitCode == 0, a.Stderr);

@@ -14,7 +14,7 @@ public class DemoCliTests
     {
         using var dir = new TempDir();
         int port = 20000 + Random.Shared.Next(20000);
-        var psi = CliTests.StartInfo("demo", "--model", Stories, "--out", dir.File("suite"), "--port", port.ToString(),
+        var psi = CliTests.StartInfo("demo", "--model", Stories, "--out", dir.File("suite"), "--port", port.ToString(CultureInfo.InvariantCulture),
             "--documents", "48", "--tokens", "24576", "--d-sae", "128", "--k", "8");
         using var p = new Process { StartInfo = psi };
         var listening = new TaskCompletionSource();
@@ -38,7 +38,7 @@ public class DemoCliTests
         {
             if (!p.HasExited)
             {
-                using (var term = Process.Start("kill", ["-TERM", p.Id.ToString()])!) term.WaitForExit();
+                using (var term = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!) term.WaitForExit();
                 if (!p.WaitForExit(30_000)) p.Kill(true);
             }
         }

@@ -78,7 +78,7 @@ public class DownloadTests
         Assert.Equal(40, hub.BlobName(Repo, "config.json").Length);
         Assert.Empty(Directory.GetFiles(Path.Combine(repoFolder, "blobs"), "*.incomplete"));
         // LFS files went through the redirect to the storage path
-        Assert.Contains(hub.Requests, q => q.Path.StartsWith("/lfs-storage/"));
+        Assert.Contains(hub.Requests, q => q.Path.StartsWith("/lfs-storage/", StringComparison.Ordinal));
 
         // the rest of FeatureLens finds the model by repo id, from the cache alone
         Assert.Equal(snapshot, ModelPath.Resolve(Repo, Path.Combine(dir.Path, "hf", "hub")));
@@ -123,7 +123,7 @@ public class DownloadTests
         string snapshot = r.Text.Trim();
         Assert.Equal(["README.md", "config.json"], Directory.GetFiles(snapshot, "*", SearchOption.AllDirectories)
             .Select(f => Path.GetRelativePath(snapshot, f)).Order(StringComparer.Ordinal));
-        Assert.DoesNotContain(hub.Requests, q => q.Path.StartsWith("/lfs-storage/"));
+        Assert.DoesNotContain(hub.Requests, q => q.Path.StartsWith("/lfs-storage/", StringComparison.Ordinal));
 
         // '*' crosses '/', like fnmatch; a glob ending in '/' takes the whole folder
         var folder = CliTests.RunWithEnv(env, "download", Repo, "--include", "extra/");
@@ -358,8 +358,8 @@ internal sealed class FakeHub : IDisposable
         requests.Enqueue((req.HttpMethod, req.Url.PathAndQuery, req.Headers["Range"]));
         try
         {
-            if (path.StartsWith("/api/models/")) ServeListing(ctx, Uri.UnescapeDataString(path["/api/models/".Length..]));
-            else if (path.StartsWith("/lfs-storage/")) ServeLfs(ctx, path["/lfs-storage/".Length..]);
+            if (path.StartsWith("/api/models/", StringComparison.Ordinal)) ServeListing(ctx, Uri.UnescapeDataString(path["/api/models/".Length..]));
+            else if (path.StartsWith("/lfs-storage/", StringComparison.Ordinal)) ServeLfs(ctx, path["/lfs-storage/".Length..]);
             else ServeResolve(ctx, path[1..]);
         }
         catch (Exception e) when (e is IOException or HttpListenerException or ObjectDisposedException) { }
@@ -397,7 +397,7 @@ internal sealed class FakeHub : IDisposable
         {
             string sha = Convert.ToHexStringLower(SHA256.HashData(bytes));
             ctx.Response.Headers["X-Linked-Etag"] = $"\"{sha}\"";
-            ctx.Response.Headers["X-Linked-Size"] = bytes.Length.ToString();
+            ctx.Response.Headers["X-Linked-Size"] = bytes.Length.ToString(CultureInfo.InvariantCulture);
             ctx.Response.Headers["Location"] = "/lfs-storage/" + sha;
             ctx.Response.StatusCode = 302;
             ctx.Response.Close();
@@ -415,7 +415,7 @@ internal sealed class FakeHub : IDisposable
         if (Corrupt) { bytes = (byte[])bytes.Clone(); bytes[bytes.Length / 3] ^= 0x5a; }
         long from = 0;
         string? range = ctx.Request.Headers["Range"];
-        if (range is not null && range.StartsWith("bytes=") && range.EndsWith('-')) from = long.Parse(range[6..^1]);
+        if (range is not null && range.StartsWith("bytes=", StringComparison.Ordinal) && range.EndsWith('-')) from = long.Parse(range[6..^1], CultureInfo.InvariantCulture);
         if (from >= bytes.Length) { Send(ctx, 416, [], "text/plain"); return; }
         var res = ctx.Response;
         res.StatusCode = from > 0 ? 206 : 200;

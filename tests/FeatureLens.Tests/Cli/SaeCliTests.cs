@@ -27,7 +27,7 @@ public class SaeCliTests
         string corpus = SmallCorpus(dir, Random.Shared.Next()), outDir = dir.File("sae");
         int seed = Random.Shared.Next(1000);
         var train = CliTests.Run("sae", "train", "--model", Stories, "--hook", "blocks.2.hook_resid_post", "--corpus", corpus, "--architecture", "topk",
-            "--d-sae", "256", "--k", "8", "--tokens", "61440", "--batch-tokens", "1024", "--context", "64", "--seed", seed.ToString(), "--out", outDir);
+            "--d-sae", "256", "--k", "8", "--tokens", "61440", "--batch-tokens", "1024", "--context", "64", "--seed", seed.ToString(CultureInfo.InvariantCulture), "--out", outDir);
         Assert.True(train.ExitCode == 0, train.Stderr + train.Text);
         foreach (var f in new[] { "cfg.json", "sae_weights.safetensors", "sparsity.safetensors" }) Assert.True(File.Exists(Path.Combine(outDir, f)), f);
         var cfg = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "cfg.json"))).RootElement;
@@ -106,7 +106,7 @@ public class SaeCliTests
         using var dir = new TempDir();
         string outDir = dir.File("suite");
         string[] args = ["sae", "suite", "--model", Stories, "--out", outDir, "--documents", "48", "--document-tokens", "120", "--d-sae", "128", "--k", "8",
-            "--tokens", "24576", "--context", "64", "--eval-tokens", "1500", "--seed", Random.Shared.Next(1000).ToString()];
+            "--tokens", "24576", "--context", "64", "--eval-tokens", "1500", "--seed", Random.Shared.Next(1000).ToString(CultureInfo.InvariantCulture)];
         var r = CliTests.Run(args);
         Assert.True(r.ExitCode == 0, r.Stderr + r.Text);
         Assert.Contains("suite built", r.Text);
@@ -163,19 +163,19 @@ public class SaeCliTests
         p.OutputDataReceived += (_, e) =>
         {
             var m = e.Data is null ? null : System.Text.RegularExpressions.Regex.Match(e.Data, @"(\d+)%\s*$");
-            if (m is { Success: true } && int.Parse(m.Groups[1].Value) >= 3) started.Set();
+            if (m is { Success: true } && int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) >= 3) started.Set();
         };
         p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (err) err.AppendLine(e.Data); };
         p.Start(); p.BeginOutputReadLine(); p.BeginErrorReadLine();
         Assert.True(started.Wait(120_000), "training never reported progress");
-        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString()])!) kill.WaitForExit();
+        using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)])!) kill.WaitForExit();
         Assert.True(p.WaitForExit(60_000), "featurelens did not stop after SIGINT");
         p.WaitForExit();
         Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {err}");
         Assert.Contains("interrupted", err.ToString());
         long step;
         using (var f = SafetensorsFile.Open(Path.Combine(outDir, "checkpoints", "latest", "trainer_state.safetensors")))
-            step = long.Parse(f.Metadata["step"]);
+            step = long.Parse(f.Metadata["step"], CultureInfo.InvariantCulture);
         Assert.True(step > 0 && step < 300, $"checkpoint at step {step}");
         var resumed = CliTests.Run(args);
         Assert.True(resumed.ExitCode == 0, resumed.Stderr);

@@ -74,12 +74,13 @@ public class HookTests
         var replaced = m.RunWithHooks([seq], ("blocks.0.hook_mlp_out", (act, _) => new Tensor(act.Shape)));
         Assert.Equal(ablated.Data, replaced.Data);
         // editing the attention pattern changes the output
-        var uniform = m.RunWithHooks([seq], ("blocks.0.attn.hook_pattern", (act, _) =>
+        HookFunction uniformPattern = (act, _) =>
         {
             int T = act.Shape[2];
             for (int i = 0; i < act.Length; i++) { int q = (i / T) % T, k = i % T; act.Data[i] = k <= q ? 1f / (q + 1) : 0f; }
             return null;
-        }));
+        };
+        var uniform = m.RunWithHooks([seq], ("blocks.0.attn.hook_pattern", uniformPattern));
         Assert.NotEqual(clean.Data, uniform.Data);
         // persistent hooks
         using (m.AddHook("blocks.0.hook_mlp_out", (act, _) => { act.Span.Clear(); return null; }))

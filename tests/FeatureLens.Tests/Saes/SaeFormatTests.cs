@@ -20,7 +20,7 @@ public sealed class SaeFormatFixture : IDisposable
 
     public SaeFormatFixture()
     {
-        TorchReference.RunPython(Path.Combine(AppContext.BaseDirectory, "python", "sae_formats.py"), "--out", Root, "--seed", Seed.ToString());
+        TorchReference.RunPython(Path.Combine(AppContext.BaseDirectory, "python", "sae_formats.py"), "--out", Root, "--seed", Seed.ToString(CultureInfo.InvariantCulture));
         Manifest = (JsonObject)JsonNode.Parse(File.ReadAllText(Path.Combine(Root, "manifest.json")))!;
     }
 
@@ -161,7 +161,7 @@ public sealed class SaeFormatTests(SaeFormatFixture fx) : IClassFixture<SaeForma
         Assert.Equal("SAELens v6", rows["format"]);
         Assert.Equal("blocks.1.hook_mlp_out", rows["hook out"]);
         Assert.Equal("tiny-stories-1M", rows["model"]);
-        Assert.Equal(sae.DOut.ToString(), rows["d_out"]);
+        Assert.Equal(sae.DOut.ToString(CultureInfo.InvariantCulture), rows["d_out"]);
         var t = sae.Threshold!.Order().ToArray();
         Assert.Equal($"{t[0].ToString("G5", System.Globalization.CultureInfo.InvariantCulture)} / {t[(t.Length - 1) / 2].ToString("G5", System.Globalization.CultureInfo.InvariantCulture)} / {t[^1].ToString("G5", System.Globalization.CultureInfo.InvariantCulture)}", rows["threshold (min / median / max)"]);
         Assert.Contains("decoder norm (min / median / max)", rows.Keys);

@@ -149,7 +149,7 @@ public class SaeSpliceTests
         int[] a = RandomTokens(rng, 7);
         var (_, cc) = m.RunWithCache([a], n => n == hook);
         var cache = new ActivationCache { Lengths = [a.Length] };
-        m.Run([a], new RunOptions { Splices = [new SaeSplice(sae)], CacheFilter = n => n.StartsWith(hook), Cache = cache });
+        m.Run([a], new RunOptions { Splices = [new SaeSplice(sae)], CacheFilter = n => n.StartsWith(hook, StringComparison.Ordinal), Cache = cache });
         var z = cc[hook];
         int hs = m.Config.DHead, nh = m.Config.NHeads;
         var head = new Tensor(a.Length, hs);

@@ -73,7 +73,7 @@ public class SaeTorchParityTests(ITestOutputHelper output)
     }
 
     /// <summary>Compares every encode/decode entry point of the case's SAE with the reference; returns (quantity, relative error) pairs.</summary>
-    static IEnumerable<(string, double)> CheckCase(Case c, SafetensorsFile reference, string context)
+    static List<(string, double)> CheckCase(Case c, SafetensorsFile reference, string context)
     {
         var sae = c.Sae;
         int n = c.N, dIn = sae.DIn, dSae = sae.DSae, dOut = sae.DOut;

@@ -399,7 +399,7 @@ public class SaeTrainingTests(ITestOutputHelper output)
         var progress = new SyncProgress(p => { if (p.Stats.Step == cancelAt) cts.Cancel(); });
         Assert.ThrowsAny<OperationCanceledException>(() => new SaeTrainer(SmallOptions(arch, seed, dirB.Path)).Train(new ArraySource(data, 16), progress, cts.Token));
         string latest = Path.Combine(dirB.Path, "checkpoints", "latest", SaeTrainer.StateFile);
-        using (var f = SafetensorsFile.Open(latest)) Assert.Equal(cancelAt.ToString(), f.Metadata["step"]);
+        using (var f = SafetensorsFile.Open(latest)) Assert.Equal(cancelAt.ToString(CultureInfo.InvariantCulture), f.Metadata["step"]);
 
         var resumedTrainer = new SaeTrainer(SmallOptions(arch, seed, dirB.Path));
         var resumed = resumedTrainer.Train(new ArraySource(data, 16), null, default);
@@ -461,7 +461,7 @@ public class SaeTrainingTests(ITestOutputHelper output)
         Assert.NotNull(before);
         Assert.Equal(before, File.ReadAllBytes(state));
         using var f = SafetensorsFile.Open(state);
-        Assert.Equal((badStep - 1).ToString(), f.Metadata["step"]);
+        Assert.Equal((badStep - 1).ToString(CultureInfo.InvariantCulture), f.Metadata["step"]);
     }
 
     // ───────────────────────── options and sources ─────────────────────────
@@ -470,7 +470,7 @@ public class SaeTrainingTests(ITestOutputHelper output)
     public void Invalid_options_are_refused_with_the_option_named()
     {
         SaeTrainingOptions Good() => new() { Architecture = SaeArchitecture.TopK, DIn = 8, DSae = 32, K = 4, BatchTokens = 16, TotalTokens = 64 };
-        new SaeTrainer(Good());
+        _ = new SaeTrainer(Good());   // the defaults are valid
         void Bad(Action<SaeTrainingOptions> edit, string word)
         {
             var o = Good(); edit(o);

@@ -29,7 +29,7 @@ public class FloatConvertTests
             open(d + "/f16", "w").write(repr(x.to(torch.float16).view(torch.int16).tolist()))
             """);
         TorchReference.RunPython(dir.File("convert.py"), dir.Path);
-        ushort[] Parse(string f) => File.ReadAllText(dir.File(f)).Trim('[', ']', ' ', '\n').Split(',').Select(s => unchecked((ushort)short.Parse(s))).ToArray();
+        ushort[] Parse(string f) => File.ReadAllText(dir.File(f)).Trim('[', ']', ' ', '\n').Split(',').Select(s => unchecked((ushort)short.Parse(s, CultureInfo.InvariantCulture))).ToArray();
         ushort[] torchBf16 = Parse("bf16"), torchF16 = Parse("f16");
 
         var ours = new ushort[xs.Length];

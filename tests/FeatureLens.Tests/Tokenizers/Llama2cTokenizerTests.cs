@@ -16,9 +16,9 @@ public class Llama2cTokenizerTests
     private static int[] ReferenceIds()
     {
         string[] fields = File.ReadAllText(Path.Combine(TokenizerTestData.ReferenceDir, "greedy-n200-ids.csv")).Split(',');
-        var ids = fields.TakeWhile(f => int.TryParse(f.Trim(), out _)).Select(f => int.Parse(f.Trim())).ToArray();
+        var ids = fields.TakeWhile(f => int.TryParse(f.Trim(), out _)).Select(f => int.Parse(f.Trim(), CultureInfo.InvariantCulture)).ToArray();
         string rest = string.Join(",", fields.Skip(ids.Length)).Trim();
-        Assert.True(rest.Length == 0 || rest.StartsWith("achieved tok/s"), $"unexpected text after the ids: {rest}");
+        Assert.True(rest.Length == 0 || rest.StartsWith("achieved tok/s", StringComparison.Ordinal), $"unexpected text after the ids: {rest}");
         return ids;
     }
 

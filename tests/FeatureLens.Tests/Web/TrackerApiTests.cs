@@ -264,7 +264,7 @@ public sealed class TrackerApiTests(TrackerServer server) : IDisposable
             }
             using var resp = await client.PostAsJsonAsync("/api/track", new { text = "Lily saw a big dog.", top = 5 });
             Assert.True(resp.IsSuccessStatusCode, await resp.Content.ReadAsStringAsync());
-            using (var kill = Process.Start("kill", ["-INT", p.Id.ToString()])!) kill.WaitForExit();
+            using (var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)])!) kill.WaitForExit();
             Assert.True(p.WaitForExit(30_000), $"serve did not stop on SIGINT: {output}");
             p.WaitForExit();
             Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {output}");

@@ -69,7 +69,7 @@ public sealed class TrackerBrowserTests(TrackerServer server) : IAsyncLifetime
     async Task Analyse(string text, int top, double threshold)
     {
         await page.FillAsync("#text", text);
-        await page.FillAsync("#top", top.ToString());
+        await page.FillAsync("#top", top.ToString(CultureInfo.InvariantCulture));
         await page.FillAsync("#threshold", threshold.ToString("0.0#", System.Globalization.CultureInfo.InvariantCulture));
         int runs = await Eval<int>("window.__charts.runs");
         await page.ClickAsync("#analyse");
@@ -117,7 +117,7 @@ public sealed class TrackerBrowserTests(TrackerServer server) : IAsyncLifetime
         Assert.True(heat.GetProperty("images").GetInt32() >= 1, "the heatmap image was not drawn");
         // the network: every top feature is a node
         Assert.Equal(5 * top, await Eval<int>("window.__cy.nodes().length"));
-        Assert.Equal(await Eval<int>("window.__cy.nodes().length"), int.Parse((await page.GetAttributeAsync("#network", "data-nodes"))!));
+        Assert.Equal(await Eval<int>("window.__cy.nodes().length"), int.Parse((await page.GetAttributeAsync("#network", "data-nodes"))!, CultureInfo.InvariantCulture));
         Assert.True(await Eval<bool>("document.querySelector('#network canvas') !== null"), "cytoscape drew no canvas");
         // the feature table has a row per top feature, with label, F1 and specialization and hover tooltips
         Assert.Equal(5 * top, await page.Locator("#feature-table tbody tr").CountAsync());
@@ -183,7 +183,7 @@ public sealed class TrackerBrowserTests(TrackerServer server) : IAsyncLifetime
         Assert.True(await Eval<bool>($"window.__cy.$id({JsonSerializer.Serialize(id)}).hasClass('selected')"));
         // the panel's highlighting is the feature's activation per token as the tracker computed it
         string sae = id[..id.LastIndexOf(':')];
-        int feature = int.Parse(id[(id.LastIndexOf(':') + 1)..]);
+        int feature = int.Parse(id[(id.LastIndexOf(':') + 1)..], CultureInfo.InvariantCulture);
         var perToken = await Eval<float[]>($"state.result.layers.find(l => l.name === {JsonSerializer.Serialize(sae)}).top.find(f => f.feature === {feature}).perToken");
         var shown = await Eval<float[]>("[...document.querySelectorAll('#feature-tokens span')].map(s => Number(s.dataset.act))");
         Assert.Equal(perToken.Length, shown.Length);

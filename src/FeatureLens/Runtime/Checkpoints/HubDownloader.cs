@@ -313,7 +313,7 @@ public sealed partial class HubDownloader : IDisposable
             if (start != offset)
             {
                 File.Delete(partial);
-                throw new IOException($"the server answered a resume of '{file.Path}' at byte {offset:N0} with a range starting at {start?.ToString() ?? "?"}; starting over");
+                throw new IOException($"the server answered a resume of '{file.Path}' at byte {offset:N0} with a range starting at {start?.ToString(CultureInfo.InvariantCulture) ?? "?"}; starting over");
             }
             resumed = true;
         }

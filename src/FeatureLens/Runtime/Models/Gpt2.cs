@@ -50,7 +50,7 @@ public static class Gpt2
             Source = source,
         };
         // Causal-mask buffers and a duplicate tied lm_head are not weights.
-        r.RejectUnused(n => n.EndsWith(".attn.bias") || n.EndsWith(".attn.masked_bias") || n == "lm_head.weight", "GPT-2");
+        r.RejectUnused(n => n.EndsWith(".attn.bias", StringComparison.Ordinal) || n.EndsWith(".attn.masked_bias", StringComparison.Ordinal) || n == "lm_head.weight", "GPT-2");
         return weights;
     }
 }

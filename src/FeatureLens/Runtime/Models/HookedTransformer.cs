@@ -117,7 +117,7 @@ public sealed class HookedTransformer : IDisposable
     public void ResetSplices() => _persistentSplices.Clear();
 
     /// <summary>Hook names with those of the given splices inserted after their output hook.</summary>
-    IReadOnlyList<string> NamesWith(IEnumerable<IHookSplice> splices)
+    List<string> NamesWith(IEnumerable<IHookSplice> splices)
     {
         var byHook = splices.GroupBy(s => s.OutputHook).ToDictionary(g => g.Key, g => g.SelectMany(s => s.HookNames).ToList());
         var list = new List<string>(_baseHookNames.Count + byHook.Sum(kv => kv.Value.Count));

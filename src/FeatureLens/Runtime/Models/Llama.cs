@@ -49,7 +49,7 @@ public static class Llama
             Unembed = tied ? embed.AsMatrix().T : r.Linear("lm_head.weight", cfg.VocabSize, C),
             Source = source,
         };
-        r.RejectUnused(n => n.EndsWith("rotary_emb.inv_freq") || (tied && n == "lm_head.weight"), "Llama");
+        r.RejectUnused(n => n.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal) || (tied && n == "lm_head.weight"), "Llama");
         return weights;
     }
 }

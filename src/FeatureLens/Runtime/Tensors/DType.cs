@@ -29,9 +29,16 @@ public static class DTypeInfo
     /// <summary>The safetensors header name of a dtype.</summary>
     public static string SafetensorsName(this DType t) => t switch
     {
-        DType.F32 => "F32", DType.F16 => "F16", DType.BF16 => "BF16", DType.F64 => "F64",
-        DType.I64 => "I64", DType.I32 => "I32", DType.I16 => "I16", DType.I8 => "I8",
-        DType.U8 => "U8", DType.Bool => "BOOL",
+        DType.F32 => "F32",
+        DType.F16 => "F16",
+        DType.BF16 => "BF16",
+        DType.F64 => "F64",
+        DType.I64 => "I64",
+        DType.I32 => "I32",
+        DType.I16 => "I16",
+        DType.I8 => "I8",
+        DType.U8 => "U8",
+        DType.Bool => "BOOL",
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 

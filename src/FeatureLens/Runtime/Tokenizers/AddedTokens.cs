@@ -86,7 +86,7 @@ internal static class TokenBytes
             else
             {
                 consumed = status == System.Buffers.OperationStatus.Done ? consumed : 1;
-                for (int i = 0; i < consumed; i++) sb.Append($"<0x{bytes[i]:X2}>");
+                for (int i = 0; i < consumed; i++) sb.Append(CultureInfo.InvariantCulture, $"<0x{bytes[i]:X2}>");
             }
             bytes = bytes[consumed..];
         }
@@ -98,6 +98,6 @@ internal static class TokenBytes
     {
         value = 0;
         return piece.Length == 6 && piece.StartsWith("<0x") && piece[5] == '>'
-            && byte.TryParse(piece.Slice(3, 2), System.Globalization.NumberStyles.AllowHexSpecifier, null, out value);
+            && byte.TryParse(piece.Slice(3, 2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out value);
     }
 }

@@ -113,7 +113,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
         foreach (string line in File.ReadLines(mergesPath))
         {
             lineNumber++;
-            if ((lineNumber == 1 && line.StartsWith("#version")) || line.Length == 0) continue;
+            if ((lineNumber == 1 && line.StartsWith("#version", StringComparison.Ordinal)) || line.Length == 0) continue;
             string[] parts = line.Split(' ');
             if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
                 throw new FormatException($"{mergesPath}: line {lineNumber} is \"{line}\"; expected two tokens separated by one space.");

@@ -41,9 +41,9 @@ public static class GemmaScopeFormat
         Match? release = null;
         foreach (var part in parts)
         {
-            if (LayerDir.Match(part) is { Success: true } lm) layer = int.Parse(lm.Groups[1].Value);
+            if (LayerDir.Match(part) is { Success: true } lm) layer = int.Parse(lm.Groups[1].Value, CultureInfo.InvariantCulture);
             else if (WidthDir.Match(part) is { Success: true } wm) md.Extra["width"] = wm.Groups[1].Value;
-            else if (L0Dir.Match(part) is { Success: true } am) md.Extra["average_l0"] = int.Parse(am.Groups[1].Value);
+            else if (L0Dir.Match(part) is { Success: true } am) md.Extra["average_l0"] = int.Parse(am.Groups[1].Value, CultureInfo.InvariantCulture);
             else if (Release.Match(part) is { Success: true } rm) { release = rm; md.Extra["release"] = part.StartsWith("models--google--", StringComparison.Ordinal) ? part["models--google--".Length..] : part; }
         }
         if (release is null) return;

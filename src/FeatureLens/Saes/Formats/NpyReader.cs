@@ -244,7 +244,7 @@ public static class NpyReader
                         int start = p;
                         while (p < header.Length && char.IsAsciiDigit(header[p])) p++;
                         // numpy writes Python ints, sometimes with an L suffix (Python 2)
-                        if (!int.TryParse(header.AsSpan(start, p - start), out int d))
+                        if (!int.TryParse(header.AsSpan(start, p - start), NumberStyles.Integer, CultureInfo.InvariantCulture, out int d))
                             throw new InvalidDataException(Bad("shape must be a tuple of non-negative integers below 2^31"));
                         if (p < header.Length && header[p] == 'L') p++;
                         dims.Add(d);

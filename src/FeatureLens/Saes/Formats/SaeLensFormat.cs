@@ -172,7 +172,7 @@ public static class SaeLensFormat
     /// Old SAELens fine-tuned SAEs multiply latents by scaling_factor [d_sae] before decoding:
     /// (f ⊙ s)·W_dec = f·(diag(s)·W_dec), so row j of W_dec is scaled by s[j].
     /// </summary>
-    static void FoldScalingFactor(Sae sae, ISaeTensorFile f)
+    static void FoldScalingFactor(Sae sae, SafetensorsSaeFile f)
     {
         if (!f.Contains("scaling_factor"))
             throw new InvalidDataException($"{f.FileName}: cfg.json says finetuning_scaling_factor is true, but tensor 'scaling_factor' is missing");

@@ -78,7 +78,7 @@ public static class SaeLoader
     public static int? LayerOf(string hookName)
     {
         var m = BlockIndex.Match(hookName);
-        return m.Success && int.TryParse(m.Groups[1].Value, out int l) ? l : null;
+        return m.Success && int.TryParse(m.Groups[1].Value, NumberStyles.None, CultureInfo.InvariantCulture, out int l) ? l : null;
     }
 
     // SAE folders below dir (not dir itself), not descending into an SAE folder; links are not followed.

@@ -33,7 +33,10 @@ internal sealed class SafetensorsSaeFile(SafetensorsFile file) : ISaeTensorFile
         var e = file.Entry(name);
         string dtype = e.DType switch
         {
-            DType.F32 => "float32", DType.F16 => "float16", DType.BF16 => "bfloat16", DType.F64 => "float64",
+            DType.F32 => "float32",
+            DType.F16 => "float16",
+            DType.BF16 => "bfloat16",
+            DType.F64 => "float64",
             _ => throw new InvalidDataException($"{file.Location}: tensor '{name}' has dtype {e.DType.SafetensorsName()}, expected a float type (F32, F16, BF16 or F64)"),
         };
         return new StoredTensor(name, e.Shape, file.ReadF32(name).Data, dtype);

@@ -16,6 +16,8 @@ public static class SaeWriter
 {
     public const string ConfigFile = "cfg.json", WeightsFile = "sae_weights.safetensors", SparsityFile = "sparsity.safetensors";
 
+    static readonly JsonSerializerOptions IndentedJson = new() { WriteIndented = true };
+
     /// <summary>Saves <paramref name="sae"/> into <paramref name="dir"/> (created if needed; same-named files are replaced).
     /// <paramref name="featureSparsity"/> is each latent's firing frequency in [0, 1] (d_sae values).</summary>
     public static void Save(Sae sae, string dir, float[]? featureSparsity = null)
@@ -51,7 +53,7 @@ public static class SaeWriter
             sw.Write(Path.Combine(dir, SparsityFile));
         }
 
-        WriteAtomically(Path.Combine(dir, ConfigFile), ConfigJson(c).ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        WriteAtomically(Path.Combine(dir, ConfigFile), ConfigJson(c).ToJsonString(IndentedJson));
     }
 
     /// <summary>The cfg.json object SAELens v6 reads for this config (dtype is always float32: the weights are written so).</summary>

@@ -56,7 +56,7 @@ public sealed class ModelActivationSource : IActivationSource
         _bos = model.Tokenizer.BosId ?? -1;
         if (prependBos && _bos < 0) throw new ArgumentException("prepend_bos was asked for but the tokenizer has no BOS token");
         var m = Regex.Match(hookName, @"^blocks\.(\d+)\.");
-        _stopAtLayer = m.Success ? int.Parse(m.Groups[1].Value) + 1 : hookName is HookNames.Embed or HookNames.PosEmbed ? 0 : null;
+        _stopAtLayer = m.Success ? int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture) + 1 : hookName is HookNames.Embed or HookNames.PosEmbed ? 0 : null;
         DIn = RunModel([Enumerable.Repeat(Math.Max(_bos, 0), 1).ToArray()], out _);
         _describe = description ?? $"{hookName} of {model.Config.Architecture} model, context {contextSize}";
     }

@@ -134,7 +134,7 @@ public sealed class SaeTrainingOptions
         ["l1_coefficient"] = L1Coefficient, ["l1_warmup_steps"] = L1WarmupSteps,
         ["lr"] = LearningRate, ["beta1"] = Beta1, ["beta2"] = Beta2, ["adam_epsilon"] = AdamEpsilon,
         ["lr_warmup_steps"] = LrWarmupSteps, ["lr_decay_steps"] = LrDecaySteps,
-        ["batch_tokens"] = BatchTokens, ["total_tokens"] = TotalTokens, ["seed"] = Seed.ToString(),
+        ["batch_tokens"] = BatchTokens, ["total_tokens"] = TotalTokens, ["seed"] = Seed.ToString(CultureInfo.InvariantCulture),
         ["apply_b_dec_to_input"] = ApplyBDecToInput, ["normalize_activations"] = SaeConfig.NormalizationName(Normalization),
         ["norm_estimation_batches"] = NormEstimationBatches,
         ["aux_k_coefficient"] = AuxKCoefficient, ["dead_after_tokens"] = DeadAfterTokens,
