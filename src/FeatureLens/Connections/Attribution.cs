@@ -37,7 +37,7 @@ public sealed class EffectsResult
 /// </summary>
 public static class Attribution
 {
-    /// <param name="progress">Called with (done, total) gradient passes.</param>
+    /// <summary>Node effects by gradient or integrated gradients; <c>progress</c> is called with (done, total) gradient passes.</summary>
     public static EffectsResult Run(CircuitContext ctx, NodeSelection select, AttributionMethod method, int steps = 10, Action<int, int>? progress = null)
     {
         if (method == AttributionMethod.Exact) throw new ArgumentException("exact effects come from Patching.Run");

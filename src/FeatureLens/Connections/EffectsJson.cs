@@ -98,8 +98,13 @@ public static class EffectsJson
             return new EffectsResult
             {
                 Metric = metric.GetProperty("name").GetString() ?? "", Clean = metric.GetProperty("clean").GetDouble(), Corrupt = Num(metric, "corrupt"),
-                Method = method switch { "gradient" => AttributionMethod.Gradient, "ig" => AttributionMethod.IntegratedGradients, "exact" => AttributionMethod.Exact,
-                    _ => throw new InvalidDataException($"{path}: method '{method}' is not gradient, ig or exact") },
+                Method = method switch
+                {
+                    "gradient" => AttributionMethod.Gradient,
+                    "ig" => AttributionMethod.IntegratedGradients,
+                    "exact" => AttributionMethod.Exact,
+                    _ => throw new InvalidDataException($"{path}: method '{method}' is not gradient, ig or exact")
+                },
                 Steps = Num(root, "steps") is double st ? (int)st : null, Nodes = nodes,
             };
         }

@@ -135,22 +135,22 @@ public sealed class Metric : IObjective
     public ObjectiveGradient Evaluate(Tensor logits, ActivationCache reads, int[][] tokens) => EvaluateBatch(Enumerable.Repeat(this, tokens.Length).ToArray(), logits, reads, tokens);
 
     /// <summary>A batch objective in which sequence b uses <paramref name="metrics"/>[b] (summed, as SFC does for prompt pairs).</summary>
-    public static IObjective PerSequence(IReadOnlyList<Metric> metrics) => new PerSequenceMetrics(metrics);
+    public static IObjective PerSequence(IReadOnlyList<Metric> metrics) => new PerSequenceMetrics([.. metrics]);
 
-    sealed class PerSequenceMetrics(IReadOnlyList<Metric> metrics) : IObjective
+    sealed class PerSequenceMetrics(Metric[] metrics) : IObjective
     {
         public IReadOnlyCollection<string> ReadsHooks => metrics.Select(m => m.ActsHook).OfType<string>().Distinct().ToArray();
 
         public void Validate(ModelConfig config, int[][] tokens, IReadOnlyCollection<string> hookNames)
         {
-            if (metrics.Count != tokens.Length) throw new ArgumentException($"{metrics.Count} metrics for {tokens.Length} sequences");
+            if (metrics.Length != tokens.Length) throw new ArgumentException($"{metrics.Length} metrics for {tokens.Length} sequences");
             for (int b = 0; b < tokens.Length; b++) metrics[b].Validate(config, [tokens[b]], hookNames);
         }
 
         public ObjectiveGradient Evaluate(Tensor logits, ActivationCache reads, int[][] tokens) => EvaluateBatch(metrics, logits, reads, tokens);
     }
 
-    static ObjectiveGradient EvaluateBatch(IReadOnlyList<Metric> metrics, Tensor logits, ActivationCache reads, int[][] tokens)
+    static ObjectiveGradient EvaluateBatch(Metric[] metrics, Tensor logits, ActivationCache reads, int[][] tokens)
     {
         int B = tokens.Length, T = logits.Shape[1], V = logits.Shape[2];
         var values = new float[B];

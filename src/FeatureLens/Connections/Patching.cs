@@ -13,7 +13,7 @@ public static class Patching
     /// <summary>Rows (sequences × positions) per batched forward pass.</summary>
     public static int RowBudget { get; set; } = 2048;
 
-    /// <param name="progress">Called with (nodes done, total).</param>
+    /// <summary>Exact effects of <c>nodes</c>, one patched run each; <c>progress</c> is called with (nodes done, total).</summary>
     public static EffectsResult Run(CircuitContext ctx, IReadOnlyList<Node> nodes, Action<int, int>? progress = null)
     {
         foreach (var n in nodes) Check(ctx, n);

@@ -335,7 +335,7 @@ public class SaeGradientParityTests(ITestOutputHelper output)
             {
                 var acts = cache.Sequence(splice.ActsPostHook, b);
                 int len = batch[b].Length;
-                int p = pos == "" ? -1 : int.Parse(pos[1..]);
+                int p = pos == "" ? -1 : int.Parse(pos[1..], CultureInfo.InvariantCulture);
                 if (p < 0) p += len;
                 for (int j = 0; j < dSae; j++) sums[j] += acts.Data[p * dSae + j];
             }

@@ -44,8 +44,10 @@ internal sealed class ForwardTape
 /// </summary>
 internal static unsafe class TransformerBackward
 {
-    /// <param name="dLogitRows">Rows r (= b·T + t) of the logits the metric depends on.</param>
-    /// <param name="dLogits">Their gradients (rows, V); both empty for metrics that read no logits.</param>
+    /// <summary>
+    /// Runs the backward of a recorded forward: <c>dLogitRows</c> are the rows r (= b·T + t) of the logits the metric depends
+    /// on, <c>dLogits</c> their gradients (rows, V); both empty for metrics that read no logits.
+    /// </summary>
     public static void Run(ModelConfig cfg, TransformerWeights w, Rope? rope, LayerHookNames[] names, ForwardTape tape,
         HookSet hooks, int[] dLogitRows, float[] dLogits)
     {
