@@ -181,7 +181,7 @@ internal sealed class CircuitOptions
     }
 
     /// <summary>Writes the outputs (top N when asked) and prints the largest effects.</summary>
-    public void Report(ParseResult r, EffectsResult result, ExactCheck? check = null)
+    public void Report(ParseResult r, EffectsResult result, ExactCheck? check = null, IReadOnlyList<Edge>? edges = null)
     {
         if (r.GetValue(Top) is int top)
             result = new EffectsResult
@@ -189,7 +189,7 @@ internal sealed class CircuitOptions
                 Metric = result.Metric, Clean = result.Clean, Corrupt = result.Corrupt, Method = result.Method, Steps = result.Steps,
                 Nodes = result.Nodes.OrderByDescending(n => Math.Abs(n.Effect)).Take(top).ToList(),
             };
-        if (r.GetValue(Out) is { } o) EffectsJson.Write(o, result, check);
+        if (r.GetValue(Out) is { } o) EffectsJson.Write(o, result, check, edges);
         if (r.GetValue(Csv) is { } c) EffectsJson.WriteCsv(c, result);
         var t = new Table().Border(TableBorder.Rounded).AddColumns("node", "clean", "corrupt", "effect");
         foreach (var n in result.Nodes.OrderByDescending(n => Math.Abs(n.Effect)).Take(12))
@@ -198,6 +198,13 @@ internal sealed class CircuitOptions
         AnsiConsole.MarkupLine(Markup.Escape($"{result.Metric}: clean {result.Clean:G6}" + (result.Corrupt is double cm ? $", corrupt {cm:G6}" : "") +
             $"; {EffectsJson.MethodName(result.Method)} effects of {result.Nodes.Count} nodes"));
         AnsiConsole.Write(t);
+        if (edges != null)
+        {
+            var et = new Table().Border(TableBorder.Rounded).AddColumns("edge", "weight");
+            foreach (var e in edges.Take(10)) et.AddRow(Markup.Escape($"{e.Source} → {e.Target}"), e.Weight.ToString("G5", CultureInfo.InvariantCulture));
+            AnsiConsole.MarkupLine(Markup.Escape($"{edges.Count} edges (largest |weight| first)"));
+            AnsiConsole.Write(et);
+        }
         if (check != null)
             AnsiConsole.MarkupLine(Markup.Escape($"check against exact patching on the top {check.Nodes} nodes: Pearson r = {check.Pearson:F4}, " +
                 $"largest disagreement {check.MaxAbsDifference:G4} at {check.WorstNode} (attributed {check.WorstAttributed:G4}, exact {check.WorstExact:G4})"));
@@ -227,9 +234,12 @@ internal static class AttributeCommand
         var steps = new Option<int>("--steps") { Description = "Integrated-gradient steps", DefaultValueFactory = _ => 10 };
         var checkExact = new Option<int?>("--check-exact") { Description = "Patch the N largest nodes exactly and report the correlation and largest disagreement" };
         var headsAll = new Option<bool>("--heads-all-positions") { Description = "One attn node per head over all positions (instead of one per position)" };
+        var edgesOpt = new Option<int?>("--edges") { Description = "Also compute edges (u→d) into the N nodes of largest |effect| from every upstream node (one backward pass per target)" };
+        var maxEdges = new Option<int>("--max-edges") { Description = "Edges kept (largest |weight|)", DefaultValueFactory = _ => 1000 };
         var cmd = new Command("attribute", "Effects of SAE features, error nodes and components on a metric by attribution patching (gradient or integrated gradients)");
         o.AddTo(cmd);
         cmd.Options.Add(method); cmd.Options.Add(steps); cmd.Options.Add(checkExact); cmd.Options.Add(headsAll);
+        cmd.Options.Add(edgesOpt); cmd.Options.Add(maxEdges);
         cmd.SetAction(r =>
         {
             var m = r.GetValue(method) switch
@@ -239,6 +249,8 @@ internal static class AttributeCommand
                 var x => throw new ArgumentException($"--method '{x}': expected gradient or ig"),
             };
             if (r.GetValue(checkExact) is int ce && ce <= 0) throw new ArgumentException($"--check-exact must be positive (got {ce})");
+            if (r.GetValue(edgesOpt) is int ed && ed <= 0) throw new ArgumentException($"--edges must be positive (got {ed})");
+            if (r.GetValue(maxEdges) <= 0) throw new ArgumentException($"--max-edges must be positive (got {r.GetValue(maxEdges)})");
             var (model, ctx) = o.Build(r);
             using (model)
             {
@@ -246,7 +258,13 @@ internal static class AttributeCommand
                 var result = CircuitOptions.WithProgress(m == AttributionMethod.Gradient ? "gradient attribution" : $"integrated gradients ({r.GetValue(steps)} steps)",
                     p => Attribution.Run(ctx, select, m, r.GetValue(steps), p));
                 ExactCheck? check = r.GetValue(checkExact) is int n ? CircuitOptions.WithProgress($"exact patching of the top {n} nodes", p => ExactChecks.Run(ctx, result, n, p)) : null;
-                o.Report(r, result, check);
+                List<Edge>? edges = null;
+                if (r.GetValue(edgesOpt) is int k)
+                {
+                    var targets = result.Nodes.OrderByDescending(x => Math.Abs(x.Effect)).Take(k).Select(x => x.Node).ToList();
+                    edges = CircuitOptions.WithProgress($"edges into the top {targets.Count} nodes", p => Edges.Run(ctx, select, targets, r.GetValue(maxEdges), p));
+                }
+                o.Report(r, result, check, edges);
             }
             return 0;
         });

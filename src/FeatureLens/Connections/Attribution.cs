@@ -145,7 +145,23 @@ public static class Attribution
     /// <summary>Adds the effects of every node at <paramref name="hook"/> for prompt b: (a′ − a)·g over the node's columns.</summary>
     static void Accumulate(CircuitContext ctx, NodeSelection select, EffectAccumulator acc, string hook, int b, float[] a, float[] g, float[] a1)
     {
-        int len = ctx.Clean[b].Length, width = a.Length / len;
+        int width = a.Length / ctx.Clean[b].Length;
+        foreach (var (node, effect) in NodeDots(ctx, select, hook, ctx.Clean[b].Length, a, g, a1))
+        {
+            bool feature = node.Kind == NodeKind.Feature;
+            int i = feature ? node.Pos * width + node.Index!.Value : 0;
+            acc.Add(node, effect, feature ? a[i] : null, feature ? a1[i] : null);
+        }
+    }
+
+    /// <summary>
+    /// (a′ − a)·g over each node's columns, for every node of <paramref name="hook"/> over <paramref name="len"/> positions:
+    /// features active on the clean or corrupt run, the error, or the component's rows (or heads) — a head node over all
+    /// positions appears once per position, to be summed.
+    /// </summary>
+    internal static IEnumerable<(Node Node, double Dot)> NodeDots(CircuitContext ctx, NodeSelection select, string hook, int len, float[] a, float[] g, float[] a1)
+    {
+        int width = a.Length / len;
         var sae = ctx.Saes.FirstOrDefault(s => s.ActsPostHook == hook || s.InputHook + ".hook_sae_error" == hook);
         if (sae != null && hook == sae.ActsPostHook)
         {
@@ -154,9 +170,9 @@ public static class Attribution
                 {
                     int i = p * width + j;
                     if (a[i] == 0 && a1[i] == 0) continue;
-                    acc.Add(new Node(NodeKind.Feature, sae.InputHook, p, j), ((double)a1[i] - a[i]) * g[i], a[i], a1[i]);
+                    yield return (new Node(NodeKind.Feature, sae.InputHook, p, j), ((double)a1[i] - a[i]) * g[i]);
                 }
-            return;
+            yield break;
         }
         var kind = sae != null ? NodeKind.Error : Node.ComponentKind(hook)!.Value;
         string nodeHook = sae != null ? sae.InputHook : hook;
@@ -169,7 +185,7 @@ public static class Attribution
                 var (c0, cn) = node.Columns(width, hs);
                 double e = 0;
                 for (int c = c0; c < c0 + cn; c++) { int i = p * width + c; e += ((double)a1[i] - a[i]) * g[i]; }
-                acc.Add(node, e, null, null);
+                yield return (node, e);
             }
     }
 

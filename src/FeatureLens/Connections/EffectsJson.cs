@@ -9,8 +9,8 @@ public sealed record ExactCheck(int Nodes, double Pearson, double MaxAbsDifferen
 
 /// <summary>
 /// The JSON and CSV of node effects (the contract of CONNECTIONS.md): <c>{"metric": {"name", "clean", "corrupt"}, "method",
-/// "steps", "nodes": [{"hook", "kind", "feature", "pos", "clean", "corrupt", "effect"}]}</c>, plus <c>"check"</c> when
-/// attribution was checked against exact patching. Files are written to a temporary name and moved into place.
+/// "steps", "nodes": [{"id", "hook", "kind", "feature", "pos", "clean", "corrupt", "effect"}]}</c>, plus <c>"check"</c> when
+/// attribution was checked against exact patching and <c>"edges"</c> [{"source", "target", "weight"}] (node ids) when edges were asked for. Files are written to a temporary name and moved into place.
 /// </summary>
 public static class EffectsJson
 {
@@ -21,7 +21,7 @@ public static class EffectsJson
         _ => "exact",
     };
 
-    public static void Write(string path, EffectsResult r, ExactCheck? check = null)
+    public static void Write(string path, EffectsResult r, ExactCheck? check = null, IReadOnlyList<Edge>? edges = null)
     {
         using var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
@@ -49,6 +49,7 @@ public static class EffectsJson
             foreach (var n in r.Nodes)
             {
                 w.WriteStartObject();
+                w.WriteString("id", n.Node.ToString());
                 w.WriteString("hook", n.Node.Hook);
                 w.WriteString("kind", n.Node.KindName);
                 if (n.Node.Index is int i) w.WriteNumber("feature", i); else w.WriteNull("feature");
@@ -59,6 +60,19 @@ public static class EffectsJson
                 w.WriteEndObject();
             }
             w.WriteEndArray();
+            if (edges != null)
+            {
+                w.WriteStartArray("edges");
+                foreach (var e in edges)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("source", e.Source.ToString());
+                    w.WriteString("target", e.Target.ToString());
+                    w.WriteNumber("weight", e.Weight);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            }
             w.WriteEndObject();
         }
         WriteAtomic(path, ms.ToArray());
