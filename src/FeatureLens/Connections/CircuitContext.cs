@@ -29,6 +29,8 @@ public sealed class CircuitContext
         int[][]? corrupt = null, AblationKind ablation = AblationKind.Corrupt, MeanActivations? means = null)
     {
         Model = model;
+        model.ValidateTokens(clean);
+        if (corrupt != null && corrupt.Length > 0) model.ValidateTokens(corrupt);
         Saes = saes.Select(s => new SaeSplice(s, useErrorTerm: true)).ToList();
         foreach (var s in Saes) s.Validate(model);
         var dup = Saes.GroupBy(s => s.InputHook).FirstOrDefault(g => g.Count() > 1);

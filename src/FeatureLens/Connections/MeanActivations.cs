@@ -70,7 +70,13 @@ public sealed class MeanActivations
     {
         using var f = SafetensorsFile.Open(path);
         var means = new Dictionary<string, float[]>(StringComparer.Ordinal);
-        foreach (var name in f.Names) means[name] = f.ReadF32(name).Data;
+        foreach (var name in f.Names)
+        {
+            var m = f.ReadF32(name).Data;
+            int bad = Array.FindIndex(m, v => !float.IsFinite(v));
+            if (bad >= 0) throw new InvalidDataException($"{path}: the corpus mean of '{name}' is not finite ({m[bad]}) at element {bad}: delete the file to recompute it");
+            means[name] = m;
+        }
         long tokens = f.Metadata.TryGetValue("tokens", out var t) ? long.Parse(t, System.Globalization.CultureInfo.InvariantCulture) : 0;
         return new MeanActivations(means, tokens);
     }

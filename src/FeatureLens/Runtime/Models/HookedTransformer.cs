@@ -241,6 +241,9 @@ public sealed class HookedTransformer : IDisposable
             (close.Count > 0 ? $" (did you mean {string.Join(", ", close)}?)" : ""));
     }
 
+    /// <summary>Throws a clear error for an empty batch, an empty sequence, a sequence longer than the context, or an id outside the vocabulary.</summary>
+    public void ValidateTokens(int[][] tokens) => ValidateTokens(tokens, null);
+
     void ValidateTokens(int[][] tokens, KvCache? kv)
     {
         if (tokens.Length == 0) throw new ArgumentException("no sequences given (the batch is empty)");
