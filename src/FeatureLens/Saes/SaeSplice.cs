@@ -165,13 +165,23 @@ public sealed class SaeSplice : IHookSplice
             var dActs = new float[(long)n * sae.DSae];
             sae.DecodeBackward(dRecons, dActs, n);
             dActs = FireRows(ctx, s._post, dActs, n, sae.DSae, B, T, ref edited);
-            var dPre = new float[(long)n * sae.DSae];
-            sae.ActivateBackward(acts, dActs, dPre, n);
-            dPre = FireRows(ctx, s._pre, dPre, n, sae.DSae, B, T, ref edited);
-            var dIn = new float[(long)n * sae.DIn];
-            sae.EncodeBackward(dPre, dIn, n, _norm);
-            sae.SkipBackward(g, dIn, n);
-            dIn = FireRows(ctx, s._in, dIn, n, sae.DIn, B, T, ref edited);
+            // with the error term and nothing edited, the encoder path reaches nothing upstream: compute it only when asked for
+            bool needIn = !s.UseErrorTerm || edited || ctx.IsActive(s._in);
+            float[] dIn = [];
+            if (needIn || ctx.IsActive(s._pre))
+            {
+                var dPre = new float[(long)n * sae.DSae];
+                sae.ActivateBackward(acts, dActs, dPre, n);
+                dPre = FireRows(ctx, s._pre, dPre, n, sae.DSae, B, T, ref edited);
+                needIn |= edited;
+                if (needIn)
+                {
+                    dIn = new float[(long)n * sae.DIn];
+                    sae.EncodeBackward(dPre, dIn, n, _norm);
+                    sae.SkipBackward(g, dIn, n);
+                    dIn = FireRows(ctx, s._in, dIn, n, sae.DIn, B, T, ref edited);
+                }
+            }
             if (s.UseErrorTerm)
             {
                 s.Scatter(ctx, grad, gError!, sae.DOut);
