@@ -105,6 +105,30 @@ public sealed class ConnectionsCliTests : IDisposable
         Assert.All(nodes.Where(n => n.GetProperty("kind").GetString() == "resid" && n.GetProperty("pos").GetInt32() <= 1), n => Assert.Equal(0.0, n.GetProperty("effect").GetDouble()));
     }
 
+    [Fact]
+    public void PromptPairsFromJsonlSumTheirEffects()
+    {
+        string pairs = Out("pairs.jsonl");
+        File.WriteAllText(pairs, "{\"clean\": \"Lily had a red ball\", \"corrupt\": \"Tom had a big dog\", \"metric\": \"logprob:403\"}\n\n" +
+            "{\"clean\": [1, 410, 317, 300], \"corrupt\": [1, 410, 405, 300], \"metric\": \"logit-diff:317,405@-2\"}\n");
+        string both = Out("both.json"), one = Out("one.json"), two = Out("two.json");
+        Assert.Equal(0, CliTests.Run("attribute", "--model", Stories, "--pairs", pairs, "--sae", _saes, "--out", both).ExitCode);
+        Assert.Equal(0, CliTests.Run("attribute", "--model", Stories, "--clean", "Lily had a red ball", "--corrupt", "Tom had a big dog", "--metric", "logprob:403", "--sae", _saes, "--out", one).ExitCode);
+        Assert.Equal(0, CliTests.Run("attribute", "--model", Stories, "--clean-tokens", "1,410,317,300", "--corrupt-tokens", "1,410,405,300", "--metric", "logit-diff:317,405@-2", "--sae", _saes, "--out", two).ExitCode);
+        var sum = new Dictionary<string, double>();
+        foreach (var f in new[] { one, two })
+            foreach (var n in EffectsJson.Read(f).Nodes) sum[n.Node.ToString()] = sum.GetValueOrDefault(n.Node.ToString()) + n.Effect;
+        var joint = EffectsJson.Read(both);
+        Assert.Equal(sum.Count, joint.Nodes.Count);
+        foreach (var n in joint.Nodes) Assert.Equal(sum[n.Node.ToString()], n.Effect, 1e-9 + 1e-6 * Math.Abs(n.Effect));
+        Assert.Equal(EffectsJson.Read(one).Clean + EffectsJson.Read(two).Clean, joint.Clean, 1e-4);
+
+        File.WriteAllText(pairs, "{\"clean\": \"Lily had a red ball\", \"corrupt\": \"Tom\", \"metric\": \"logprob:403\"}\n{\"clean\": 5}\n");
+        var bad = CliTests.Run("attribute", "--model", Stories, "--pairs", pairs, "--sae", _saes, "--out", Out("bad.json"));
+        Assert.Equal(1, bad.ExitCode);
+        Assert.True(bad.Stderr.Contains("pairs.jsonl:2", StringComparison.Ordinal), bad.Stderr);
+    }
+
     public static TheoryData<string[], string> BadInput => new()
     {
         { ["attribute", "--clean-tokens", "1,403,9999", "--corrupt-tokens", "1,403,407", "--metric", "logit:5"], "outside the vocabulary" },
