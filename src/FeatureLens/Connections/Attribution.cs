@@ -49,7 +49,10 @@ public static class Attribution
         if (method == AttributionMethod.Gradient)
         {
             var hooks = new HashSet<string>(groups.SelectMany(g => g), StringComparer.Ordinal);
-            var r = ctx.Model.RunWithGradients(ctx.Clean, objective, new GradientOptions { CacheFilter = hooks.Contains, Splices = ctx.Splices });
+            var r = ctx.Model.RunWithGradients(ctx.Clean, objective, new GradientOptions
+            {
+                CacheFilter = hooks.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor([.. Enumerable.Range(0, ctx.Clean.Length)]),
+            });
             progress?.Invoke(1, 1);
             clean = r.Value;
             for (int b = 0; b < ctx.Clean.Length; b++)
@@ -105,7 +108,7 @@ public static class Attribution
             }))).ToList();
             var set = new HashSet<string>(group, StringComparer.Ordinal);
             var r = ctx.Model.RunWithGradients(tokens, Metric.PerSequence(Enumerable.Repeat(ctx.Metrics[b], n).ToList()),
-                new GradientOptions { Hooks = hooks, GradFilter = set.Contains, Splices = ctx.Splices });
+                new GradientOptions { Hooks = hooks, GradFilter = set.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor(Enumerable.Repeat(b, n).ToArray()) });
             foreach (var h in group)
                 for (int c = 0; c < n; c++)
                 {

@@ -119,6 +119,30 @@ public sealed class CircuitContext
         }
     }
 
+    /// <summary>
+    /// For <see cref="GradientOptions.ActiveLatentGradients"/>: each SAE's latent hook → the corrupt latents of a batch whose
+    /// sequence k is clean prompt <paramref name="promptOf"/>[k] (null under zero ablation: only the clean run's active latents
+    /// need gradients then).
+    /// </summary>
+    public Dictionary<string, Tensor?> ActiveLatentsFor(int[] promptOf)
+    {
+        int T = promptOf.Max(p => Clean[p].Length);
+        var result = new Dictionary<string, Tensor?>(StringComparer.Ordinal);
+        foreach (var s in Saes)
+        {
+            if (Ablation == AblationKind.Zero) { result[s.ActsPostHook] = null; continue; }
+            int w = s.Sae.DSae;
+            var t = new Tensor(promptOf.Length, T, w);
+            for (int k = 0; k < promptOf.Length; k++)
+            {
+                var rows = CorruptRows(s.ActsPostHook, promptOf[k]);
+                Array.Copy(rows, 0, t.Data, (long)k * T * w, rows.Length);
+            }
+            result[s.ActsPostHook] = t;
+        }
+        return result;
+    }
+
     /// <summary>The SAE value hooks (latents and errors); component hooks are added on demand.</summary>
     IEnumerable<string> ValueHooks() => Saes.SelectMany(s => new[] { s.ActsPostHook, s.InputHook + ".hook_sae_error" });
 

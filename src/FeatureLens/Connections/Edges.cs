@@ -61,7 +61,7 @@ public static class Edges
                 var upstream = valueHooks.Where(h => chunk.Any(d => Rank(h) < Rank(d.ValueHook))).ToList();
                 var up = new HashSet<string>(upstream, StringComparer.Ordinal);
                 var r = ctx.Model.RunWithGradients(Enumerable.Repeat(ctx.Clean[b], chunk.Length).ToArray(), seeds,
-                    new GradientOptions { GradFilter = up.Contains, Splices = ctx.Splices });
+                    new GradientOptions { GradFilter = up.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor(Enumerable.Repeat(b, chunk.Length).ToArray()) });
                 foreach (var hook in upstream)
                 {
                     var a = ctx.CleanRows(hook, b);

@@ -566,6 +566,36 @@ public sealed class Sae
     }
 
     /// <summary>
+    /// <see cref="DecodeBackward(ReadOnlySpan{float}, Span{float}, int)"/> for the listed latents of each row only (the others
+    /// are left 0): dActs[r, j] = dRecons[r]·W_dec[j] for j in <paramref name="latents"/>[r].
+    /// </summary>
+    public void DecodeBackward(ReadOnlySpan<float> dRecons, Span<float> dActs, int n, int[][] latents)
+    {
+        int dSae = DSae, dOut = DOut;
+        dActs[..(n * dSae)].Clear();
+        var norms = Config.RescaleActsByDecoderNorm ? DecoderNorms : null;
+        unsafe
+        {
+            fixed (float* pr = dRecons) fixed (float* pa = dActs)
+            {
+                float* prc = pr, pac = pa;
+                ParallelRows.For(n, 32L * dOut, (r0, r1) =>
+                {
+                    for (int r = r0; r < r1; r++)
+                    {
+                        var g = new ReadOnlySpan<float>(prc + (long)r * dOut, dOut);
+                        foreach (int j in latents[r])
+                        {
+                            float v = TensorPrimitives.Dot(g, new ReadOnlySpan<float>(WDec, j * dOut, dOut));
+                            pac[(long)r * dSae + j] = norms == null ? v : v / norms[j];
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// <summary>
     /// Backward of <see cref="Activate"/>: dPre (n, d_sae) = dActs where the latent is active (ReLU, JumpReLU, gated
     /// magnitude, the selected TopK latents — × decoder norm when rescaling), 0 elsewhere.
     /// </summary>

@@ -163,7 +163,9 @@ public sealed class SaeSplice : IHookSplice
             sae.PostprocessBackward(g, dRecons, n, _norm);
             dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref edited);
             var dActs = new float[(long)n * sae.DSae];
-            sae.DecodeBackward(dRecons, dActs, n);
+            if (ctx.ActiveLatentGradients != null && ctx.ActiveLatentGradients.TryGetValue(s._post, out var extra))
+                sae.DecodeBackward(dRecons, dActs, n, ActiveLatents(ctx, acts, extra, n, B, T));
+            else sae.DecodeBackward(dRecons, dActs, n);
             dActs = FireRows(ctx, s._post, dActs, n, sae.DSae, B, T, ref edited);
             // with the error term and nothing edited, the encoder path reaches nothing upstream: compute it only when asked for
             bool needIn = !s.UseErrorTerm || edited || ctx.IsActive(s._in);
@@ -201,6 +203,28 @@ public sealed class SaeSplice : IHookSplice
                 _pendingInput = dIn;
             }
             _acts = null; _norm = null;
+        }
+
+        /// <summary>Per compact row, the latents active in this run's <paramref name="acts"/> or nonzero in <paramref name="extra"/> ([B, T, d_sae]).</summary>
+        int[][] ActiveLatents(SpliceContext ctx, float[] acts, Tensor? extra, int n, int B, int T)
+        {
+            int dSae = s.Sae.DSae;
+            if (extra != null && (extra.Length != (long)B * T * dSae))
+                throw new ArgumentException($"ActiveLatentGradients['{s._post}'] has shape [{string.Join(",", extra.Shape)}], expected [{B},{T},{dSae}]");
+            var lengths = ctx.Lengths.Length == B ? ctx.Lengths : Enumerable.Repeat(T, B).ToArray();
+            var rows = new int[n][];
+            var list = new List<int>();
+            int r = 0;
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < Math.Min(lengths[b], T); t++, r++)
+                {
+                    list.Clear();
+                    long o = (long)r * dSae, e = ((long)b * T + t) * dSae;
+                    for (int j = 0; j < dSae; j++)
+                        if (acts[o + j] != 0 || (extra != null && extra.Data[e + j] != 0)) list.Add(j);
+                    rows[r] = [.. list];
+                }
+            return rows;
         }
 
         /// <summary>The gradient the SAE's encoder-decoder passes back from a gradient <paramref name="v"/> of its output (no hooks).</summary>

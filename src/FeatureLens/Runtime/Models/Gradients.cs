@@ -44,6 +44,14 @@ public sealed class GradientOptions
     public Func<string, bool>? GradFilter { get; init; }
     /// <summary>Splices (SAEs, transcoders) for this run, in addition to attached ones.</summary>
     public IReadOnlyList<IHookSplice> Splices { get; init; } = [];
+
+    /// <summary>
+    /// SAE latent hooks (<c>{hook}.hook_sae_acts_post</c>) whose gradient is needed only where a latent is active — on this run,
+    /// or nonzero in the given [batch, pos, d_sae] tensor (e.g. the corrupt run's latents; null: this run only). Their
+    /// gradients elsewhere are not computed and read 0: attribution needs (a′ − a)·∂m/∂a, which is 0 there, and skips the
+    /// dense W_dec·g product. Gradients upstream of the SAE are unchanged.
+    /// </summary>
+    public IReadOnlyDictionary<string, Tensor?>? ActiveLatentGradients { get; init; }
 }
 
 /// <summary>What <see cref="HookedTransformer.RunWithGradients"/> returns.</summary>

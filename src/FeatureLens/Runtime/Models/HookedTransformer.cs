@@ -219,6 +219,7 @@ public sealed class HookedTransformer : IDisposable
         var grads = new ActivationCache { Lengths = lengths };
         var gradFilter = options.GradFilter ?? userCache;
         hooks.EnableBackward(options.BackwardHooks, gradFilter ?? (_ => false), gradFilter == null ? null : grads);
+        hooks.ActiveLatentGradients = options.ActiveLatentGradients;
 
         var tape = new ForwardTape();
         var logits = TransformerForward.Run(Config, Weights, _rope, _names, tokens, hooks, true, null, Config.NLayers, tape)!;

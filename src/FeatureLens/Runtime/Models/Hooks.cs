@@ -174,6 +174,9 @@ public sealed class SpliceContext
     /// </summary>
     public bool Recording { get; }
 
+    /// <summary>In a backward pass: latent hooks whose gradients are needed only where active (see <see cref="GradientOptions.ActiveLatentGradients"/>).</summary>
+    public IReadOnlyDictionary<string, Tensor?>? ActiveLatentGradients { get; init; }
+
     /// <summary>The layer of the hook being processed (−1 outside blocks).</summary>
     public int Layer { get; }
     /// <summary>Sequence lengths of the batch: rows at or beyond them are padding.</summary>

@@ -23,6 +23,8 @@ internal sealed class HookSet
     public Dictionary<string, float[]> Seeds { get; } = new(StringComparer.Ordinal);
     /// <summary>The forward is recorded for a backward pass: splices keep what their backward needs.</summary>
     public bool Recording { get; private set; }
+    /// <summary>Latent hooks whose gradients are needed only where active (see <see cref="GradientOptions.ActiveLatentGradients"/>).</summary>
+    public IReadOnlyDictionary<string, Tensor?>? ActiveLatentGradients { get; set; }
 
     /// <summary>Prepares this hook set for a recorded forward and the backward pass after it.</summary>
     public void EnableBackward(IEnumerable<(string Name, HookFunction Fn)> backwardHooks, Func<string, bool>? gradFilter, ActivationCache? gradCache)
@@ -51,7 +53,10 @@ internal sealed class HookSet
         if (hasOut || hasIn)
         {
             // a seed changes a gradient like a backward hook does
-            var ctx = new SpliceContext(layer, _lengths, FireBackward, WantsGradient, n => _backwardFns.ContainsKey(n) || Seeds.ContainsKey(n), Recording);
+            var ctx = new SpliceContext(layer, _lengths, FireBackward, WantsGradient, n => _backwardFns.ContainsKey(n) || Seeds.ContainsKey(n), Recording)
+            {
+                ActiveLatentGradients = ActiveLatentGradients,
+            };
             if (hasOut) for (int i = outs!.Count - 1; i >= 0; i--) Backward(outs[i]).OnOutputBackward(ctx, t);
             if (hasIn) for (int i = ins!.Count - 1; i >= 0; i--) Backward(ins[i]).OnInputBackward(ctx, t);
         }
