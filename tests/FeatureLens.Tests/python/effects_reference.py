@@ -28,6 +28,9 @@ Usage
   effects_reference.py --model M --clean CLEAN.json [--corrupt CORRUPT.json | --ablation zero]
                        --metric METRIC --nodes NODES.json --method exact|gradient|ig [--steps N]
                        [--saes SAES.safetensors] --out OUT.json
+  effects_reference.py --jobs JOBS.json --out OUT.json     (JOBS.json: a list of jobs; OUT.json: a list of answers)
+  effects_reference.py --make-models SPECS.json   (random model folders with torch_reference.py's make, one
+                       Python start for several: a list of {"arch", "config": {...}, "dtype", "seed", "out"})
   effects_reference.py --selfcheck
 
 JOB.json: {"model": M, "saes": SAES or null, "clean": [[ids]...], "corrupt": [[ids]...] or null,
@@ -391,9 +394,22 @@ def selfcheck():
     return 1 if failures else 0
 
 
+def make_models(specs):
+    import torch_reference as tr
+    for sp in specs:
+        os.makedirs(os.path.dirname(os.path.abspath(sp["out"])), exist_ok=True)
+        cpath = sp["out"] + ".make-config.json"
+        with open(cpath, "w") as f:
+            json.dump(sp["config"], f)
+        tr.cmd_make(argparse.Namespace(arch=sp["arch"], config=cpath, dtype=sp.get("dtype", "f32"), seed=int(sp["seed"]),
+                                       out=sp["out"], prefix=False, max_shard_mb=None))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--job")
+    ap.add_argument("--jobs")
+    ap.add_argument("--make-models")
     ap.add_argument("--model")
     ap.add_argument("--saes")
     ap.add_argument("--clean")
@@ -409,6 +425,18 @@ def main(argv=None):
     torch.set_num_threads(1)
     if args.selfcheck:
         sys.exit(selfcheck())
+    if args.make_models:
+        make_models(load_json(args.make_models))
+        return
+    if args.jobs:
+        if not args.out:
+            ap.error("--out is required")
+        results = [run_job(j) for j in load_json(args.jobs)]
+        with open(args.out, "w") as f:
+            json.dump(results, f)
+        print(json.dumps({"jobs": len(results), "runs": sum(r["runs"] for r in results),
+                          "seconds": round(sum(r["seconds"] for r in results), 2)}))
+        return
     if args.job:
         job = load_json(args.job)
     else:
