@@ -272,11 +272,15 @@ class Graph:
     """Records hook nodes (identity nodes with retain_grad) and applies SAE splices.
 
     hook(name, t) returns the tensor that flows on. `deltas` (name -> tensor) are added to a hook's
-    value before it flows on: the finite-difference self-check edits hooks this way."""
+    value before it flows on: the finite-difference self-check edits hooks this way. `edits`
+    (name -> function of the hook's value returning the value that flows on instead, applied after
+    the delta) let a caller patch or interpolate a hook (effects_reference.py); a returned tensor
+    that requires grad has its gradient retained like any hook node."""
 
-    def __init__(self, saes=(), deltas=None, want_result=True):
+    def __init__(self, saes=(), deltas=None, want_result=True, edits=None):
         self.nodes = {}
         self.deltas = deltas or {}
+        self.edits = edits or {}
         self.want_result = want_result
         self.margin = math.inf
         self.by_in = {s["hook_name"]: s for s in saes}
@@ -289,6 +293,8 @@ class Graph:
         n = t.clone()
         if name in self.deltas:
             n = n + self.deltas[name]
+        if name in self.edits:
+            n = self.edits[name](n)
         if n.requires_grad:
             n.retain_grad()
         self.nodes[name] = n
@@ -478,13 +484,14 @@ def forward(model, tokens, g, f64_angles=False):
     return g.node("logits", logits)
 
 
-def run_sequence(model, tokens, metric, text, saes=(), deltas=None, want_result=True, f64_angles=False, backward=True):
-    """Returns (metric value tensor, Graph) after backward."""
+def run_sequence(model, tokens, metric, text, saes=(), deltas=None, want_result=True, f64_angles=False, backward=True,
+                 edits=None):
+    """Returns (metric value tensor, Graph) after backward. `edits`: see Graph."""
     for s in saes:
         if s.get("hook_head_index") is not None and not s["hook_name"].endswith(("attn.hook_z", "attn.hook_q", "attn.hook_v",
                                                                                   "attn.hook_k", "attn.hook_result")):
             raise ValueError(f"SAE {s['name']}: hook_head_index on a hook without heads ({s['hook_name']})")
-    g = Graph(saes, deltas, want_result)
+    g = Graph(saes, deltas, want_result, edits)
     logits = forward(model, [int(t) for t in tokens], g, f64_angles)
     missing = set(g.by_in) - set(h.rsplit(".hook_sae_", 1)[0] for h in g.nodes if ".hook_sae_" in h)
     if missing:
