@@ -20,6 +20,7 @@ for (const tab of document.querySelectorAll('.tabs [data-view]')) {
     history.replaceState(null, '', tab.dataset.view === VIEWS[0].name ? location.pathname + location.search : `#${tab.dataset.view}`);
   });
 }
-const initial = VIEWS.find(v => `#${v.name}` === location.hash) || VIEWS[0];
-showView(initial.name);
+const viewOfHash = () => (VIEWS.find(v => `#${v.name}` === location.hash) || VIEWS[0]).name;
+window.addEventListener('hashchange', () => showView(viewOfHash()));
+showView(viewOfHash());
 for (const view of VIEWS) view.start();
