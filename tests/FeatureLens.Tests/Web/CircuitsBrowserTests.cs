@@ -154,6 +154,19 @@ public sealed class CircuitsBrowserTests(TrackerServer server) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task TheExamplePromptsRunAsTheyAre()
+    {
+        await SwitchToCircuits();
+        string clean = await page.InputValueAsync("#clean"), corrupt = await page.InputValueAsync("#corrupt");
+        var tok = server.Model.Tokenizer!;
+        Assert.Equal(tok.Encode(clean, addBos: true).Length, tok.Encode(corrupt, addBos: true).Length);
+        await Predict();
+        await Run();
+        Assert.Equal(5 * tok.Encode(clean, addBos: true).Length, await Eval<int>("window.__charts.circuits.heatmap.cells"));
+        AssertNoConsoleErrors();
+    }
+
+    [Fact]
     public async Task ZeroAblationWithIntegratedGradientsAndATypedMetric()
     {
         var rng = new Random(Random.Shared.Next());
