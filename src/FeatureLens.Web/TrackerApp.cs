@@ -17,6 +17,9 @@ namespace FeatureLens.Web;
 /// GET  /api/sets                                   the model + SAE sets, their SAEs and the request limits
 /// POST /api/track   {set, text, top, rankBy, tokenIndex, threshold}   → TrackResult
 /// GET|POST /api/feature {set, sae, feature, text}  → a feature's per-token activations, label and evolution
+/// POST /api/predictions {set, text, top}           → the top next-token predictions after the text (the Circuits view's metric picker)
+/// POST /api/attribute {set, clean, corrupt | ablation: "zero", metric, method: gradient|ig, steps, top}
+///                                                  → node effects of the set's SAEs on the metric (<see cref="AttributeResponse"/>)
 /// </code>
 /// Errors are JSON <c>{"error": "..."}</c>: 400 for bad input, 404 for unknown routes, 413 for oversize text or bodies.
 /// </summary>
@@ -46,7 +49,7 @@ public static class TrackerApp
         if (options.MaxRequestBytes < 1024) throw new ArgumentException("MaxRequestBytes must be at least 1024");
 
         string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
-        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
             if (!File.Exists(Path.Combine(webRoot, needed)))
                 throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
 
@@ -64,7 +67,9 @@ public static class TrackerApp
             k.Limits.MaxRequestBodySize = options.MaxRequestBytes;
         });
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
-        builder.Services.AddSingleton(new TrackerService(options));
+        var tracker = new TrackerService(options);
+        builder.Services.AddSingleton(tracker);
+        builder.Services.AddSingleton(new CircuitService(tracker));
 
         var app = builder.Build();
         app.UseExceptionHandler(errorApp => errorApp.Run(WriteError));
@@ -104,6 +109,10 @@ public static class TrackerApp
             int? feature = q.TryGetValue("feature", out var f) ? (int.TryParse(f, out int v) ? v : throw new ApiException(400, $"feature '{f}' is not an integer")) : null;
             return Results.Json(s.Feature(new FeatureRequest(q["set"], q["sae"], feature, q["text"])), Json);
         });
+        api.MapPost("/predictions", async (HttpContext ctx, CircuitService s) =>
+            Results.Json(s.Predictions(await ReadBody<PredictionsRequest>(ctx)), Json));
+        api.MapPost("/attribute", async (HttpContext ctx, CircuitService s) =>
+            Results.Json(s.Attribute(await ReadBody<AttributeRequest>(ctx)), Json));
         api.Map("/{**rest}", (HttpContext ctx) => Results.Json(new ApiError($"no API endpoint {ctx.Request.Method} {ctx.Request.Path}"), Json, statusCode: 404));
         return app;
     }

@@ -91,7 +91,8 @@ internal sealed class TrackerService(TrackerAppOptions options)
         };
     }
 
-    (TrackerSet Set, object Gate) FindSet(string? name)
+    /// <summary>The set named <paramref name="name"/> (the first when none is named) and the lock its requests take.</summary>
+    internal (TrackerSet Set, object Gate) FindSet(string? name)
     {
         if (string.IsNullOrWhiteSpace(name)) return _sets[options.Sets[0].Name];
         return _sets.TryGetValue(name, out var s) ? s
@@ -105,7 +106,8 @@ internal sealed class TrackerService(TrackerAppOptions options)
         throw new ApiException(400, $"unknown SAE '{name}' in set '{set.Name}' (have: {string.Join(", ", set.Set.Names)})");
     }
 
-    string CheckText(TrackerSet set, string? text)
+    /// <summary>Checks a prompt against the limits (empty, too many characters, longer than the model's context).</summary>
+    internal string CheckText(TrackerSet set, string? text)
     {
         if (string.IsNullOrWhiteSpace(text)) throw new ApiException(400, "the text is empty: type a prompt to analyse");
         if (text.Length > options.MaxTextChars)

@@ -41,6 +41,27 @@ export function showError(message) {
 
 export function clearError() { $('error').hidden = true; $('error-text').textContent = ''; }
 
+// ---------- views ----------
+
+const views = new Map();
+
+/** Registers a view ({ name, start, shown? }) for showView; app.js registers every view it starts. */
+export function registerView(view) { views.set(view.name, view); }
+
+/** Shows one view's panel (data-view-panel) and marks its tab (data-view); calls the view's shown() once it is visible. */
+export function showView(name) {
+  if (!views.has(name)) return;
+  for (const panel of document.querySelectorAll('[data-view-panel]')) panel.hidden = panel.dataset.viewPanel !== name;
+  for (const tab of document.querySelectorAll('.tabs [data-view]')) {
+    const on = tab.dataset.view === name;
+    tab.classList.toggle('active', on);
+    tab.setAttribute('aria-pressed', String(on));
+  }
+  document.body.dataset.view = name;
+  const view = views.get(name);
+  if (view.shown) view.shown();
+}
+
 // ---------- formatting ----------
 
 export function colorOf(saeIndex) { return LAYER_COLORS[saeIndex % LAYER_COLORS.length]; }

@@ -13,7 +13,7 @@ const state = { sets: [], limits: null, result: null, request: null, feature: nu
 window.state = state;
 Object.assign(charts, { layers: [], comparison: null, heatmap: null, network: null, evolution: null, feature: null });
 
-export const tracker = { name: 'tracker', start };
+export const tracker = { name: 'tracker', start, shown };
 
 // ---------- start-up ----------
 
@@ -40,6 +40,29 @@ async function start() {
     return;
   }
   await analyse();
+}
+
+/** The view's panel became visible again: charts and the network drawn while it was hidden take its size. */
+function shown() {
+  for (const div of document.querySelectorAll('#view-tracker .js-plotly-plot')) Plotly.Plots.resize(div).catch(() => {});
+  if (state.cy) {
+    state.cy.resize();
+    // drawn while hidden (the page opened on another view), the circle had no room: lay it out again
+    if (state.cyDrawnHidden) { state.cyDrawnHidden = false; state.cy.layout({ name: 'circle', animate: false, padding: 24 }).run(); }
+  }
+}
+
+/**
+ * Opens a feature in the feature panel from another view: the prompt is set to text (and analysed, on set) first when it is not
+ * the one the tracker shows, then the feature is loaded as a click on it would (selectFeature).
+ */
+export async function showFeature({ set, sae, feature, text }) {
+  let analyseFirst = !state.result;
+  if (set && set !== $('set').value && state.sets.some(s => s.name === set)) { $('set').value = set; showSetInfo(); analyseFirst = true; }
+  if (text && (!state.result || state.result.text !== text)) { $('text').value = text; analyseFirst = true; }
+  if (analyseFirst) await analyse();
+  if (!state.result || (text && state.result.text !== text)) return;   // the analysis failed: its error is on the banner
+  await selectFeature(sae, feature);
 }
 
 function showControlValues() {
@@ -249,6 +272,7 @@ function renderNetwork(r) {
   });
   cy.on('tap', 'node', ev => { const d = ev.target.data(); selectFeature(d.sae, d.feature); });
   state.cy = cy;
+  state.cyDrawnHidden = $('network').offsetParent === null;
   window.__cy = cy;
   const stats = { nodes: cy.nodes().length, edges: cy.edges().length, threshold: net.threshold, components: net.components.length };
   charts.network = stats;
