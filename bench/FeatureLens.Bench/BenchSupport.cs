@@ -39,6 +39,22 @@ public static class BenchSupport
         return a.Length == 0 ? double.NaN : a.Length % 2 == 1 ? a[a.Length / 2] : (a[a.Length / 2 - 1] + a[a.Length / 2]) / 2;
     }
 
+    /// <summary>The CPU as /proc/cpuinfo names it: "model name (family F, model M)".</summary>
+    public static string CpuName()
+    {
+        string name = "?", family = "?", model = "?";
+        foreach (var line in File.ReadLines("/proc/cpuinfo"))
+        {
+            int colon = line.IndexOf(':');
+            if (colon < 0) { if (name != "?") break; continue; } // the first processor's block is enough
+            string key = line[..colon].Trim(), value = line[(colon + 1)..].Trim();
+            if (key == "model name") name = value;
+            else if (key == "cpu family") family = value;
+            else if (key == "model") model = value;
+        }
+        return $"{name} (family {family}, model {model})";
+    }
+
     /// <summary>Peak resident memory of this process so far (VmHWM), in GiB.</summary>
     public static double PeakRssGiB()
     {
@@ -47,4 +63,43 @@ public static class BenchSupport
                 return long.Parse(line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[1]) / (1024.0 * 1024.0); // "VmHWM:  N kB"
         return double.NaN;
     }
+
+    /// <summary>A field of /proc/self/status given in kB (VmRSS, VmHWM, RssAnon, RssFile), in GiB.</summary>
+    public static double StatusGiB(string field)
+    {
+        foreach (var line in File.ReadLines("/proc/self/status"))
+            if (line.StartsWith(field + ":", StringComparison.Ordinal))
+                return long.Parse(line.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) / (1024.0 * 1024.0);
+        return double.NaN;
+    }
+}
+
+/// <summary>Polls this process's VmRSS every 50 ms; above the limit it prints what is resident and exits (code 3).</summary>
+public sealed class RssWatchdog : IDisposable
+{
+    volatile bool _stop;
+    readonly Thread _thread;
+
+    RssWatchdog(double limitGiB, string who)
+    {
+        _thread = new Thread(() =>
+        {
+            while (!_stop)
+            {
+                double rss = BenchSupport.StatusGiB("VmRSS");
+                if (rss > limitGiB)
+                {
+                    Console.Error.WriteLine($"{who}: RSS {rss:F2} GiB passed {limitGiB} GiB; stopping. " +
+                        $"RssAnon {BenchSupport.StatusGiB("RssAnon"):F2} GiB, RssFile {BenchSupport.StatusGiB("RssFile"):F2} GiB (mapped weights), GC heap {GC.GetTotalMemory(false) / 1073741824.0:F2} GiB");
+                    Environment.Exit(3);
+                }
+                Thread.Sleep(50);
+            }
+        }) { IsBackground = true, Name = "rss-watchdog" };
+        _thread.Start();
+    }
+
+    public static RssWatchdog Start(double limitGiB, string who) => new(limitGiB, who);
+
+    public void Dispose() { _stop = true; _thread.Join(); }
 }

@@ -11,14 +11,18 @@ switch (args.Length > 0 ? args[0] : "")
     case "llama7b": return Llama7bBench.Run(args[1..]);
     case "sae": return SaeBench.Run(args[1..]);
     case "tracker": return TrackerBench.Run(args[1..]);
+    case "attribution": return AttributionBench.Run(args[1..]);
+    case "grad7b": return Grad7bBench.Run(args[1..]);
     case "all":
         int rc = GemmBench.Run([]);
         rc |= ForwardBench.Run([]);
         rc |= Llama7bBench.Run([]);
         rc |= SaeBench.Run([]);
         rc |= TrackerBench.Run([]);
+        rc |= AttributionBench.Run([]);
+        rc |= Grad7bBench.Run([]);
         return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | all");
+        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | all");
         return 2;
 }
