@@ -92,7 +92,13 @@ public static class AttributionBench
             var corruptCache = new ActivationCache { Lengths = corrupt.Select(t => t.Length).ToArray() };
             model.Run(corrupt, new RunOptions { CacheFilter = nodeNames.Contains, Cache = corruptCache, Splices = splices, ReturnLogits = false });
             double tCorrupt = sw.Elapsed.TotalSeconds;
-            var r = model.RunWithGradients(clean, metric, new GradientOptions { CacheFilter = nodeNames.Contains, GradFilter = nodeNames.Contains, Splices = splices });
+            // latent gradients only where a latent is active on the clean or corrupt run (what attribution reads; the
+            // library's Attribution.Run does the same): the dense W_dec·g product is skipped
+            var active = hooks.ToDictionary(h => h + ".hook_sae_acts_post", h => (Tensor?)corruptCache[h + ".hook_sae_acts_post"], StringComparer.Ordinal);
+            var r = model.RunWithGradients(clean, metric, new GradientOptions
+            {
+                CacheFilter = nodeNames.Contains, GradFilter = nodeNames.Contains, Splices = splices, ActiveLatentGradients = active,
+            });
             double tClean = sw.Elapsed.TotalSeconds;
             var e = Effects.Of(hooks, corruptCache, r);
             Console.Error.WriteLine($"  ours: corrupt forward {tCorrupt:F2} s, clean forward + backward {tClean - tCorrupt:F2} s, effects {sw.Elapsed.TotalSeconds - tClean:F2} s; RSS {BenchSupport.StatusGiB("VmRSS"):F2} GiB");
@@ -118,15 +124,16 @@ public static class AttributionBench
         // unembedding, clean pass only:          2·n·C·V                               (the corrupt pass stops after block 11)
         // backward (activation gradients only):  n·(2L(4C² + 2CM) + 4L·T·C)           (every linear once; dQ, dK, dV, dP: twice the attention forward)
         //                                        + 2·B·C·V                             (the metric's B logit rows)
-        // SAEs, each of the 12:                  encoder 2·n·C·m per pass (×2), decoder backward W_dec·g 2·n·C·m (clean),
-        //                                        TopK decoder 2·n·k·C per pass (×2; PyTorch's dense decoder does 2·n·m·C per pass, not counted)
+        // SAEs, each of the 12:                  encoder 2·n·C·m per pass (×2), TopK decoder 2·n·k·C per pass (×2), decoder backward
+        //                                        W_dec·g at the ≤ 2k latents active on either run 2·n·2k·C (PyTorch's dense decoders
+        //                                        do 2·n·m·C per pass and its backward W_dec·g 2·n·C·m for every latent: not counted)
         int L = c.NLayers, C = c.DModel, M = c.DMlp, V = c.VocabSize, n = B * T, S = saes.Count;
         double blocksFwd = (double)n * (2.0 * L * (4.0 * C * C + 2.0 * C * M) + 2.0 * L * T * C);
         double unembed = 2.0 * n * C * V;
         double blocksBwd = (double)n * (2.0 * L * (4.0 * C * C + 2.0 * C * M) + 4.0 * L * T * C) + 2.0 * B * C * V;
-        double saeFlop = S * (2 * 2.0 * n * C * DSae + 2.0 * n * C * DSae + 2 * 2.0 * n * K * C);
+        double saeFlop = S * (2 * 2.0 * n * C * DSae + 2 * 2.0 * n * K * C + 2.0 * n * 2 * K * C);
         double flop = 2 * blocksFwd + unembed + blocksBwd + saeFlop;
-        double torchExtra = S * 2 * 2.0 * n * DSae * C; // dense decoders, for the note
+        double torchExtra = S * (2 * 2.0 * n * DSae * C + 2.0 * n * C * DSae); // dense decoders and the dense W_dec·g, for the note
 
         // ---- agreement ----
         var checks = new List<string>();
@@ -178,7 +185,7 @@ public static class AttributionBench
         foreach (var (t, j) in torch) Row($"PyTorch {version} autograd, {t} thread(s)", j.GetProperty("median_s").GetDouble(), j.GetProperty("peak_rss_gib").GetDouble());
         table.AddRow($"machine peak (measured FMA, {threads} cores)", $"{flop / (peak * 1e9):F2}", "", $"{peak:F0}", "100%", "");
         AnsiConsole.Write(table);
-        AnsiConsole.MarkupLineInterpolated($"CPU: {BenchSupport.CpuName()}; work model {flop / 1e9:F0} GFLOP per iteration (blocks forward {2 * blocksFwd / 1e9:F0}, unembedding {unembed / 1e9:F0}, backward {blocksBwd / 1e9:F0}, SAEs {saeFlop / 1e9:F0}); PyTorch's dense decoders add {torchExtra / 1e9:F0} GFLOP of its own.");
+        AnsiConsole.MarkupLineInterpolated($"CPU: {BenchSupport.CpuName()}; work model {flop / 1e9:F0} GFLOP per iteration (blocks forward {2 * blocksFwd / 1e9:F0}, unembedding {unembed / 1e9:F0}, backward {blocksBwd / 1e9:F0}, SAEs {saeFlop / 1e9:F0}); PyTorch's dense decoders and dense W_dec·g add {torchExtra / 1e9:F0} GFLOP of its own.");
         foreach (string line in checks) AnsiConsole.MarkupLineInterpolated($"check: {line}");
         if (torch.Count > 0)
         {

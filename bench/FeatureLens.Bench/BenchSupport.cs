@@ -95,7 +95,8 @@ public sealed class RssWatchdog : IDisposable
                 }
                 Thread.Sleep(50);
             }
-        }) { IsBackground = true, Name = "rss-watchdog" };
+        })
+        { IsBackground = true, Name = "rss-watchdog" };
         _thread.Start();
     }
 
