@@ -89,6 +89,8 @@ public static class AttributionBench
         Effects Iteration()
         {
             var sw = Stopwatch.StartNew();
+            var pause0 = GC.GetTotalPauseDuration();
+            int gen2 = GC.CollectionCount(2);
             var corruptCache = new ActivationCache { Lengths = corrupt.Select(t => t.Length).ToArray() };
             model.Run(corrupt, new RunOptions { CacheFilter = nodeNames.Contains, Cache = corruptCache, Splices = splices, ReturnLogits = false });
             double tCorrupt = sw.Elapsed.TotalSeconds;
@@ -101,7 +103,7 @@ public static class AttributionBench
             });
             double tClean = sw.Elapsed.TotalSeconds;
             var e = Effects.Of(hooks, corruptCache, r);
-            Console.Error.WriteLine($"  ours: corrupt forward {tCorrupt:F2} s, clean forward + backward {tClean - tCorrupt:F2} s, effects {sw.Elapsed.TotalSeconds - tClean:F2} s; RSS {BenchSupport.StatusGiB("VmRSS"):F2} GiB");
+            Console.Error.WriteLine($"  ours: corrupt forward {tCorrupt:F2} s, clean forward + backward {tClean - tCorrupt:F2} s, effects {sw.Elapsed.TotalSeconds - tClean:F2} s; RSS {BenchSupport.StatusGiB("VmRSS"):F2} GiB; GC pauses {(GC.GetTotalPauseDuration() - pause0).TotalSeconds:F2} s, {GC.CollectionCount(2) - gen2} gen-2 collections");
             return e;
         }
         long allocated0 = GC.GetTotalAllocatedBytes();

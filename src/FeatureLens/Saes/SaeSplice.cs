@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Numerics.Tensors;
 using FeatureLens.Runtime.Models;
 using Tensor = FeatureLens.Runtime.Tensors.Tensor;
@@ -103,12 +104,16 @@ public sealed class SaeSplice : IHookSplice
             x = FireRows(ctx, s._in, x, n, sae.DIn, B, T, ref anyFunctions);
             var saeIn = new float[(long)n * sae.DIn];
             var norm = sae.Preprocess(x, saeIn, n);
-            var pre = new float[(long)n * sae.DSae];
-            var gate = sae.Config.Architecture == SaeArchitecture.Gated ? new float[(long)n * sae.DSae] : null;
-            sae.PreActivations(saeIn, pre, n, gate);
-            pre = FireRows(ctx, s._pre, pre, n, sae.DSae, B, T, ref anyFunctions);
-            var acts = new float[(long)n * sae.DSae];
-            sae.Activate(pre, acts, n, gate);
+            // (n, d_sae) blocks are hundreds of megabytes: every entry is written, so skip zeroing them; the
+            // pre-activations go back to the pool unless the cache kept them
+            bool keepPre = ctx.IsActive(s._pre);
+            var pre = keepPre ? GC.AllocateUninitializedArray<float>(checked(n * sae.DSae)) : ArrayPool<float>.Shared.Rent(checked(n * sae.DSae));
+            var gate = sae.Config.Architecture == SaeArchitecture.Gated ? GC.AllocateUninitializedArray<float>(checked(n * sae.DSae)) : null;
+            sae.PreActivations(saeIn, pre.AsSpan(0, n * sae.DSae), n, gate);
+            var firedPre = FireRows(ctx, s._pre, pre, n, sae.DSae, B, T, ref anyFunctions);
+            var acts = GC.AllocateUninitializedArray<float>(checked(n * sae.DSae));
+            sae.Activate(firedPre.AsSpan(0, n * sae.DSae), acts, n, gate);
+            if (!keepPre) ArrayPool<float>.Shared.Return(pre);
             acts = FireRows(ctx, s._post, acts, n, sae.DSae, B, T, ref anyFunctions);
             if (ctx.Recording) { _acts = acts; _norm = norm; _n = n; }
             var recons = new float[(long)n * sae.DOut];
@@ -162,7 +167,7 @@ public sealed class SaeSplice : IHookSplice
             var dRecons = new float[(long)n * sae.DOut];
             sae.PostprocessBackward(g, dRecons, n, _norm);
             dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref edited);
-            var dActs = new float[(long)n * sae.DSae];
+            var dActs = GC.AllocateUninitializedArray<float>(checked(n * sae.DSae));   // every entry is written below
             if (ctx.ActiveLatentGradients != null && ctx.ActiveLatentGradients.TryGetValue(s._post, out var extra))
                 sae.DecodeBackward(dRecons, dActs, n, ActiveLatents(ctx, acts, extra, n, B, T));
             else sae.DecodeBackward(dRecons, dActs, n);
@@ -192,8 +197,8 @@ public sealed class SaeSplice : IHookSplice
                 if (edited)
                 {
                     var second = EncoderPath(sae, gError!, acts, n);
-                    TensorPrimitives.Subtract(dIn, second, dIn);
-                    _pendingInput = dIn;
+                    TensorPrimitives.Subtract(dIn, second, second);     // dIn itself may be in the gradient cache
+                    _pendingInput = second;
                 }
                 else _pendingInput = null;
             }
@@ -258,7 +263,8 @@ public sealed class SaeSplice : IHookSplice
             if (!ctx.IsActive(name)) return rows;
             bool compact = n != B * T;
             float[] full = compact ? Expand(ctx.Lengths, rows, width, B, T) : rows;
-            ctx.Fire(name, full, B, T, width);
+            // the splice never writes a fired buffer again (it reads it, or keeps it for the backward): no copy for the cache
+            ctx.FireOwned(name, full, B, T, width);
             if (!ctx.HasFunctions(name)) return rows;
             anyFunctions = true;
             return compact ? Compact(ctx.Lengths, full, width, B, T) : full;

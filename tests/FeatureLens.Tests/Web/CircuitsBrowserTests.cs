@@ -10,41 +10,23 @@ namespace FeatureLens.Tests.Web;
 [Collection(TrackerServerCollection.Name)]
 public sealed class CircuitsBrowserTests(TrackerServer server) : IAsyncLifetime
 {
-    const string Chromium = "/usr/bin/chromium";
-    IPlaywright playwright = null!;
-    IBrowser browser = null!;
+    BrowserSession session = null!;
     IPage page = null!;
-    readonly List<string> consoleErrors = [];
+    List<string> consoleErrors = null!;
     string Seed => $"server seed {server.Seed}";
 
-    static string Screenshots
-    {
-        get { string dir = Path.Combine(TestPaths.RepoRoot, "artifacts", "screenshots"); Directory.CreateDirectory(dir); return dir; }
-    }
+    static string Screenshots => BrowserSession.Screenshots;
 
     public async Task InitializeAsync()
     {
-        Assert.True(File.Exists(Chromium), $"{Chromium} is missing: install Debian's chromium (apt-get install chromium); scripts/test.sh does so when run as root");
-        playwright = await Playwright.CreateAsync();
-        browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
-        {
-            ExecutablePath = Chromium,
-            Headless = true,
-            Args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-        });
-        page = await browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = 1400, Height = 900 } });
-        page.Console += (_, m) => { if (m.Type == "error") lock (consoleErrors) consoleErrors.Add(m.Text); };
-        page.PageError += (_, e) => { lock (consoleErrors) consoleErrors.Add("page error: " + e); };
-        await page.GotoAsync(server.Url);
+        session = await BrowserSession.OpenAsync(server.Url);
+        page = session.Page;
+        consoleErrors = session.ConsoleErrors;
         // the tracker analyses its example prompt on load
         await page.WaitForFunctionAsync("() => document.body.dataset.ready === '1'", null, new PageWaitForFunctionOptions { Timeout = 30_000 });
     }
 
-    public async Task DisposeAsync()
-    {
-        if (browser != null) await browser.DisposeAsync();
-        playwright?.Dispose();
-    }
+    public async Task DisposeAsync() => await session.DisposeAsync();
 
     async Task<T> Eval<T>(string js) => await page.EvaluateAsync<T>(js);
 

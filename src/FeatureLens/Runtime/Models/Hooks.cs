@@ -159,10 +159,10 @@ public interface IHookSpliceBackward
 /// <summary>What a splice may do during a forward pass: fire its own hook points and see which rows are real.</summary>
 public sealed class SpliceContext
 {
-    readonly Action<string, int, float[], int[]> _fire;
+    readonly Action<string, int, float[], int[], bool> _fire;
     readonly Func<string, bool> _active, _hasFunctions;
 
-    internal SpliceContext(int layer, int[] lengths, Action<string, int, float[], int[]> fire, Func<string, bool> active, Func<string, bool> hasFunctions,
+    internal SpliceContext(int layer, int[] lengths, Action<string, int, float[], int[], bool> fire, Func<string, bool> active, Func<string, bool> hasFunctions,
         bool recording = false)
     {
         Layer = layer; Lengths = lengths; _fire = fire; _active = active; _hasFunctions = hasFunctions; Recording = recording;
@@ -183,7 +183,13 @@ public sealed class SpliceContext
     public int[] Lengths { get; }
 
     /// <summary>Runs hook functions on <paramref name="data"/> (seen with <paramref name="shape"/>) and caches it if asked.</summary>
-    public void Fire(string name, float[] data, params int[] shape) => _fire(name, Layer, data, shape);
+    public void Fire(string name, float[] data, params int[] shape) => _fire(name, Layer, data, shape, false);
+
+    /// <summary>
+    /// <see cref="Fire"/> for a buffer the splice will not change afterwards: the cache keeps it without a copy (a
+    /// [batch, pos, d_sae] latent block is hundreds of megabytes).
+    /// </summary>
+    public void FireOwned(string name, float[] data, params int[] shape) => _fire(name, Layer, data, shape, true);
     /// <summary>True when a hook function or the cache wants this hook point.</summary>
     public bool IsActive(string name) => _active(name);
     /// <summary>True when hook functions (not just the cache) are registered on this hook point.</summary>

@@ -42,11 +42,14 @@ internal sealed class HookSet
 
     /// <summary>
     /// The backward pass reached <paramref name="name"/> with <paramref name="grad"/> (the gradient of the value the rest
-    /// of the forward used, shaped like the activation). In reverse of <see cref="Fire"/>: splices writing this hook turn it
+    /// of the forward used, shaped like the activation). In reverse of <see cref="Fire(string, int, float[], int[])"/>: splices writing this hook turn it
     /// into the gradient of the value before them, splices reading it add their share, the seed is added, backward hook
     /// functions read or edit it, and the cache keeps it.
     /// </summary>
-    public void FireBackward(string name, int layer, float[] grad, params int[] shape)
+    public void FireBackward(string name, int layer, float[] grad, params int[] shape) => FireBackward(name, layer, grad, shape, false);
+
+    /// <summary><see cref="FireBackward(string, int, float[], int[])"/>; <paramref name="owned"/>: the caller will not change <paramref name="grad"/> afterwards, so the cache keeps it without a copy.</summary>
+    void FireBackward(string name, int layer, float[] grad, int[] shape, bool owned)
     {
         var t = new Tensor(shape, grad);
         bool hasOut = _spliceOut.TryGetValue(name, out var outs), hasIn = _spliceIn.TryGetValue(name, out var ins);
@@ -61,19 +64,22 @@ internal sealed class HookSet
             if (hasIn) for (int i = ins!.Count - 1; i >= 0; i--) Backward(ins[i]).OnInputBackward(ctx, t);
         }
         if (Seeds.TryGetValue(name, out var seed)) TensorPrimitives.Add(grad, seed, grad);
-        if (_backwardFns.TryGetValue(name, out var fns))
+        if (_backwardFns.TryGetValue(name, out var fns)) RunFunctions(fns, t, name, layer, "backward hook");
+        if (GradientCache != null && _gradFilter!(name)) GradientCache[name] = owned ? t : t.Clone();
+    }
+
+    /// <summary>Runs hook functions on <paramref name="t"/> in order; a returned tensor (of the same shape) replaces its data.</summary>
+    static void RunFunctions(List<HookFunction> fns, Tensor t, string name, int layer, string what)
+    {
+        var point = new HookPoint(name, layer);
+        foreach (var fn in fns)
         {
-            var point = new HookPoint(name, layer);
-            foreach (var fn in fns)
-            {
-                var r = fn(t, point);
-                if (r is null || ReferenceEquals(r.Data, grad)) continue;
-                if (!r.Shape.AsSpan().SequenceEqual(shape))
-                    throw new InvalidOperationException($"backward hook at '{name}' returned shape [{string.Join(",", r.Shape)}], expected [{string.Join(",", shape)}]");
-                r.Data.AsSpan().CopyTo(grad);
-            }
+            var r = fn(t, point);
+            if (r is null || ReferenceEquals(r.Data, t.Data)) continue;
+            if (!r.Shape.AsSpan().SequenceEqual(t.Shape))
+                throw new InvalidOperationException($"{what} at '{name}' returned shape [{string.Join(",", r.Shape)}], expected [{string.Join(",", t.Shape)}]");
+            r.Data.AsSpan().CopyTo(t.Data);
         }
-        if (GradientCache != null && _gradFilter!(name)) GradientCache[name] = t.Clone();
     }
 
     static IHookSpliceBackward Backward(IHookSpliceRun run) => run as IHookSpliceBackward
@@ -111,23 +117,15 @@ internal sealed class HookSet
     /// Runs the hooks on <paramref name="data"/> (seen with <paramref name="shape"/>), caches it if asked, then
     /// hands it to splices reading this hook and lets splices writing this hook replace it.
     /// </summary>
-    public void Fire(string name, int layer, float[] data, params int[] shape)
+    public void Fire(string name, int layer, float[] data, params int[] shape) => Fire(name, layer, data, shape, false);
+
+    /// <summary><see cref="Fire(string, int, float[], int[])"/>; <paramref name="owned"/>: the caller will not change <paramref name="data"/> afterwards, so the cache keeps it without a copy.</summary>
+    void Fire(string name, int layer, float[] data, int[] shape, bool owned)
     {
         if (!Active(name)) return;
         var t = new Tensor(shape, data);
-        if (_fns.TryGetValue(name, out var fns))
-        {
-            var point = new HookPoint(name, layer);
-            foreach (var fn in fns)
-            {
-                var r = fn(t, point);
-                if (r is null || ReferenceEquals(r.Data, data)) continue;
-                if (!r.Shape.AsSpan().SequenceEqual(shape))
-                    throw new InvalidOperationException($"hook at '{name}' returned shape [{string.Join(",", r.Shape)}], expected [{string.Join(",", shape)}]");
-                r.Data.AsSpan().CopyTo(data);
-            }
-        }
-        if (Cache != null && _cacheFilter!(name)) Cache[name] = t.Clone();
+        if (_fns.TryGetValue(name, out var fns)) RunFunctions(fns, t, name, layer, "hook");
+        if (Cache != null && _cacheFilter!(name)) Cache[name] = owned ? t : t.Clone();
         bool hasIn = _spliceIn.TryGetValue(name, out var ins), hasOut = _spliceOut.TryGetValue(name, out var outs);
         if (!hasIn && !hasOut) return;
         var ctx = new SpliceContext(layer, _lengths, Fire, Active, HasHook, Recording);
