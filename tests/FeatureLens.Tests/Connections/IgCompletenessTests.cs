@@ -17,15 +17,15 @@ namespace FeatureLens.Tests.Connections;
 public class IgCompletenessTests(ITestOutputHelper output)
 {
     static string Bin => Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin");
-    static readonly int[] StepCounts = [1, 2, 4, 8, 16, 32];
+    static readonly int[] StepCounts = [1, 2, 4, 8, 16, 32, 64, 128];
     // Seen: 1 step is off by 2–2,800 % of the all-nodes effect (a one-token change still moves the model far from
     // linear), and the error halves with each doubling of the steps (the left Riemann sum's 1/N). The SAE sits at blocks.4
     // (the last block): at blocks.2 the path through three more blocks was nonlinear enough that the extrapolation was 2.6 % off.
     /// <summary>
-    /// The 1/N term cancels in the Richardson extrapolation 2·Σ(32) − Σ(16), which must then be within this fraction of the
-    /// all-nodes effect (seen: ≤ 0.14 %) — the sharp form of "approaches": IG converges to the patch, not near it.
+    /// The 1/N term cancels in the Richardson extrapolation 2·Σ(128) − Σ(64), which must then be within this fraction of the
+    /// all-nodes effect (seen: ≤ 0.01 % in 10 runs; at 32/16 steps it had reached 1.05 %) — the sharp form of "approaches": IG converges to the patch, not near it.
     /// </summary>
-    const double ExtrapolatedFraction = 0.01;
+    const double ExtrapolatedFraction = 0.005;
 
     [Fact]
     public void IgSumsApproachTheAllNodesPatch()
@@ -81,16 +81,18 @@ public class IgCompletenessTests(ITestOutputHelper output)
             sums.Add(sum);
             output.WriteLine($"  steps {steps,2}: Σ IG {sum,14:E6}  |Σ − patch| {err:E3}  ({err / Math.Abs(target):P2} of the patch)");
         }
-        double first = errors[0], last = errors[^1];
+        double last = errors[^1];
         double extrapolated = Math.Abs(2 * sums[^1] - sums[^2] - target);
-        output.WriteLine($"  2·Σ(32) − Σ(16): |error| {extrapolated:E3} ({extrapolated / Math.Abs(target):P2} of the patch)");
-        Assert.True(last < first, $"{what}: the IG error does not shrink from 1 to 32 steps ({first:E3} → {last:E3}; {context})");
+        output.WriteLine($"  2·Σ(128) − Σ(64): |error| {extrapolated:E3} ({extrapolated / Math.Abs(target):P2} of the patch)");
+        // it converges: the error at 128 steps is below the largest error of the short sums (a single short sum can land
+        // near the target by chance, when the path crosses it)
+        Assert.True(last < errors.Take(3).Max(), $"{what}: the IG error does not shrink ({string.Join(" → ", errors.Select(e => e.ToString("E2", CultureInfo.InvariantCulture)))}; {context})");
+        // a left Riemann sum's error is ≈ E/N, so at 128 steps it is about Σ(64) − Σ(128): not more than twice that
+        double lastStep = Math.Abs(sums[^1] - sums[^2]);
+        Assert.True(last <= 2 * lastStep + 0.005 * Math.Abs(target),
+            $"{what}: Σ IG at 128 steps is {last:E3} from the all-nodes effect, more than twice its last change {lastStep:E3} ({context})");
+        // and to the patch itself: the 1/N term cancels in the Richardson extrapolation
         Assert.True(extrapolated <= ExtrapolatedFraction * Math.Abs(target),
-            $"{what}: 2·Σ(32) − Σ(16) is {extrapolated:E3} from the all-nodes effect {target:E3}, more than {ExtrapolatedFraction:P0} ({context})");
-        // a left Riemann sum converges as 1/N: from 4 to 32 steps the error falls about 8-fold (the path's own variation
-        // can dwarf a small endpoint difference, so the error is judged by its rate, not as a share of the target)
-        double at4 = errors[Array.IndexOf(StepCounts, 4)];
-        Assert.True(last <= 0.2 * at4 || last <= 1e-3 * Math.Abs(target),
-            $"{what}: Σ IG's error fell only from {at4:E3} (4 steps) to {last:E3} (32 steps), not 1/N-like ({context})");
+            $"{what}: 2·Σ(128) − Σ(64) is {extrapolated:E3} from the all-nodes effect {target:E3}, more than {ExtrapolatedFraction:P1} ({context})");
     }
 }
