@@ -61,7 +61,7 @@ public static class Attribution
         }
         else
         {
-            clean = ctx.MetricValues(ctx.Clean, Enumerable.Range(0, ctx.Clean.Length).ToArray(), []).Sum(v => (double)v);
+            clean = ctx.CleanMetricValues().Sum(v => (double)v);
             int done = 0, total = groups.Count * ctx.Clean.Length;
             foreach (var group in groups)
                 for (int b = 0; b < ctx.Clean.Length; b++)
@@ -199,8 +199,7 @@ public static class Attribution
     }
 
     /// <summary>The metric on the corrupt prompts, summed (null for ablations).</summary>
-    internal static double? CorruptMetric(CircuitContext ctx) => ctx.CorruptTokens == null ? null
-        : ctx.MetricValues(ctx.CorruptTokens, Enumerable.Range(0, ctx.Clean.Length).ToArray(), []).Sum(v => (double)v);
+    internal static double? CorruptMetric(CircuitContext ctx) => ctx.CorruptMetricValues()?.Sum(v => (double)v);
 }
 
 /// <summary>Effects summed over prompts per node, in first-seen order.</summary>

@@ -102,21 +102,50 @@ public sealed class CircuitContext
         lock (store)
         {
             if (store.TryGetValue(valueHook, out var hit)) return hit;
-            var want = new HashSet<string>(store.Count == 0 ? ValueHooks().Append(valueHook) : [valueHook], StringComparer.Ordinal);
-            var cache = new ActivationCache { Lengths = tokens.Select(t => t.Length).ToArray() };
-            Model.Run(tokens, new RunOptions { CacheFilter = want.Contains, Cache = cache, Splices = Splices, ReturnLogits = false });
-            foreach (var (name, t) in cache)
-            {
-                int bad = Array.FindIndex(t.Data, v => !float.IsFinite(v));
-                if (bad >= 0)
-                {
-                    long inner = t.Length / ((long)t.Shape[0] * t.Shape[1]), row = bad / inner;
-                    throw new InvalidDataException($"the {(ReferenceEquals(tokens, Clean) ? "clean" : "corrupt")} run's activation at '{name}' is not finite ({t.Data[bad]}) at prompt {row / t.Shape[1]}, position {row % t.Shape[1]}: cannot patch from it");
-                }
-                store[name] = t;
-            }
+            Fill(tokens, store, valueHook);
             return store.TryGetValue(valueHook, out hit) ? hit : throw new ArgumentException($"'{valueHook}' is not a hook of this model with these SAEs");
         }
+    }
+
+    /// <summary>The metric of each clean prompt (from the same run that caches the clean node values).</summary>
+    public float[] CleanMetricValues() => MetricsOf(Clean, _cleanCache);
+
+    /// <summary>The metric of each corrupt prompt (null for ablations), from the run that caches the corrupt node values.</summary>
+    public float[]? CorruptMetricValues() => CorruptTokens == null ? null : MetricsOf(CorruptTokens, _corruptCache);
+
+    float[] MetricsOf(int[][] tokens, Dictionary<string, Tensor> store)
+    {
+        lock (store)
+        {
+            if (!_metrics.TryGetValue(store, out var values)) Fill(tokens, store, null);
+            return _metrics[store];
+        }
+    }
+
+    readonly Dictionary<object, float[]> _metrics = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>
+    /// Runs <paramref name="tokens"/> with the SAEs spliced and caches activations into <paramref name="store"/>: on the first
+    /// run every SAE value hook (and the metric, from the same run's logits), later only <paramref name="valueHook"/>.
+    /// </summary>
+    void Fill(int[][] tokens, Dictionary<string, Tensor> store, string? valueHook)
+    {
+        bool first = !_metrics.ContainsKey(store);
+        var want = new HashSet<string>(first ? ValueHooks() : [], StringComparer.Ordinal);
+        if (valueHook != null) want.Add(valueHook);
+        var cache = new ActivationCache { Lengths = tokens.Select(t => t.Length).ToArray() };
+        var logits = Model.Run(tokens, new RunOptions { CacheFilter = want.Contains, Cache = cache, Splices = Splices, ReturnLogits = first });
+        foreach (var (name, t) in cache)
+        {
+            int bad = Array.FindIndex(t.Data, v => !float.IsFinite(v));
+            if (bad >= 0)
+            {
+                long inner = t.Length / ((long)t.Shape[0] * t.Shape[1]), row = bad / inner;
+                throw new InvalidDataException($"the {(ReferenceEquals(tokens, Clean) ? "clean" : "corrupt")} run's activation at '{name}' is not finite ({t.Data[bad]}) at prompt {row / t.Shape[1]}, position {row % t.Shape[1]}: cannot patch from it");
+            }
+            store[name] = t;
+        }
+        if (first) _metrics[store] = Metric.PerSequence(Metrics).Evaluate(logits!, cache, tokens).Values;
     }
 
     /// <summary>

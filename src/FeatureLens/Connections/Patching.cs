@@ -17,7 +17,7 @@ public static class Patching
     public static EffectsResult Run(CircuitContext ctx, IReadOnlyList<Node> nodes, Action<int, int>? progress = null)
     {
         foreach (var n in nodes) Check(ctx, n);
-        var clean = ctx.MetricValues(ctx.Clean, Enumerable.Range(0, ctx.Clean.Length).ToArray(), []);
+        var clean = ctx.CleanMetricValues();
         var acc = new EffectAccumulator();
         int done = 0, total = nodes.Count * ctx.Clean.Length;
         for (int b = 0; b < ctx.Clean.Length; b++)

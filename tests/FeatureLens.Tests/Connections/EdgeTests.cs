@@ -42,9 +42,9 @@ public class EdgeTests(ITestOutputHelper output)
         var x = ctx.CleanRows("blocks.0.hook_resid_post", 0); var x1 = ctx.CorruptRows("blocks.0.hook_resid_post", 0);
         var dmdd = model.RunWithGradients([clean], metric, new GradientOptions { CacheFilter = n => n.EndsWith("hook_sae_acts_post", StringComparison.Ordinal) || n.EndsWith("hook_sae_error", StringComparison.Ordinal), Splices = ctx.Splices });
         var byPair = edges.ToDictionary(x => (x.Source, x.Target), x => x.Weight);
-        double worst = 0;
         foreach (var d in targets)
         {
+            double worst = 0;   // per target, against that target's largest edge
             // ∂m/∂d at the clean run, and ∂d/∂(upstream) from a run whose metric is d itself
             double gd = d.Kind == NodeKind.Feature ? dmdd.Gradients.Sequence(d.ValueHook, 0).Data[d.Pos * 80 + d.Index!.Value] : double.NaN;
             if (d.Kind != NodeKind.Feature) continue;
