@@ -234,7 +234,7 @@ internal static class AttributeCommand
         var steps = new Option<int>("--steps") { Description = "Integrated-gradient steps", DefaultValueFactory = _ => 10 };
         var checkExact = new Option<int?>("--check-exact") { Description = "Patch the N largest nodes exactly and report the correlation and largest disagreement" };
         var headsAll = new Option<bool>("--heads-all-positions") { Description = "One attn node per head over all positions (instead of one per position)" };
-        var edgesOpt = new Option<int?>("--edges") { Description = "Also compute edges (u→d) into the N nodes of largest |effect| from every upstream node (one backward pass per target)" };
+        var edgesOpt = new Option<int?>("--edges") { Description = "Also compute edges (u→d) into the N nodes of largest |effect| from every upstream node (one backward pass per target; with --method ig, ∂d/∂u is averaged along u's integration path)" };
         var maxEdges = new Option<int>("--max-edges") { Description = "Edges kept (largest |weight|)", DefaultValueFactory = _ => 1000 };
         var cmd = new Command("attribute", "Effects of SAE features, error nodes and components on a metric by attribution patching (gradient or integrated gradients)");
         o.AddTo(cmd);
@@ -262,7 +262,8 @@ internal static class AttributeCommand
                 if (r.GetValue(edgesOpt) is int k)
                 {
                     var targets = result.Nodes.OrderByDescending(x => Math.Abs(x.Effect)).Take(k).Select(x => x.Node).ToList();
-                    edges = CircuitOptions.WithProgress($"edges into the top {targets.Count} nodes", p => Edges.Run(ctx, select, targets, r.GetValue(maxEdges), p));
+                    edges = CircuitOptions.WithProgress($"edges into the top {targets.Count} nodes" + (m == AttributionMethod.IntegratedGradients ? $" (integrated gradients, {r.GetValue(steps)} steps)" : ""),
+                        p => Edges.Run(ctx, select, targets, r.GetValue(maxEdges), p, m, r.GetValue(steps)));
                 }
                 o.Report(r, result, check, edges);
             }

@@ -93,19 +93,8 @@ public static class Attribution
         {
             int n = Math.Min(perRun, steps - k0);
             var tokens = Enumerable.Repeat(ctx.Clean[b], n).ToArray();
-            var hooks = group.Select(h => (h, (HookFunction)((t, _) =>
-            {
-                int T = t.Shape[1], width = (int)(t.Length / ((long)t.Shape[0] * T));
-                var a1 = corrupt[h];
-                for (int c = 0; c < n; c++)
-                {
-                    float alpha = (float)(k0 + c) / steps;
-                    var rows = t.Data.AsSpan(c * T * width, len * width);
-                    if (k0 + c == 0) clean.TryAdd(h, rows.ToArray());
-                    for (int i = 0; i < rows.Length; i++) rows[i] += alpha * (a1[i] - rows[i]);
-                }
-                return null;
-            }))).ToList();
+            int first = k0;
+            var hooks = Interpolation(group, corrupt, len, c => (float)(first + c) / steps, (h, rows) => clean.TryAdd(h, rows));
             var set = new HashSet<string>(group, StringComparer.Ordinal);
             var r = ctx.Model.RunWithGradients(tokens, Metric.PerSequence(Enumerable.Repeat(ctx.Metrics[b], n).ToList()),
                 new GradientOptions { Hooks = hooks, GradFilter = set.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor(Enumerable.Repeat(b, n).ToArray()) });
@@ -120,6 +109,27 @@ public static class Attribution
         foreach (var s in sums.Values) for (int i = 0; i < s.Length; i++) s[i] /= steps;
         return (clean, sums);
     }
+
+    /// <summary>
+    /// Hook functions that set <paramref name="group"/>'s values in copy c of a batch of copies of one prompt (of
+    /// <paramref name="len"/> tokens) to a + α(c)·(a′ − a), a′ being <paramref name="corrupt"/>'s rows; <paramref name="onClean"/>
+    /// sees each hook's clean rows (of copy 0, before they change).
+    /// </summary>
+    internal static List<(string, HookFunction)> Interpolation(IReadOnlyList<string> group, IReadOnlyDictionary<string, float[]> corrupt, int len,
+        Func<int, float> alpha, Action<string, float[]>? onClean = null) =>
+        group.Select(h => (h, (HookFunction)((t, _) =>
+        {
+            int copies = t.Shape[0], T = t.Shape[1], width = (int)(t.Length / ((long)copies * T));
+            var a1 = corrupt[h];
+            for (int c = 0; c < copies; c++)
+            {
+                float al = alpha(c);
+                var rows = t.Data.AsSpan(c * T * width, len * width);
+                if (c == 0) onClean?.Invoke(h, rows.ToArray());
+                for (int i = 0; i < rows.Length; i++) rows[i] += al * (a1[i] - rows[i]);
+            }
+            return null;
+        }))).ToList();
 
     /// <summary>The hook groups interpolated together: each SAE's latents with its error, each component hook alone.</summary>
     public static List<string[]> Groups(CircuitContext ctx, NodeSelection select)

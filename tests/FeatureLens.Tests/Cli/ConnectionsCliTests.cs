@@ -84,6 +84,21 @@ public sealed class ConnectionsCliTests : IDisposable
     }
 
     [Fact]
+    public void IntegratedGradientEffectsAndEdges()
+    {
+        string json = Out("ig.json");
+        var r = CliTests.Run("attribute", "--model", Stories, "--clean", "Lily had a red ball", "--corrupt", "Tom had a big dog",
+            "--metric", "logprob:403", "--sae", _saes, "--method", "ig", "--steps", "3", "--edges", "2", "--out", json);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        Assert.Equal("ig", doc.RootElement.GetProperty("method").GetString());
+        Assert.Equal(3, doc.RootElement.GetProperty("steps").GetInt32());
+        var edges = doc.RootElement.GetProperty("edges").EnumerateArray().ToList();
+        Assert.NotEmpty(edges);
+        Assert.All(edges, e => Assert.True(double.IsFinite(e.GetProperty("weight").GetDouble())));
+    }
+
+    [Fact]
     public void PatchSweepsAndTheTopNodesOfAnAttributionRun()
     {
         string a = Out("a.json"), p = Out("p.json"), s = Out("s.json");
