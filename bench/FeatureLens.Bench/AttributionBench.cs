@@ -91,6 +91,7 @@ public static class AttributionBench
             var sw = Stopwatch.StartNew();
             var pause0 = GC.GetTotalPauseDuration();
             int gen2 = GC.CollectionCount(2);
+            long faults0 = BenchSupport.MinorFaults();
             var corruptCache = new ActivationCache { Lengths = corrupt.Select(t => t.Length).ToArray() };
             model.Run(corrupt, new RunOptions { CacheFilter = nodeNames.Contains, Cache = corruptCache, Splices = splices, ReturnLogits = false });
             double tCorrupt = sw.Elapsed.TotalSeconds;
@@ -103,7 +104,8 @@ public static class AttributionBench
             });
             double tClean = sw.Elapsed.TotalSeconds;
             var e = Effects.Of(hooks, corruptCache, r);
-            Console.Error.WriteLine($"  ours: corrupt forward {tCorrupt:F2} s, clean forward + backward {tClean - tCorrupt:F2} s, effects {sw.Elapsed.TotalSeconds - tClean:F2} s; RSS {BenchSupport.StatusGiB("VmRSS"):F2} GiB; GC pauses {(GC.GetTotalPauseDuration() - pause0).TotalSeconds:F2} s, {GC.CollectionCount(2) - gen2} gen-2 collections");
+            corruptCache.Dispose();   // its buffers go back to the pool for the next run (r is kept by the effects for the check)
+            Console.Error.WriteLine($"  ours: corrupt forward {tCorrupt:F2} s, clean forward + backward {tClean - tCorrupt:F2} s, effects {sw.Elapsed.TotalSeconds - tClean:F2} s; RSS {BenchSupport.StatusGiB("VmRSS"):F2} GiB; GC pauses {(GC.GetTotalPauseDuration() - pause0).TotalSeconds:F2} s, {GC.CollectionCount(2) - gen2} gen-2 collections; {(BenchSupport.MinorFaults() - faults0) * 4 / 1024.0 / 1024.0:F2} GiB of fresh pages touched");
             return e;
         }
         long allocated0 = GC.GetTotalAllocatedBytes();
@@ -111,6 +113,8 @@ public static class AttributionBench
         var samples = new List<double>();
         for (int i = 0; i < runs; i++)
         {
+            // the previous iteration's buffers go back to the pool first, as a tool running one attribution after another does
+            ours.Dispose();
             var sw = Stopwatch.StartNew();
             ours = Iteration();
             samples.Add(sw.Elapsed.TotalSeconds);
@@ -201,8 +205,15 @@ public static class AttributionBench
     }
 
     /// <summary>Our effects: per hook, the latents' (B,T,m) and the errors' (B,T); the gradient result is kept for the check.</summary>
-    sealed record Effects(float Metric, Dictionary<string, (Tensor Latent, Tensor Error)> PerHook, GradientResult? Result)
+    sealed record Effects(float Metric, Dictionary<string, (Tensor Latent, Tensor Error)> PerHook, GradientResult? Result) : IDisposable
     {
+        /// <summary>Hands every buffer back to the pool.</summary>
+        public void Dispose()
+        {
+            foreach (var (lat, _) in PerHook.Values) BufferPool.Return(lat.Data);
+            Result?.Dispose();
+        }
+
         public static Effects Of(string[] hooks, ActivationCache corrupt, GradientResult r)
         {
             var perHook = new Dictionary<string, (Tensor, Tensor)>(StringComparer.Ordinal);
@@ -212,7 +223,7 @@ public static class AttributionBench
                 string post = hooks[i] + ".hook_sae_acts_post", err = hooks[i] + ".hook_sae_error";
                 // latents: (a′ − a)·grad
                 var a = r.Activations[post].Data; var g = r.Gradients[post].Data;
-                var lat = new Tensor([B, T, DSae]);
+                var lat = new Tensor([B, T, DSae], BufferPool.Rent(B * T * DSae));   // every entry is written
                 TensorPrimitives.Subtract(corrupt[post].Data, a, lat.Data);
                 TensorPrimitives.Multiply(lat.Data, g, lat.Data);
                 // error nodes: Σ_d (e′ − e)·grad, one per position

@@ -64,6 +64,14 @@ public static class BenchSupport
         return double.NaN;
     }
 
+    /// <summary>Minor page faults of this process so far (/proc/self/stat field 10): each is a first touch of a fresh page.</summary>
+    public static long MinorFaults()
+    {
+        string stat = File.ReadAllText("/proc/self/stat");
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');   // fields from 3 (state) on
+        return long.Parse(fields[10 - 3], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
     /// <summary>A field of /proc/self/status given in kB (VmRSS, VmHWM, RssAnon, RssFile), in GiB.</summary>
     public static double StatusGiB(string field)
     {

@@ -49,7 +49,7 @@ public static class Attribution
         if (method == AttributionMethod.Gradient)
         {
             var hooks = new HashSet<string>(groups.SelectMany(g => g), StringComparer.Ordinal);
-            var r = ctx.Model.RunWithGradients(ctx.Clean, objective, new GradientOptions
+            using var r = ctx.Model.RunWithGradients(ctx.Clean, objective, new GradientOptions
             {
                 CacheFilter = hooks.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor([.. Enumerable.Range(0, ctx.Clean.Length)]),
             });
@@ -96,7 +96,7 @@ public static class Attribution
             int first = k0;
             var hooks = Interpolation(group, corrupt, len, c => (float)(first + c) / steps, (h, rows) => clean.TryAdd(h, rows));
             var set = new HashSet<string>(group, StringComparer.Ordinal);
-            var r = ctx.Model.RunWithGradients(tokens, Metric.PerSequence(Enumerable.Repeat(ctx.Metrics[b], n).ToList()),
+            using var r = ctx.Model.RunWithGradients(tokens, Metric.PerSequence(Enumerable.Repeat(ctx.Metrics[b], n).ToList()),
                 new GradientOptions { Hooks = hooks, GradFilter = set.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor(Enumerable.Repeat(b, n).ToArray()) });
             foreach (var h in group)
                 for (int c = 0; c < n; c++)

@@ -88,7 +88,7 @@ public static class Edges
                     var up = new HashSet<string>(upstream, StringComparer.Ordinal);
                     var hooks = ig ? Attribution.Interpolation(pass, pass.ToDictionary(h => h, h => ctx.CorruptRows(h, b), StringComparer.Ordinal), len,
                         c => (float)(c % steps) / steps) : [];
-                    var r = ctx.Model.RunWithGradients(Enumerable.Repeat(ctx.Clean[b], copies).ToArray(), seeds, new GradientOptions
+                    using var r = ctx.Model.RunWithGradients(Enumerable.Repeat(ctx.Clean[b], copies).ToArray(), seeds, new GradientOptions
                     {
                         Hooks = hooks, GradFilter = up.Contains, Splices = ctx.Splices, ActiveLatentGradients = ctx.ActiveLatentsFor(Enumerable.Repeat(b, copies).ToArray()),
                     });
@@ -114,6 +114,7 @@ public static class Edges
                 progress?.Invoke(done += chunk.Length, total);
             }
         }
+        clean?.Dispose();
         return weights.Select(kv => new Edge(kv.Key.Item1, kv.Key.Item2, kv.Value))
             .OrderByDescending(e => Math.Abs(e.Weight)).Take(maxEdges).ToList();
     }

@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Numerics.Tensors;
 using FeatureLens.Runtime.Models;
+using FeatureLens.Runtime.Tensors;
 using Tensor = FeatureLens.Runtime.Tensors.Tensor;
 
 namespace FeatureLens.Saes;
@@ -84,6 +85,7 @@ public sealed class SaeSplice : IHookSplice
         int _n;
         // kept for the backward pass when the forward is recorded: the latents (after hook functions) and the normalisation
         float[]? _acts;
+        bool _actsCached;
         Sae.InputNorm? _norm;
         float[]? _pendingInput;   // (n, d_in): the gradient the splice adds at its input hook
 
@@ -111,13 +113,14 @@ public sealed class SaeSplice : IHookSplice
             var gate = sae.Config.Architecture == SaeArchitecture.Gated ? GC.AllocateUninitializedArray<float>(checked(n * sae.DSae)) : null;
             sae.PreActivations(saeIn, pre.AsSpan(0, n * sae.DSae), n, gate);
             var firedPre = FireRows(ctx, s._pre, pre, n, sae.DSae, B, T, ref anyFunctions);
-            var acts = GC.AllocateUninitializedArray<float>(checked(n * sae.DSae));
+            var acts = BufferPool.Rent(checked(n * sae.DSae));
             sae.Activate(firedPre.AsSpan(0, n * sae.DSae), acts, n, gate);
             if (!keepPre) ArrayPool<float>.Shared.Return(pre);
             acts = FireRows(ctx, s._post, acts, n, sae.DSae, B, T, ref anyFunctions);
-            if (ctx.Recording) { _acts = acts; _norm = norm; _n = n; }
+            if (ctx.Recording) { _acts = acts; _norm = norm; _n = n; _actsCached = ctx.IsActive(s._post); }
             var recons = new float[(long)n * sae.DOut];
             sae.DecodeRaw(acts, recons, n);
+            if (!ctx.Recording && !ctx.IsActive(s._post)) BufferPool.Return(acts);   // nobody else holds it
             recons = FireRows(ctx, s._recons, recons, n, sae.DOut, B, T, ref anyFunctions);
             var output = new float[(long)n * sae.DOut];
             sae.Postprocess(recons, output, n, norm, x);
@@ -167,7 +170,7 @@ public sealed class SaeSplice : IHookSplice
             var dRecons = new float[(long)n * sae.DOut];
             sae.PostprocessBackward(g, dRecons, n, _norm);
             dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref edited);
-            var dActs = GC.AllocateUninitializedArray<float>(checked(n * sae.DSae));   // every entry is written below
+            var dActs = BufferPool.Rent(checked(n * sae.DSae));   // every entry is written below
             if (ctx.ActiveLatentGradients != null && ctx.ActiveLatentGradients.TryGetValue(s._post, out var extra))
                 sae.DecodeBackward(dRecons, dActs, n, ActiveLatents(ctx, acts, extra, n, B, T));
             else sae.DecodeBackward(dRecons, dActs, n);
@@ -207,6 +210,9 @@ public sealed class SaeSplice : IHookSplice
                 s.Scatter(ctx, grad, new float[(long)n * sae.DOut], sae.DOut);
                 _pendingInput = dIn;
             }
+            // buffers nobody holds go back to the pool: the gradient unless cached, the latents unless the forward cached them
+            if (!ctx.IsActive(s._post)) BufferPool.Return(dActs);
+            if (!_actsCached) BufferPool.Return(acts);
             _acts = null; _norm = null;
         }
 

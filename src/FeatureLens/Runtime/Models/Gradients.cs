@@ -55,8 +55,15 @@ public sealed class GradientOptions
 }
 
 /// <summary>What <see cref="HookedTransformer.RunWithGradients"/> returns.</summary>
-public sealed class GradientResult
+public sealed class GradientResult : IDisposable
 {
+    /// <summary>Hands the caches' buffers back for reuse (<see cref="ActivationCache.Dispose"/>).</summary>
+    public void Dispose()
+    {
+        Activations.Dispose();
+        Gradients.Dispose();
+    }
+
     /// <summary>The objective summed over the batch.</summary>
     public required float Value { get; init; }
     /// <summary>The objective of each sequence.</summary>

@@ -14,8 +14,18 @@ public delegate Tensor? HookFunction(Tensor activation, HookPoint hook);
 public sealed record HookPoint(string Name, int Layer);
 
 /// <summary>Activations kept by a run, keyed by hook name. Tensors are [batch, pos, ...].</summary>
-public sealed class ActivationCache : Dictionary<string, Tensor>
+public sealed class ActivationCache : Dictionary<string, Tensor>, IDisposable
 {
+    /// <summary>
+    /// Hands the tensors' buffers back to <see cref="BufferPool"/> for the next run to reuse, and empties the cache. Tensors
+    /// taken from this cache must not be used afterwards. Disposing is optional: an undisposed cache is collected as usual.
+    /// </summary>
+    public void Dispose()
+    {
+        foreach (var t in Values) BufferPool.Return(t.Data);
+        Clear();
+    }
+
     /// <summary>Sequence lengths of the batch; positions at or beyond a sequence's length are padding (zeros).</summary>
     public int[] Lengths { get; init; } = [];
 
