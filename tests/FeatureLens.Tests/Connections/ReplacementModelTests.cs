@@ -284,3 +284,52 @@ public class ReplacementInterventionTests(ITestOutputHelper output)
         output.WriteLine($"interventions: worst |Δ − prediction| / largest prediction {worst:E2}");
     }
 }
+
+/// <summary>Bad input to the replacement model is a clear ArgumentException naming what is wrong (stories260K: 5 layers, d_model 64, n_ctx 512).</summary>
+public class ReplacementModelInputTests
+{
+    static string Bin => Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin");
+
+    static Sae Tc(Random rng, int layer, string hook = "ln2.hook_normalized", int dIn = 64, int dOut = 64, string? hookOut = null,
+        SaeArchitecture arch = SaeArchitecture.Transcoder, ActivationNormalization norm = ActivationNormalization.None) =>
+        SaeTestData.Random(rng, arch, dIn, 32, $"blocks.{layer}.{hook}", dOut: dOut, hookOut: arch == SaeArchitecture.Standard ? null : hookOut ?? $"blocks.{layer}.hook_mlp_out", norm: norm);
+
+    [Fact]
+    public void BadTranscodersPromptsAndTargetsAreClearErrors()
+    {
+        int seed = Random.Shared.Next();
+        var rng = new Random(seed);
+        using var model = HookedTransformer.Load(Bin);
+        List<Sae> Good() => Enumerable.Range(0, 5).Select(l => Tc(rng, l)).ToList();
+        int[] prompt = [1, 300, 42, 17];
+        void Expect(Action build, params string[] parts)
+        {
+            var e = Assert.ThrowsAny<ArgumentException>(build);
+            foreach (var part in parts) Assert.True(e.Message.Contains(part, StringComparison.Ordinal), $"'{e.Message}' should mention '{part}' (seed {seed})");
+        }
+        List<Sae> With(int layer, Sae sae) { var l = Good(); l[layer] = sae; return l; }
+
+        Expect(() => ReplacementModel.Build(model, With(2, Tc(rng, 7)), prompt), "transcoder 2", "blocks.7.ln2.hook_normalized", "lacks");
+        Expect(() => ReplacementModel.Build(model, With(1, Tc(rng, 1, "hook_resid_pre")), prompt), "blocks.1.hook_resid_pre", "not an MLP input");
+        Expect(() => ReplacementModel.Build(model, With(3, Tc(rng, 3, dIn: 48)), prompt), "transcoder 3", "d_in is 48", "d_model is 64");
+        Expect(() => ReplacementModel.Build(model, With(0, Tc(rng, 0, dOut: 32)), prompt), "transcoder 0", "d_out is 32");
+        Expect(() => ReplacementModel.Build(model, With(0, Tc(rng, 0, hookOut: "blocks.1.hook_mlp_out")), prompt), "writes 'blocks.1.hook_mlp_out'", "blocks.0.hook_mlp_out");
+        Expect(() => ReplacementModel.Build(model, With(4, Tc(rng, 2, "hook_mlp_in")), prompt), "two transcoders for layer 2", "transcoder 2", "transcoder 4");
+        Expect(() => ReplacementModel.Build(model, Good().Where((_, l) => l != 3).ToList(), prompt), "no transcoder for layer 3");
+        Expect(() => ReplacementModel.Build(model, With(1, Tc(rng, 1, arch: SaeArchitecture.Standard)), prompt), "transcoder 1", "'standard' is not a transcoder");
+        Expect(() => ReplacementModel.Build(model, With(1, Tc(rng, 1, norm: ActivationNormalization.ConstantNormRescale)), prompt), "constant_norm_rescale");
+        Expect(() => ReplacementModel.Build(model, Good(), Enumerable.Repeat(5, 513).ToArray()), "513 tokens", "context is 512");
+        Expect(() => ReplacementModel.Build(model, Good(), []), "empty");
+        Expect(() => ReplacementModel.Build(model, Good(), [1, 600]), "600");
+
+        var rm = ReplacementModel.Build(model, Good(), prompt);
+        int S = rm.Sources.Count;
+        var err = rm.Sources[rm.FeatureCount];
+        Expect(() => rm.ComputeRows([err], new float[S], new float[1], new float[1]), "Error node", "only features and logits");
+        var inactive = Enumerable.Range(0, 32).Select(j => new GraphNode(GraphNodeKind.Feature, 0, 0, j)).First(n => rm.SourceIndex(n) < 0);
+        Expect(() => rm.ComputeRows([inactive], new float[S], new float[1], new float[1]), "not an active feature");
+        Expect(() => rm.ComputeRows([new GraphNode(GraphNodeKind.Logit, 5, 3, rm.Logits[0].Index + 1000)], new float[S], new float[1], new float[1]), "not one of this graph's logit nodes");
+        Expect(() => rm.ComputeRows([rm.Logits[0], rm.Logits[0]], new float[S], new float[2], new float[2]), "rows", $"{2 * S}");
+        Expect(() => rm.AttributeScore(0, 0, 1, 2), "key position 2");
+    }
+}

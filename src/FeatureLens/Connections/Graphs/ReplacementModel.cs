@@ -609,10 +609,9 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         var q = new float[(long)S * HS]; var k = new float[(long)S * HS];
         for (int d = 0; d < HS; d++)
             for (int s = 0; s < S; s++) { q[(long)s * HS + d] = rows[(long)d * S + s]; k[(long)s * HS + d] = rows[(long)(HS + d) * S + s]; }
-        float score = 0;
         var qv = _qk[layer].AsSpan((queryPos * NH + head) * HS, HS);
         var kv = _kk[layer].AsSpan((keyPos * _cfg.NKvHeads + kvHead) * HS, HS);
-        score = TensorPrimitives.Dot(qv, kv) / MathF.Sqrt(HS);
+        float score = TensorPrimitives.Dot(qv, kv) / MathF.Sqrt(HS);
         return new QkAttribution
         {
             Layer = layer, Head = head, QueryPos = queryPos, KeyPos = keyPos, Score = score, Sources = _sources,
