@@ -398,17 +398,21 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         if (rows.Length < (long)Nt * S) throw new ArgumentException($"rows: {Nt} targets × {S} sources need {(long)Nt * S} floats, the span has {rows.Length}");
         if (inputs.Length < Nt) throw new ArgumentException($"inputs: {Nt} targets need {Nt} floats, the span has {inputs.Length}");
         if (biases.Length < Nt) throw new ArgumentException($"biases: {Nt} targets need {Nt} floats, the span has {biases.Length}");
-        var seeds = new TargetSeed[Nt];
-        for (int t = 0; t < Nt; t++) seeds[t] = Seed(targets[t], t);
+        var byTarget = new TargetSeed[Nt];
+        for (int t = 0; t < Nt; t++) byTarget[t] = Seed(targets[t], t);
         if (Nt == 0) return;
+        // the backward wants the seeds by layer, descending (targets that start higher come first)
+        var order = Enumerable.Range(0, Nt).OrderByDescending(t => byTarget[t].Layer).ToArray();
+        var seeds = order.Select(t => byTarget[t]).ToArray();
         var rowBuf = new float[(long)Nt * S];
         var bias = new double[Nt];
-        Backward(seeds, rowBuf, bias, null);
-        rowBuf.AsSpan().CopyTo(rows);
-        for (int t = 0; t < Nt; t++)
+        Backward(seeds, rowBuf, bias);
+        for (int i = 0; i < Nt; i++)
         {
-            inputs[t] = targets[t].Kind == GraphNodeKind.Logit ? _logitInputs[seeds[t].LogitSlot] : _featureInputs[seeds[t].FeatureSource];
-            biases[t] = (float)bias[t];
+            int t = order[i];
+            rowBuf.AsSpan((int)((long)i * S), S).CopyTo(rows.Slice((int)((long)t * S), S));
+            inputs[t] = targets[t].Kind == GraphNodeKind.Logit ? _logitInputs[seeds[i].LogitSlot] : _featureInputs[seeds[i].FeatureSource];
+            biases[t] = (float)bias[i];
         }
     }
 
@@ -455,10 +459,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     /// The batched backward through the frozen linear model. g (Nt, T, C) is the gradient of each target's input with respect
     /// to the residual stream, walked from the top down; at each layer's mlp_out it is read against the active features'
     /// decoder rows (× activation), the error vectors and b_dec; at the bottom against the embeddings. Every constant the model
-    /// adds on the way is dotted with its gradient into <paramref name="bias"/>. <paramref name="rows"/> (Nt, S) when given;
-    /// <paramref name="atEmbedding"/>, when given, receives the final g (the gradient at the embeddings), for QK attribution.
+    /// adds on the way is dotted with its gradient into <paramref name="bias"/>. <paramref name="rows"/> is (Nt, S), zero on entry.
+    /// <paramref name="seeds"/> must be sorted by layer, descending: at each layer only the targets already started are carried (a prefix of the batch).
     /// </summary>
-    void Backward(TargetSeed[] seeds, float[]? rows, double[] bias, float[]? atEmbedding)
+    void Backward(TargetSeed[] seeds, float[] rows, double[] bias)
     {
         int Nt = seeds.Length, T = _T, C = _C, L = _L, NH = _cfg.NHeads, NKV = _cfg.NKvHeads, HS = _cfg.DHead, S = _sources.Count;
         long TC = (long)T * C;
@@ -486,43 +490,50 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             {
                 var W = _w.Layers[l];
                 var sae = _tc[l];
+                // seeds are sorted by layer, descending: the first nPost targets have a gradient at this layer's mlp_out,
+                // the first nMid also at its resid_mid (those seeded here); the rest have not started and are skipped
+                int nPost = 0, nMid = 0;
+                while (nPost < Nt && seeds[nPost].Layer > l) nPost++;
+                nMid = nPost;
+                while (nMid < Nt && seeds[nMid].Layer == l) nMid++;
+                if (nMid == 0) continue;
+                long nPostT = (long)nPost * TC, nMidT = (long)nMid * TC;
+
                 // ---- read-out at mlp_out of layer l: features (a·g·W_dec), errors (g·e), b_dec into the bias ----
+                if (nPost > 0)
                 {
-                    int layer = l;
+                    int layer = l, n = nPost;
                     Array.Clear(biasPos);
-                    ParallelRows.For(T, (long)Nt * C * 4, (p0, p1) =>
+                    ParallelRows.For(T, (long)n * C * 4, (p0, p1) =>
                     {
                         for (int p = p0; p < p1; p++)
                         {
                             int s0 = _featStart[layer * T + p], k = _featStart[layer * T + p + 1] - s0;
                             var m = _readout[layer * T + p];
-                            var res = new float[Nt * (k + 2)];
+                            var res = new float[n * (k + 2)];
                             fixed (float* pm = m, pr = res)
-                                Gemm.Multiply(new MatrixView((float*)ag + p * C, DType.F32, Nt, C, TC, 1), MatrixView.F32(pm, k + 2, C).T, pr, k + 2, false, Gemm.Path, 1);
+                                Gemm.Multiply(new MatrixView((float*)ag + p * C, DType.F32, n, C, TC, 1), MatrixView.F32(pm, k + 2, C).T, pr, k + 2, false, Gemm.Path, 1);
                             int errIdx = _nFeatures + layer * T + p;
-                            for (int t = 0; t < Nt; t++)
+                            for (int t = 0; t < n; t++)
                             {
-                                if (rows != null)
-                                {
-                                    res.AsSpan(t * (k + 2), k).CopyTo(rows.AsSpan((int)((long)t * S + s0), k));
-                                    rows[(long)t * S + errIdx] = res[t * (k + 2) + k];
-                                }
+                                res.AsSpan(t * (k + 2), k).CopyTo(rows.AsSpan((int)((long)t * S + s0), k));
+                                rows[(long)t * S + errIdx] = res[t * (k + 2) + k];
                                 biasPos[p * Nt + t] += res[t * (k + 2) + k + 1];
                             }
                         }
                     });
                     for (int p = 0; p < T; p++)
-                        for (int t = 0; t < Nt; t++) bias[t] += biasPos[p * Nt + t];
+                        for (int t = 0; t < n; t++) bias[t] += biasPos[p * Nt + t];
                 }
 
                 // ---- into the transcoder's input: the skip path (g·W_skip) and the feature targets of this layer ----
-                Array.Clear(gx);
+                gx.AsSpan(0, (int)nMidT).Clear();
                 bool any = false;
-                if (sae.Config.Architecture == SaeArchitecture.SkipTranscoder) { sae.SkipBackward(g, gx, Nt * T); any = true; }
-                for (int t = 0; t < Nt; t++)
+                if (nPost > 0 && sae.Config.Architecture == SaeArchitecture.SkipTranscoder) { sae.SkipBackward(g.AsSpan(0, (int)nPostT), gx, nPost * T); any = true; }
+                for (int t = nPost; t < nMid; t++)
                 {
                     var sd = seeds[t];
-                    if (sd.Layer != l || sd.ThroughLn1) continue;
+                    if (sd.ThroughLn1) continue;
                     TensorPrimitives.Add(gx.AsSpan((int)(t * TC + sd.Pos * C), C), sd.Direction, gx.AsSpan((int)(t * TC + sd.Pos * C), C));
                     any = true;
                 }
@@ -531,30 +542,30 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                     if (_input[l] == TranscoderInput.Ln2Normalized)
                     {
                         var scale = _ln2Scale[l];
-                        ParallelRows.For(Nt, TC, (t0, t1) =>
+                        ParallelRows.For(nMid, TC, (t0, t1) =>
                         {
                             for (int t = t0; t < t1; t++) Norms.FrozenNormalizeBackward(gx.AsSpan((int)(t * TC), (int)TC), scale, gx.AsSpan((int)(t * TC), (int)TC), T, C, _layerNorm);
                         });
                     }
-                    TensorPrimitives.Add(g, gx, g);
+                    TensorPrimitives.Add(g.AsSpan(0, (int)nMidT), gx.AsSpan(0, (int)nMidT), g.AsSpan(0, (int)nMidT));
                 }
 
                 // ---- attention with the frozen pattern: attn_out = (P·(ln1(x)·W_V + b_V))·W_O + b_O ----
-                if (W.Bo != null) AddRowDots(g, W.Bo, Nt, T, bias);
-                Gemm.Multiply(MatrixView.F32(pg, Nt * T, C), W.Wo.T, pgz, NH * HS);
-                Attention.ValuesBackwardSharedPattern(gz, _pattern[l], gv, new Attention.Shape(Nt, T, 0, T, NH, NKV, HS));
-                if (W.Bv != null) AddRowDots(gv, W.Bv, Nt, T, bias);
-                Gemm.Multiply(MatrixView.F32(pgv, Nt * T, NKV * HS), W.Wv.T, pgx, C);
+                if (W.Bo != null) AddRowDots(g, W.Bo, nMid, T, bias);
+                Gemm.Multiply(MatrixView.F32(pg, nMid * T, C), W.Wo.T, pgz, NH * HS);
+                Attention.ValuesBackwardSharedPattern(gz, _pattern[l], gv, new Attention.Shape(nMid, T, 0, T, NH, NKV, HS));
+                if (W.Bv != null) AddRowDots(gv, W.Bv, nMid, T, bias);
+                Gemm.Multiply(MatrixView.F32(pgv, nMid * T, NKV * HS), W.Wv.T, pgx, C);
                 // QK seeds enter at ln1's output of their layer
-                for (int t = 0; t < Nt; t++)
+                for (int t = nPost; t < nMid; t++)
                 {
                     var sd = seeds[t];
-                    if (sd.Layer != l || !sd.ThroughLn1) continue;
+                    if (!sd.ThroughLn1) continue;
                     TensorPrimitives.Add(gx.AsSpan((int)(t * TC + sd.Pos * C), C), sd.Direction, gx.AsSpan((int)(t * TC + sd.Pos * C), C));
                 }
-                if (W.Ln1Bias != null) AddRowDots(gx, W.Ln1Bias, Nt, T, bias);
+                if (W.Ln1Bias != null) AddRowDots(gx, W.Ln1Bias, nMid, T, bias);
                 var s1 = _ln1Scale[l];
-                ParallelRows.For(Nt, TC, (t0, t1) =>
+                ParallelRows.For(nMid, TC, (t0, t1) =>
                 {
                     for (int t = t0; t < t1; t++)
                     {
@@ -563,16 +574,14 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                         Norms.FrozenNormalizeBackward(span, s1, span, T, C, _layerNorm);
                     }
                 });
-                TensorPrimitives.Add(g, gx, g);
+                TensorPrimitives.Add(g.AsSpan(0, (int)nMidT), gx.AsSpan(0, (int)nMidT), g.AsSpan(0, (int)nMidT));
             }
         }
 
         // ---- embeddings ----
-        if (rows != null)
-            for (int t = 0; t < Nt; t++)
-                for (int p = 0; p < T; p++)
-                    rows[(long)t * S + _nFeatures + L * T + p] = TensorPrimitives.Dot(g.AsSpan((int)(t * TC + p * C), C), _embed.AsSpan(p * C, C));
-        if (atEmbedding != null) g.CopyTo(atEmbedding, 0);
+        for (int t = 0; t < Nt; t++)
+            for (int p = 0; p < T; p++)
+                rows[(long)t * S + _nFeatures + L * T + p] = TensorPrimitives.Dot(g.AsSpan((int)(t * TC + p * C), C), _embed.AsSpan(p * C, C));
     }
 
     // ───────────────────────────── QK attribution ─────────────────────────────
@@ -604,7 +613,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         }
         var rows = new float[2L * HS * S];
         var bias = new double[2 * HS];
-        Backward(seeds, rows, bias, null);
+        Backward(seeds, rows, bias);
         // (HS, S) per side → (S, HS)
         var q = new float[(long)S * HS]; var k = new float[(long)S * HS];
         for (int d = 0; d < HS; d++)
