@@ -75,8 +75,9 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     readonly int _T, _C, _L;
     readonly bool _layerNorm;
     readonly int[] _tokens;
-    // frozen: ln1/ln2 scales (L)(T), final scale (T), patterns (L)(NH,T,T); for QK attribution the clean ln1 scales and q/k
-    readonly float[][] _ln1Scale, _ln2Scale, _pattern;
+    // frozen: ln1/ln2 scales (L)(T), final scale (T), patterns (L)(NH,T,T); for QK attribution the clean q and k after RoPE
+    // (L)(T,NH,HS) / (L)(T,NKV,HS)
+    readonly float[][] _ln1Scale, _ln2Scale, _pattern, _qk, _kk;
     readonly float[] _finalScale;
     // node values at the clean run
     readonly float[] _embed;             // (T, C)
@@ -209,12 +210,12 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         for (int l = 0; l < L; l++)
         {
             string b = $"blocks.{l}.";
-            names.UnionWith([b + "ln1.hook_scale", b + "ln2.hook_scale", b + "attn.hook_pattern", b + "hook_mlp_out", b + "attn.hook_rot_q", b + "attn.hook_rot_k",
-                b + "attn.hook_q", b + "attn.hook_k", b + "ln1.hook_normalized", tc[l].Config.HookName]);
+            names.UnionWith([b + "ln1.hook_scale", b + "ln2.hook_scale", b + "attn.hook_pattern", b + "hook_mlp_out", tc[l].Config.HookName,
+                b + (_rope != null ? "attn.hook_rot_q" : "attn.hook_q"), b + (_rope != null ? "attn.hook_rot_k" : "attn.hook_k")]);
         }
         var (logits, cache) = model.RunWithCache([tokens], names.Contains);
         CleanLogits = logits;
-        _qk = new float[L][]; _kk = new float[L][]; _ln1Normalized = new float[L][];
+        _qk = new float[L][]; _kk = new float[L][];
         _embed = (float[])cache[HookNames.Embed].Data.Clone();
         if (cache.TryGetValue(HookNames.PosEmbed, out var pos)) TensorPrimitives.Add(_embed, pos.Data, _embed);
         _finalScale = cache[HookNames.LnFinalScale].Data;
@@ -228,7 +229,6 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             _ln1Scale[l] = cache[b + "ln1.hook_scale"].Data;
             _ln2Scale[l] = cache[b + "ln2.hook_scale"].Data;
             _pattern[l] = cache[b + "attn.hook_pattern"].Data;
-            _ln1Normalized[l] = cache[b + "ln1.hook_normalized"].Data;
             _qk[l] = (_rope != null ? cache[b + "attn.hook_rot_q"] : cache[b + "attn.hook_q"]).Data;
             _kk[l] = (_rope != null ? cache[b + "attn.hook_rot_k"] : cache[b + "attn.hook_k"]).Data;
             var sae = tc[l];
@@ -330,7 +330,6 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         _unembedBiasMean = _w.UnembedBias is { } bu ? FrozenForwardResult.MeanOf(bu) : 0;
     }
 
-    readonly float[][] _qk, _kk, _ln1Normalized;
 
     // ───────────────────────────── forward of the frozen model ─────────────────────────────
 
