@@ -144,6 +144,35 @@ public static unsafe class Attention
     }
 
     /// <summary>
+    /// The values half of <see cref="WeightedValuesBackward"/> with the pattern held fixed (a frozen attention pattern shared
+    /// by every batch entry): dv[b] = Σ_h patternᵀ·dz[b] over the heads of each key/value group. pattern is (1,NH,T,T) — one
+    /// pattern for all B — dz is (B,T,NH,HS), dv is (B,T,NKV,HS). Used by backward passes that batch many targets over one prompt.
+    /// </summary>
+    public static void ValuesBackwardSharedPattern(ReadOnlySpan<float> dz, ReadOnlySpan<float> pattern, Span<float> dv, Shape s)
+    {
+        CheckNoCache(s);
+        fixed (float* pdz = dz, pp = pattern, pdv = dv)
+        {
+            nint adz = (nint)pdz, ap = (nint)pp, adv = (nint)pdv;
+            ParallelRows.For(s.B * s.NKV, s.Cost * s.Group, (start, end) =>
+            {
+                for (int bk = start; bk < end; bk++)
+                {
+                    int b = bk / s.NKV, kvh = bk % s.NKV;
+                    var dvBlock = HeadRows((float*)adv, s, b, kvh, s.NKV);
+                    for (int g = 0; g < s.Group; g++)
+                    {
+                        int h = kvh * s.Group + g;
+                        var dzBlock = HeadRows((float*)adz, s, b, h, s.NH);
+                        var pBlock = MatrixView.F32((float*)ap + (long)h * s.T * s.T, s.T, s.T);
+                        Gemm.Multiply(pBlock.T, dzBlock, dvBlock.Pointer32, (int)dvBlock.RowStride, g > 0, Gemm.Path, 1);
+                    }
+                }
+            });
+        }
+    }
+
+    /// <summary>
     /// Backward of <see cref="Softmax"/> row by row: dScores = P ⊙ (dP − Σ_j P·dP) over the unmasked keys; masked
     /// entries (P = 0) get 0, as autograd gives for the −∞ scores.
     /// </summary>

@@ -93,4 +93,35 @@ public static class Norms
             if (layerNorm) TensorPrimitives.Subtract(dx, TensorPrimitives.Sum(dx) / C, dx);
         }
     }
+    // ───────────── frozen scale: the norm as the linear map it is once hook_scale is held fixed ─────────────
+
+    /// <summary>
+    /// normalized = (x − mean(x)) / scale (LayerNorm) or x / scale (RMSNorm) with <paramref name="scale"/> given (frozen at
+    /// its clean value), so the map is linear in x. Shapes: x, normalized (rows, C); scale (rows).
+    /// </summary>
+    public static void FrozenNormalize(ReadOnlySpan<float> x, ReadOnlySpan<float> scale, Span<float> normalized, int rows, int C, bool layerNorm)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var o = normalized.Slice(r * C, C);
+            var xr = x.Slice(r * C, C);
+            if (layerNorm) TensorPrimitives.Subtract(xr, TensorPrimitives.Sum(xr) / C, o);
+            else xr.CopyTo(o);
+            TensorPrimitives.Divide(o, scale[r], o);
+        }
+    }
+
+    /// <summary>
+    /// Backward of <see cref="FrozenNormalize"/> (its transpose): dx = dNormalized / scale, then minus its row mean for
+    /// LayerNorm (the centring). In place is allowed. Shapes: dNormalized, dInput (rows, C); scale (rows).
+    /// </summary>
+    public static void FrozenNormalizeBackward(ReadOnlySpan<float> dNormalized, ReadOnlySpan<float> scale, Span<float> dInput, int rows, int C, bool layerNorm)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var dx = dInput.Slice(r * C, C);
+            TensorPrimitives.Divide(dNormalized.Slice(r * C, C), scale[r], dx);
+            if (layerNorm) TensorPrimitives.Subtract(dx, TensorPrimitives.Sum(dx) / C, dx);
+        }
+    }
 }
