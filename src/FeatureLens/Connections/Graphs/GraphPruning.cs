@@ -46,11 +46,13 @@ public sealed class PruneResult
 /// Pruning of an attribution graph (CONNECTIONS.md, "Attribution graphs"; defaults as circuit-tracer's prune_graph):
 /// <list type="number">
 /// <item>node influence on the full graph; keep the fewest nodes, taken by decreasing influence, whose influence reaches
-/// <c>node_threshold</c> of the total (every node tied with the last one taken is kept too); embedding and logit nodes are
+/// <c>node_threshold</c> of the total (every node tied with the last one taken is kept too: ties are values within
+/// <see cref="TieTolerance"/> relative, so that rounding cannot split values that are equal in exact arithmetic, as
+/// happens for a node that is the only source of its only target); embedding and logit nodes are
 /// always kept;</item>
 /// <item>A restricted to kept nodes (rows and columns of dropped nodes zeroed, rows renormalised over what is left);
 /// edge score[t, s] = Â′[t, s] · (influence′[t] + w[t]); keep the fewest edges, by decreasing score, reaching
-/// <c>edge_threshold</c> of the total score (ties kept);</item>
+/// <c>edge_threshold</c> of the total score (ties kept, as for nodes);</item>
 /// <item>until nothing changes: drop feature and error nodes with no kept outgoing edge, feature nodes with no kept
 /// incoming edge, and the edges of dropped nodes.</item>
 /// </list>
@@ -59,7 +61,8 @@ public sealed class PruneResult
 /// Choices where circuit-tracer's code and CONNECTIONS.md are silent or differ: edges are the non-zero entries of A
 /// (circuit-tracer thresholds every entry of the dense matrix, so at threshold 1.0, or when the total score is 0, it
 /// marks the structural zeros as kept edges of weight 0; here they never are). When the total influence (or score) is 0
-/// every candidate is kept (circuit-tracer's NaN cumulative sum has the same outcome). Sums are double.
+/// every candidate is kept (circuit-tracer's NaN cumulative sum has the same outcome). Ties: circuit-tracer keeps scores
+/// ≥ the cut exactly; here within 1e-9 relative of it. Sums are double.
 /// </remarks>
 public static class GraphPruning
 {
@@ -171,9 +174,13 @@ public static class GraphPruning
         return rowNode;
     }
 
+    /// <summary>Scores within this relative distance count as tied (so that rounding cannot split values equal in exact arithmetic).</summary>
+    public const double TieTolerance = 1e-9;
+
     /// <summary>
-    /// The smallest score to keep so that the kept scores (all ≥ it) are the fewest, by decreasing score, whose sum reaches
-    /// <paramref name="fraction"/> of the total. +∞ (keep none) for no scores; the smallest score (keep all) when the total is 0.
+    /// The smallest score to keep so that the kept scores are the fewest, by decreasing score, whose sum reaches
+    /// <paramref name="fraction"/> of the total, plus every score tied with the last one taken (within
+    /// <see cref="TieTolerance"/>). +∞ (keep none) for no scores; 0 (keep all) when the total is 0.
     /// Sorts <paramref name="scores"/> in place.
     /// </summary>
     internal static double ThresholdScore(double[] scores, double fraction)
@@ -182,26 +189,37 @@ public static class GraphPruning
         Array.Sort(scores);
         double total = 0;
         for (int i = scores.Length - 1; i >= 0; i--) total += scores[i];
+        if (!(total > 0)) return 0;
         double cum = 0;
         for (int i = scores.Length - 1; i >= 0; i--)
         {
             cum += scores[i];
-            if (cum / total >= fraction) return scores[i];
+            if (cum / total >= fraction) return scores[i] * (1 - TieTolerance);
         }
-        return scores[0];
+        return scores[0] * (1 - TieTolerance);
     }
 
+    /// <summary>Per node: Σ influence of the nodes at least as influential (ties within <see cref="TieTolerance"/> included) / total; 0 when the total is 0.</summary>
     static double[] Cumulative(double[] influence)
     {
-        var order = Enumerable.Range(0, influence.Length).OrderByDescending(i => influence[i]).ThenBy(i => i).ToArray();
-        double total = 0;
-        foreach (int i in order) total += influence[i];
+        var sorted = influence.Select(x => -x).ToArray();   // ascending order of −influence
+        Array.Sort(sorted);
+        var prefix = new double[sorted.Length + 1];
+        for (int i = 0; i < sorted.Length; i++) prefix[i + 1] = prefix[i] - sorted[i];
+        double total = prefix[^1];
         var cum = new double[influence.Length];
-        double c = 0;
-        foreach (int i in order)
+        if (!(total > 0)) return cum;
+        for (int i = 0; i < influence.Length; i++)
         {
-            c += influence[i];
-            cum[i] = total > 0 ? c / total : 0;
+            // count of nodes with influence ≥ influence[i]·(1 − tol), i.e. −influence ≤ −influence[i]·(1 − tol)
+            double bound = -influence[i] * (1 - TieTolerance);
+            int lo = 0, hi = sorted.Length;
+            while (lo < hi)
+            {
+                int mid = (lo + hi) >>> 1;
+                if (sorted[mid] <= bound) lo = mid + 1; else hi = mid;
+            }
+            cum[i] = prefix[lo] / total;
         }
         return cum;
     }
