@@ -107,6 +107,9 @@ public sealed class AttributionGraph
         return r < 0 || source >= FirstLogit ? 0 : Rows.Get(r, source);
     }
 
+    /// <summary>How the builder got here (null for graphs assembled directly).</summary>
+    public GraphBuildStats? BuildStats { get; internal set; }
+
     /// <summary>The weight vector w of the influence: logit probabilities on logit nodes, 0 elsewhere.</summary>
     public double[] LogitWeights()
     {
@@ -115,3 +118,9 @@ public sealed class AttributionGraph
         return w;
     }
 }
+
+/// <summary>
+/// What building a graph cost: rows computed, influence re-rankings, and the selection-time row store at its largest
+/// (<see cref="StoredBytes"/>, exact float32 runs) against the same rows dense over every source (<see cref="DenseBytes"/>).
+/// </summary>
+public sealed record GraphBuildStats(int RowsComputed, int Rankings, long StoredValues, long StoredRuns, long StoredBytes, long DenseBytes);

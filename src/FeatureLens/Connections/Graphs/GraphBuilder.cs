@@ -99,7 +99,7 @@ public static class GraphBuilder
 
         // feature rows
         var visited = new bool[nActive];
-        int nVisited = 0;
+        int nVisited = 0, rankings = 0;
         var w = new double[S + L];
         for (int i = 0; i < L; i++) w[S + i] = model.LogitProbabilities[i];
         while (nVisited < limit)
@@ -110,6 +110,7 @@ public static class GraphBuilder
             else
             {
                 var estimate = GraphInfluence.Compute(store, rowNode.ToArray(), S + L, w);
+                rankings++;
                 int size = Math.Min(options.UpdateInterval * batch, limit - nVisited);
                 var ranked = Enumerable.Range(0, nActive).Where(f => !visited[f]).OrderByDescending(f => estimate[f]).ThenBy(f => f);
                 queue = [.. ranked.Take(size)];
@@ -124,7 +125,10 @@ public static class GraphBuilder
                 progress?.Report(new GraphBuildProgress("features", nVisited, limit));
             }
         }
-        return Assemble(model, store, rowNode, inputs, biases, visited, nActive);
+        var stats = new GraphBuildStats(store.Count, rankings, store.StoredValues, store.StoredRuns, store.StoredBytes, store.DenseBytes);
+        var graph = Assemble(model, store, rowNode, inputs, biases, visited, nActive);
+        graph.BuildStats = stats;
+        return graph;
     }
 
     /// <summary>Validates the source and logit lists; returns the number of active features.</summary>

@@ -38,6 +38,9 @@ public sealed class SegmentRows
     /// <summary>Values stored over all rows (nonzeros plus the few zeros inside merged runs).</summary>
     public long StoredValues => storedValues;
 
+    /// <summary>Runs stored over all rows.</summary>
+    public long StoredRuns => storedRuns;
+
     /// <summary>Bytes held by the rows' values and run headers.</summary>
     public long StoredBytes => storedValues * sizeof(float) + storedRuns * 2 * sizeof(int);
 
