@@ -14,6 +14,7 @@ public static class Program
             GenerateCommand.Build(),
             RunCommand.Build(),
             AttributeCommand.Build(),
+            GraphCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),
