@@ -117,6 +117,8 @@ public sealed partial class SaeTrainer
             DIn = _d, DSae = _m, DOut = _dOut, K = _topK ? options.K : 0,
             ApplyBDecToInput = options.ApplyBDecToInput, Normalization = options.Normalization,
             Metadata = CloneMetadata(options.Metadata), Format = "FeatureLens training",
+            // a whole hook_z (heads flattened to n_heads·d_head), as SAELens's reshape_activations: hook_z
+            ReshapeHookZ = options.Metadata.HookName.EndsWith("attn.hook_z", StringComparison.Ordinal) && options.Metadata.HookHeadIndex is null,
         };
         Sae = new Sae(cfg, _wEnc, _bEnc, _wDec, _bDec, threshold: _theta, wSkip: _wSkip);
     }
