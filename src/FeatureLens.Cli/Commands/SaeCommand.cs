@@ -82,7 +82,15 @@ internal static class SaeCommand
                     task.Value = budget;
                 });
             PrintResults(results);
-            if (r.GetValue(json) is string jsonPath) WriteJson(jsonPath, results);
+            // two or more transcoders writing different hooks: also the whole replacement, all spliced in at once
+            var transcoders = saes.Where(s => s.Config.IsTranscoder).ToList();
+            ReplacementEvalResult? replacement = null;
+            if (transcoders.Count >= 2 && transcoders.Select(s => s.Config.OutputHookName).Distinct().Count() == transcoders.Count)
+            {
+                replacement = SaeEvaluator.EvaluateReplacement(m, transcoders, windows, new SaeEvalOptions { BatchSequences = r.GetValue(batch) });
+                PrintReplacement(replacement);
+            }
+            if (r.GetValue(json) is string jsonPath) WriteJson(jsonPath, results, replacement);
             return 0;
         });
         return cmd;
@@ -108,10 +116,22 @@ internal static class SaeCommand
 
     static readonly JsonSerializerOptions EvalJson = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
-    public static void WriteJson(string path, IReadOnlyList<SaeEvalResult> results)
+    /// <summary>The whole-replacement line: every transcoder spliced in at once.</summary>
+    public static void PrintReplacement(ReplacementEvalResult r)
+    {
+        var t = new Table().Border(TableBorder.Rounded).AddColumns("replaced at once", "positions", "CE clean", "CE replaced", "CE all zero", "loss rec.");
+        t.AddRow(Markup.Escape(string.Join(", ", r.Hooks)), r.Positions.ToString(), r.CeClean.ToString("F4"), r.CeReplaced.ToString("F4"),
+            r.CeZeroAblated.ToString("F4"), r.LossRecovered.ToString("P1"));
+        AnsiConsole.Write(t);
+    }
+
+    /// <summary>Writes the results (a JSON list), or with a replacement {"saes": [...], "replacement": {...}}, via a temporary file.</summary>
+    public static void WriteJson(string path, IReadOnlyList<SaeEvalResult> results, ReplacementEvalResult? replacement = null)
     {
         string tmp = path + ".tmp";
-        File.WriteAllText(tmp, JsonSerializer.Serialize(results, EvalJson));
+        File.WriteAllText(tmp, replacement is null
+            ? JsonSerializer.Serialize(results, EvalJson)
+            : JsonSerializer.Serialize(new { saes = results, replacement }, EvalJson));
         File.Move(tmp, path, overwrite: true);
         Console.Error.WriteLine($"wrote {path}");
     }

@@ -29,9 +29,11 @@ internal static class SaeSuiteCommand
         var tokens = new Option<long>("--tokens") { Description = "Training tokens per SAE", DefaultValueFactory = _ => 2_000_000 };
         var context = new Option<int>("--context") { Description = "Tokens per training sequence", DefaultValueFactory = _ => 128 };
         var evalTokens = new Option<long>("--eval-tokens") { Description = "Held-out tokens for evaluation and feature examples", DefaultValueFactory = _ => 60_000 };
+        var transcoders = new Option<bool>("--transcoders") { Description = "Also train one TopK transcoder per layer (blocks.L.ln2.hook_normalized → blocks.L.hook_mlp_out) into transcoders/, evaluated one by one and all together (eval-transcoders.json)" };
+        var attnSaes = new Option<bool>("--attn-saes") { Description = "Also train one TopK SAE per layer on blocks.L.attn.hook_z (heads flattened) into attn-saes/ (eval-attn-saes.json)" };
         var cmd = new Command("suite", "Build a demo SAE suite for a model: sample a corpus from it, train a TopK SAE on every blocks.L.hook_resid_post, evaluate them")
         {
-            model, tokenizer, output, documents, docTokens, seed, dSae, k, tokens, context, evalTokens,
+            model, tokenizer, output, documents, docTokens, seed, dSae, k, tokens, context, evalTokens, transcoders, attnSaes,
         };
         cmd.SetAction((r, ct) => Task.FromResult(Execute(r, ct)));
         int Execute(ParseResult r, CancellationToken ct)
@@ -39,7 +41,10 @@ internal static class SaeSuiteCommand
             using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
             var settings = new SuiteSettings(r.GetValue(documents), r.GetValue(docTokens), r.GetValue(seed), r.GetValue(dSae), r.GetValue(k),
                 r.GetValue(tokens), r.GetValue(context), r.GetValue(evalTokens));
-            BuildSuite(m, r.GetValue(model)!, r.GetValue(output)!, settings, ct, force: true);
+            string dir = r.GetValue(output)!;
+            BuildSuite(m, r.GetValue(model)!, dir, settings, ct, force: true);
+            if (r.GetValue(transcoders)) BuildExtra(m, r.GetValue(model)!, dir, settings, SuiteExtra.Transcoders, ct);
+            if (r.GetValue(attnSaes)) BuildExtra(m, r.GetValue(model)!, dir, settings, SuiteExtra.AttnSaes, ct);
             return 0;
         }
         return cmd;
@@ -135,6 +140,71 @@ internal static class SaeSuiteCommand
             File.Move(done + ".tmp", done, overwrite: true);
             return saesDir;
         }
+    }
+
+    /// <summary>What <c>--transcoders</c> and <c>--attn-saes</c> add to a suite.</summary>
+    public enum SuiteExtra { Transcoders, AttnSaes }
+
+    /// <summary>
+    /// Trains (or resumes, or skips when finished) one TopK transcoder per layer — input blocks.L.ln2.hook_normalized (the
+    /// MLP's normalised input before the norm's weight: with the norm scale frozen it is linear in the residual stream, and
+    /// the transcoder replaces exactly what the MLP computes from it), target blocks.L.hook_mlp_out — or one TopK SAE per
+    /// layer on blocks.L.attn.hook_z (heads flattened), on the suite's corpus with the suite's d_sae, k, tokens and
+    /// context; then evaluates them on the held-out corpus (transcoders also all at once: the whole replacement).
+    /// </summary>
+    public static string BuildExtra(HookedTransformer m, string modelPath, string dir, SuiteSettings settings, SuiteExtra extra, CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        var tok = m.Tokenizer ?? throw new InvalidOperationException("the suite needs the model's tokenizer: pass --tokenizer PATH");
+        string trainCorpus = Path.Combine(dir, "corpus-train.jsonl"), evalCorpus = Path.Combine(dir, "corpus-eval.jsonl");
+        if (!File.Exists(trainCorpus) || !File.Exists(evalCorpus)) throw new FileNotFoundException($"the suite's corpus is missing in {dir}: build the suite first", trainCorpus);
+        int ctx = Math.Min(settings.Context, m.Config.NCtx), seedValue = settings.Seed;
+        bool tc = extra == SuiteExtra.Transcoders;
+        string folder = Path.Combine(dir, tc ? "transcoders" : "attn-saes");
+        var trained = new List<Sae>();
+        for (int l = 0; l < m.Config.NLayers; l++)
+        {
+            string input = tc ? $"blocks.{l}.ln2.hook_normalized" : $"blocks.{l}.attn.hook_z";
+            string target = $"blocks.{l}.hook_mlp_out";
+            string[] hooks = tc ? [input, target] : [input];
+            var source = ModelActivationSource.FromCorpus(m, hooks, trainCorpus, ctx, prependBos: true, batchSequences: Math.Max(1, 4096 / ctx), shuffleSeed: (ulong)seedValue);
+            long total = settings.Tokens;
+            const int batchTokens = 4096;
+            var options = new SaeTrainingOptions
+            {
+                Architecture = SaeArchitecture.TopK, Transcoder = tc, DIn = source.HookWidths[0], DOut = tc ? source.HookWidths[1] : 0,
+                DSae = settings.DSae, K = settings.K,
+                LearningRate = 1e-3, LrWarmupSteps = 20, LrDecaySteps = (int)(total / batchTokens / 5),
+                BatchTokens = batchTokens, TotalTokens = total, Seed = (ulong)(seedValue * 100 + (tc ? 50 : 70) + l), AuxKCoefficient = 1.0 / 32,
+                DeadAfterTokens = Math.Min(500_000, total / 4), ApplyBDecToInput = !tc, CheckpointEveryTokens = Math.Max(batchTokens, total / 4),
+                OutputDir = Path.Combine(folder, tc ? target : input),
+                Metadata = new SaeMetadata
+                {
+                    ModelName = Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath)), HookName = input, HookNameOut = tc ? target : null,
+                    DatasetPath = trainCorpus, ContextSize = ctx, PrependBos = true,
+                },
+            };
+            var result = SaeTrainCommand.Run(options, source, ct, tc ? $"transcoder {l}" : $"hook_z SAE {l}");
+            var sae = SaeLoaderOrResult(result);
+            trained.Add(sae);
+        }
+
+        var windows = Corpus.Windows(Corpus.Documents(evalCorpus), tok, ctx, prependBos: true, maxTokens: settings.EvalTokens).ToList();
+        IReadOnlyList<SaeEvalResult> evals = [];
+        ReplacementEvalResult? replacement = null;
+        AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn())
+            .Start(p =>
+            {
+                long all = windows.Sum(w => (long)w.Length);
+                var task = p.AddTask(tc ? "evaluating transcoders" : "evaluating hook_z SAEs", maxValue: tc ? 2 * all : all);
+                evals = SaeEvaluator.Evaluate(m, trained, windows, new SaeEvalOptions(), new SyncProgress<long>(n => task.Value = n));
+                if (tc) replacement = SaeEvaluator.EvaluateReplacement(m, trained, windows, new SaeEvalOptions(), new SyncProgress<long>(n => task.Value = all + n));
+            });
+        SaeCommand.PrintResults(evals);
+        if (replacement != null) SaeCommand.PrintReplacement(replacement);
+        SaeCommand.WriteJson(Path.Combine(dir, tc ? "eval-transcoders.json" : "eval-attn-saes.json"), evals, replacement);
+        AnsiConsole.MarkupLine($"[green]{(tc ? "transcoders" : "hook_z SAEs")} built and evaluated in {clock.Elapsed.TotalSeconds:F0} s[/]: {Markup.Escape(folder)}");
+        return folder;
     }
 
     static Sae SaeLoaderOrResult(TrainResult result) => Saes.Formats.SaeLoader.Load(result.OutputDir);

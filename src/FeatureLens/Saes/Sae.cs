@@ -60,8 +60,8 @@ public sealed class Sae
         Need(bEnc ?? throw new InvalidDataException($"{arch} SAE: tensor 'b_enc' is missing"), config.DSae, "b_enc", $"[{config.DSae}]");
         if (config.HasThreshold)
             Need(threshold ?? throw new InvalidDataException($"{arch} SAE: tensor 'threshold' is missing"), config.DSae, "threshold", $"[{config.DSae}]");
-        if (config.Architecture == SaeArchitecture.SkipTranscoder)
-            Need(wSkip ?? throw new InvalidDataException("skip_transcoder: tensor 'W_skip' is missing"), (long)config.DOut * config.DIn, "W_skip", $"[{config.DOut}, {config.DIn}]");
+        if (config.HasSkip)
+            Need(wSkip ?? throw new InvalidDataException($"{arch}: tensor 'W_skip' is missing"), (long)config.DOut * config.DIn, "W_skip", $"[{config.DOut}, {config.DIn}]");
         WEnc = wEnc; BEnc = bEnc; WDec = wDec; BDec = bDec; Threshold = threshold; BGate = bGate; RMag = rMag; BMag = bMag; WSkip = wSkip;
     }
 
@@ -266,7 +266,7 @@ public sealed class Sae
         public RowScratch(Sae sae)
         {
             int k = Math.Max(1, sae.Config.K);
-            Index = new int[sae.Config.Architecture == SaeArchitecture.TopK ? k : 0];
+            Index = new int[sae.Config.IsTopK ? k : 0];
             Value = new float[Index.Length];
             Scaled = sae.Config.RescaleActsByDecoderNorm ? new float[sae.DSae] : null;
         }
@@ -280,7 +280,7 @@ public sealed class Sae
             case SaeArchitecture.Standard or SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder:
                 TensorPrimitives.Max(p, 0f, a);
                 break;
-            case SaeArchitecture.JumpRelu or SaeArchitecture.JumpReluTranscoder:
+            case SaeArchitecture.JumpRelu or SaeArchitecture.JumpReluTranscoder or SaeArchitecture.JumpReluSkipTranscoder:
             {
                 var th = Threshold!;
                 for (int j = 0; j < dSae; j++) { float v = p[j]; a[j] = v > th[j] && v > 0 ? v : 0f; }
@@ -289,7 +289,7 @@ public sealed class Sae
             case SaeArchitecture.Gated:
                 for (int j = 0; j < dSae; j++) a[j] = g[j] > 0 && p[j] > 0 ? p[j] : 0f;
                 break;
-            case SaeArchitecture.TopK:
+            case SaeArchitecture.TopK or SaeArchitecture.TopKTranscoder or SaeArchitecture.TopKSkipTranscoder:
             {
                 int k = SelectTopK(p, s);
                 a.Clear();
@@ -316,7 +316,7 @@ public sealed class Sae
     void SparseRow(ReadOnlySpan<float> p, ReadOnlySpan<float> g, RowScratch s, List<int> index, List<float> value)
     {
         int dSae = DSae;
-        if (Config.Architecture == SaeArchitecture.TopK)
+        if (Config.IsTopK)
         {
             int k = SelectTopK(p, s);
             for (int i = 0; i < k; i++) { index.Add(s.Index[i]); value.Add(s.Value[i]); }
@@ -368,7 +368,7 @@ public sealed class Sae
         var saeIn = new float[(long)n * DIn];
         var norm = Preprocess(x, saeIn, n);
         bool gated = Config.Architecture == SaeArchitecture.Gated;
-        bool inPlace = Config.Architecture is SaeArchitecture.Standard or SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder;
+        bool inPlace = Config.IsRelu;
         int block = Math.Max(1, Math.Min(blockRows, n));
         var pre = inPlace ? null : new float[(long)block * dSae];
         var gate = gated ? new float[(long)block * dSae] : null;
@@ -518,7 +518,7 @@ public sealed class Sae
                 if (Config.Normalization == ActivationNormalization.ConstantNormRescale) TensorPrimitives.Divide(o, norm.InScale[r], o);
                 else { TensorPrimitives.Multiply(o, norm.OutScale[r], o); TensorPrimitives.Add(o, norm.Shift[r], o); }
             }
-        if (Config.Architecture == SaeArchitecture.SkipTranscoder)
+        if (Config.HasSkip)
         {
             CheckLen(rawInput.Length, (long)n * DIn, "skip-transcoder input");
             Gemm.MatMulTransB(rawInput[..(n * DIn)], WSkip!, output[..(n * dOut)], n, DIn, dOut, accumulate: true);
@@ -546,7 +546,7 @@ public sealed class Sae
     /// <summary>Backward of the skip path of skip transcoders (output += x·W_skipᵀ): dX (n, d_in) += dOutput (n, d_out)·W_skip.</summary>
     public void SkipBackward(ReadOnlySpan<float> dOutput, Span<float> dX, int n)
     {
-        if (Config.Architecture != SaeArchitecture.SkipTranscoder) return;
+        if (!Config.HasSkip) return;
         Gemm.MatMul(dOutput[..(n * DOut)], WSkip!, dX[..(n * DIn)], n, DOut, DIn, accumulate: true);
     }
 
@@ -602,7 +602,7 @@ public sealed class Sae
     public void ActivateBackward(ReadOnlySpan<float> acts, ReadOnlySpan<float> dActs, Span<float> dPre, int n)
     {
         int dSae = DSae;
-        var norms = Config.Architecture == SaeArchitecture.TopK && Config.RescaleActsByDecoderNorm ? DecoderNorms : null;
+        var norms = Config.IsTopK && Config.RescaleActsByDecoderNorm ? DecoderNorms : null;
         for (int r = 0; r < n; r++)
         {
             var a = acts.Slice(r * dSae, dSae); var da = dActs.Slice(r * dSae, dSae); var dp = dPre.Slice(r * dSae, dSae);
@@ -633,7 +633,7 @@ public sealed class Sae
     public Tensor Decode(Tensor acts, InputNorm? norm = null)
     {
         int n = Rows(acts, DSae, "activations");
-        if (Config.Architecture == SaeArchitecture.SkipTranscoder)
+        if (Config.HasSkip)
             throw new InvalidOperationException("a skip transcoder's output needs its input too: use Forward");
         var recons = new float[(long)n * DOut];
         DecodeRaw(acts.Data, recons, n);
@@ -646,7 +646,7 @@ public sealed class Sae
     public Tensor Decode(SparseActivations acts, InputNorm? norm = null)
     {
         if (acts.Columns != DSae) throw new ArgumentException($"sparse activations have {acts.Columns} latents, this SAE has d_sae = {DSae}");
-        if (Config.Architecture == SaeArchitecture.SkipTranscoder)
+        if (Config.HasSkip)
             throw new InvalidOperationException("a skip transcoder's output needs its input too: use Forward");
         int n = acts.Rows, dOut = DOut;
         var recons = new float[(long)n * dOut];
@@ -701,5 +701,5 @@ public sealed class Sae
 
     public override string ToString() =>
         $"{SaeConfig.ArchitectureName(Config.Architecture)} SAE {Config.HookName} d_in={DIn} d_sae={DSae}" + (Config.IsTranscoder ? $" d_out={DOut}" : "") +
-        (Config.Architecture == SaeArchitecture.TopK ? $" k={Config.K}" : "");
+        (Config.IsTopK ? $" k={Config.K}" : "");
 }

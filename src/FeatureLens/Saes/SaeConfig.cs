@@ -19,6 +19,12 @@ public enum SaeArchitecture
     SkipTranscoder,
     /// <summary>"jumprelu_transcoder": a transcoder with JumpReLU latents.</summary>
     JumpReluTranscoder,
+    /// <summary>"jumprelu_skip_transcoder": a JumpReLU transcoder plus the skip path x·W_skipᵀ.</summary>
+    JumpReluSkipTranscoder,
+    /// <summary>"topk_transcoder" (FeatureLens's name; SAELens has none): a transcoder with TopK latents.</summary>
+    TopKTranscoder,
+    /// <summary>"topk_skip_transcoder" (FeatureLens's name): a TopK transcoder plus the skip path x·W_skipᵀ.</summary>
+    TopKSkipTranscoder,
 }
 
 /// <summary>How inputs are normalised before encoding (SAELens <c>normalize_activations</c>).</summary>
@@ -77,8 +83,29 @@ public sealed class SaeConfig
     /// <summary>Where it was read from, in words (e.g. "SAELens v6", "sparsify", "Gemma Scope npz").</summary>
     public string Format { get; set; } = "";
 
-    public bool IsTranscoder => Architecture is SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder or SaeArchitecture.JumpReluTranscoder;
-    public bool HasThreshold => Architecture is SaeArchitecture.JumpRelu or SaeArchitecture.JumpReluTranscoder;
+    public bool IsTranscoder => Architecture is SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder or SaeArchitecture.JumpReluTranscoder
+        or SaeArchitecture.JumpReluSkipTranscoder or SaeArchitecture.TopKTranscoder or SaeArchitecture.TopKSkipTranscoder;
+    /// <summary>JumpReLU latents (an SAE or a transcoder): a threshold per latent.</summary>
+    public bool HasThreshold => Architecture is SaeArchitecture.JumpRelu or SaeArchitecture.JumpReluTranscoder or SaeArchitecture.JumpReluSkipTranscoder;
+    /// <summary>TopK latents (an SAE or a transcoder): the k largest pre-activations per token.</summary>
+    public bool IsTopK => Architecture is SaeArchitecture.TopK or SaeArchitecture.TopKTranscoder or SaeArchitecture.TopKSkipTranscoder;
+    /// <summary>Plain ReLU latents (standard SAE, transcoder, skip transcoder).</summary>
+    public bool IsRelu => Architecture is SaeArchitecture.Standard or SaeArchitecture.Transcoder or SaeArchitecture.SkipTranscoder;
+    /// <summary>A skip transcoder: the output adds x·W_skipᵀ (W_skip is (d_out, d_in)).</summary>
+    public bool HasSkip => Architecture is SaeArchitecture.SkipTranscoder or SaeArchitecture.JumpReluSkipTranscoder or SaeArchitecture.TopKSkipTranscoder;
+
+    /// <summary>The transcoder architecture with the given latents (ReLU: <see cref="SaeArchitecture.Standard"/>,
+    /// <see cref="SaeArchitecture.JumpRelu"/> or <see cref="SaeArchitecture.TopK"/>), with or without the skip path.</summary>
+    public static SaeArchitecture TranscoderOf(SaeArchitecture latents, bool skip) => (latents, skip) switch
+    {
+        (SaeArchitecture.Standard, false) => SaeArchitecture.Transcoder,
+        (SaeArchitecture.Standard, true) => SaeArchitecture.SkipTranscoder,
+        (SaeArchitecture.JumpRelu, false) => SaeArchitecture.JumpReluTranscoder,
+        (SaeArchitecture.JumpRelu, true) => SaeArchitecture.JumpReluSkipTranscoder,
+        (SaeArchitecture.TopK, false) => SaeArchitecture.TopKTranscoder,
+        (SaeArchitecture.TopK, true) => SaeArchitecture.TopKSkipTranscoder,
+        _ => throw new ArgumentException($"no transcoder has {ArchitectureName(latents)} latents (standard/ReLU, jumprelu or topk)", nameof(latents)),
+    };
 
     /// <summary>The hook the SAE reads.</summary>
     public string HookName => Metadata.HookName;
@@ -95,6 +122,9 @@ public sealed class SaeConfig
         SaeArchitecture.Transcoder => "transcoder",
         SaeArchitecture.SkipTranscoder => "skip_transcoder",
         SaeArchitecture.JumpReluTranscoder => "jumprelu_transcoder",
+        SaeArchitecture.JumpReluSkipTranscoder => "jumprelu_skip_transcoder",
+        SaeArchitecture.TopKTranscoder => "topk_transcoder",
+        SaeArchitecture.TopKSkipTranscoder => "topk_skip_transcoder",
         _ => throw new ArgumentOutOfRangeException(nameof(a)),
     };
 
@@ -115,11 +145,11 @@ public sealed class SaeConfig
         if (DSae <= 0) throw new InvalidDataException($"{where}: d_sae must be positive, got {DSae}");
         if (DOut <= 0) throw new InvalidDataException($"{where}: d_out must be positive, got {DOut}");
         if (!IsTranscoder && DOut != DIn) throw new InvalidDataException($"{where}: d_out ({DOut}) must equal d_in ({DIn}) for a {ArchitectureName(Architecture)} SAE");
-        if (Architecture == SaeArchitecture.TopK && (K <= 0 || K > DSae))
-            throw new InvalidDataException($"{where}: topk SAE needs 0 < k <= d_sae ({DSae}), got k = {K}");
+        if (IsTopK && (K <= 0 || K > DSae))
+            throw new InvalidDataException($"{where}: {ArchitectureName(Architecture)} SAE needs 0 < k <= d_sae ({DSae}), got k = {K}");
         if (ApplyBDecToInput && DOut != DIn)
             throw new InvalidDataException($"{where}: apply_b_dec_to_input needs d_out == d_in (b_dec is subtracted from the input), got d_in {DIn}, d_out {DOut}");
-        if (RescaleActsByDecoderNorm && Architecture != SaeArchitecture.TopK)
+        if (RescaleActsByDecoderNorm && !IsTopK)
             throw new InvalidDataException($"{where}: rescale_acts_by_decoder_norm is only defined for topk SAEs, not {ArchitectureName(Architecture)}");
     }
 

@@ -22,6 +22,8 @@ public sealed class SaeEvalResult
 {
     public required string Name { get; init; }
     public required string Hook { get; init; }
+    /// <summary>Transcoders: the hook the output replaces (hook_name_out); null for SAEs, which replace <see cref="Hook"/>.</summary>
+    public string? HookOut { get; init; }
     public required string Architecture { get; init; }
     public required int DSae { get; init; }
     /// <summary>Tokens in the reconstruction statistics (BOS excluded when asked).</summary>
@@ -44,6 +46,22 @@ public sealed class SaeEvalResult
     public double[] FeatureFrequency { get; set; } = [];
     /// <summary>log10 frequency histogram of the live latents (dead ones are counted in <see cref="DeadLatents"/>).</summary>
     public List<FrequencyBin> Histogram { get; set; } = [];
+}
+
+/// <summary>Cross-entropy with every SAE of a set spliced in at once (see <see cref="SaeEvaluator.EvaluateReplacement"/>).</summary>
+public sealed class ReplacementEvalResult
+{
+    /// <summary>The hooks replaced (each SAE's output hook: blocks.L.hook_mlp_out for transcoders).</summary>
+    public required IReadOnlyList<string> Hooks { get; init; }
+    /// <summary>Predicted positions the cross-entropies average over.</summary>
+    public long Positions { get; init; }
+    public double CeClean { get; init; }
+    /// <summary>Every hook replaced by its SAE's output (no error terms).</summary>
+    public double CeReplaced { get; init; }
+    /// <summary>Every hook zero-ablated at once.</summary>
+    public double CeZeroAblated { get; init; }
+    /// <summary>(CE zero − CE replaced) / (CE zero − CE clean).</summary>
+    public double LossRecovered { get; set; }
 }
 
 /// <summary>
@@ -93,7 +111,7 @@ public static class SaeEvaluator
             var r = new SaeEvalResult
             {
                 Name = s.SourcePath != null ? Path.GetFileName(Path.TrimEndingDirectorySeparator(s.SourcePath)) : s.ToString(),
-                Hook = splices[i].InputHook, Architecture = SaeConfig.ArchitectureName(s.Config.Architecture), DSae = s.DSae,
+                Hook = splices[i].InputHook, HookOut = s.Config.IsTranscoder ? splices[i].OutputHook : null, Architecture = SaeConfig.ArchitectureName(s.Config.Architecture), DSae = s.DSae,
                 CeClean = ceClean / cePositions, CeSpliced = ceSpliced[i] / cePositions, CeZeroAblated = ceZero[i] / cePositions,
             };
             r.LossRecovered = (r.CeZeroAblated - r.CeSpliced) / (r.CeZeroAblated - r.CeClean);
@@ -101,6 +119,44 @@ public static class SaeEvaluator
             results.Add(r);
         }
         return results;
+    }
+
+    /// <summary>
+    /// The whole replacement: every SAE (typically one transcoder per MLP) spliced in at once, without error terms, against
+    /// the clean model and against zero-ablating every hook they write at once. Cross-entropy over every predicted position.
+    /// </summary>
+    public static ReplacementEvalResult EvaluateReplacement(HookedTransformer model, IReadOnlyList<Sae> saes, IEnumerable<int[]> windows,
+        SaeEvalOptions? options = null, IProgress<long>? tokensDone = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(saes);
+        options ??= new SaeEvalOptions();
+        if (saes.Count == 0) throw new ArgumentException("no SAEs to evaluate");
+        var splices = saes.Select(s => new SaeSplice(s)).ToList();
+        foreach (var s in splices) s.Validate(model);
+        var outputs = splices.Select(s => s.OutputHook).ToList();
+        var dup = outputs.GroupBy(h => h).FirstOrDefault(g => g.Count() > 1);
+        if (dup != null) throw new ArgumentException($"two SAEs write hook '{dup.Key}'; a replacement needs one per hook");
+        var zeroHooks = outputs.Select(h => (h, (HookFunction)((t, _) => { Array.Clear(t.Data); return null; }))).ToArray();
+        double clean = 0, replaced = 0, zeroed = 0;
+        long positions = 0, tokens = 0;
+        foreach (var batch in windows.Chunk(Math.Max(1, options.BatchSequences)))
+        {
+            clean += CrossEntropy(model.Forward(batch), batch, out long p);
+            replaced += CrossEntropy(model.Run(batch, new RunOptions { Splices = [.. splices] })!, batch, out _);
+            zeroed += CrossEntropy(model.RunWithHooks(batch, zeroHooks), batch, out _);
+            positions += p;
+            tokens += batch.Sum(b => b.Length);
+            tokensDone?.Report(tokens);
+        }
+        if (positions == 0) throw new ArgumentException("the corpus gave no predicted positions to evaluate on");
+        var r = new ReplacementEvalResult
+        {
+            Hooks = outputs, Positions = positions,
+            CeClean = clean / positions, CeReplaced = replaced / positions, CeZeroAblated = zeroed / positions,
+        };
+        r.LossRecovered = (r.CeZeroAblated - r.CeReplaced) / (r.CeZeroAblated - r.CeClean);
+        return r;
     }
 
     /// <summary>Summed next-token cross-entropy over the real positions of a padded batch of logits (B, T, V).</summary>

@@ -26,7 +26,7 @@ public static class SaeInspector
         rows.Add(("d_in", Int(c.DIn)));
         rows.Add(("d_sae", Int(c.DSae)));
         if (c.IsTranscoder) rows.Add(("d_out", Int(c.DOut)));
-        if (c.Architecture == SaeArchitecture.TopK)
+        if (c.IsTopK)
         {
             rows.Add(("k", Int(c.K)));
             rows.Add(("rescale_acts_by_decoder_norm", c.RescaleActsByDecoderNorm ? "yes" : "no"));

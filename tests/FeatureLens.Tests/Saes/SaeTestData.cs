@@ -33,7 +33,7 @@ internal static class SaeTestData
         float[]? threshold = null, bGate = null, rMag = null, bMag = null, wSkip = null;
         if (cfg.HasThreshold) { threshold = new float[dSae]; for (int j = 0; j < dSae; j++) threshold[j] = 0.05f + 0.2f * (float)rng.NextDouble(); }
         if (arch == SaeArchitecture.Gated) { bGate = Gaussian(rng, dSae, 0.1f); rMag = Gaussian(rng, dSae, 0.2f); bMag = Gaussian(rng, dSae, 0.1f); bEnc = null; }
-        if (arch == SaeArchitecture.SkipTranscoder) wSkip = Gaussian(rng, (long)o * dIn, 0.1f / MathF.Sqrt(dIn));
+        if (cfg.HasSkip) wSkip = Gaussian(rng, (long)o * dIn, 0.1f / MathF.Sqrt(dIn));
         return new Sae(cfg, wEnc, bEnc, wDec, bDec, threshold, bGate, rMag, bMag, wSkip);
     }
 }

@@ -19,7 +19,7 @@ public class SaeTrainingTests(ITestOutputHelper output)
         _ => throw new ArgumentException(name),
     };
 
-    static float[] Gaussian(Random rng, long n, double scale)
+    internal static float[] Gaussian(Random rng, long n, double scale)
     {
         var a = new float[n];
         for (long i = 0; i < n; i++)
@@ -138,7 +138,7 @@ public class SaeTrainingTests(ITestOutputHelper output)
     }
 
     /// <summary>True when every pre-activation (computed in double) is at least 3e-5 from the places where the loss is not smooth.</summary>
-    static bool KinksAreFar(string arch, float[] x, Sae sae, int n, int k, bool[] dead, double bandwidth, bool applyBDec)
+    internal static bool KinksAreFar(string arch, float[] x, Sae sae, int n, int k, bool[] dead, double bandwidth, bool applyBDec)
     {
         const double Margin = 3e-5;
         int d = sae.DIn, m = sae.DSae;
@@ -163,7 +163,7 @@ public class SaeTrainingTests(ITestOutputHelper output)
                 var sorted = pre.OrderByDescending(v => v).ToArray();
                 if (sorted[k - 1] - sorted[k] < Margin) return false;
                 var deadVals = pre.Where((v, j) => dead[j]).OrderByDescending(v => v).ToArray();
-                int kAux = Math.Min(Math.Max(1, d / 2), deadVals.Length);
+                int kAux = Math.Min(Math.Max(1, sae.DOut / 2), deadVals.Length);
                 if (kAux > 0 && kAux < deadVals.Length && deadVals[kAux - 1] - deadVals[kAux] < Margin) return false;
             }
         }

@@ -3,7 +3,9 @@
 Usage: sae_grad_reference.py IN.safetensors OUT.safetensors
 
 IN holds W_enc [d,m], b_enc [m], W_dec [m,d], b_dec [d], x [n,d], optional log_threshold [m] (jumprelu)
-and dead_mask [m] (topk, 1 = dead); its metadata: arch (standard|topk|jumprelu), k, coef (L1 or L0
+and dead_mask [m] (topk, 1 = dead). A transcoder adds its target y [n,d_out] (W_dec [m,d_out], b_dec [d_out]; the
+losses below then compare x_hat with y instead of x) and, with a skip connection, W_skip [d_out,d]: x_hat gains
+x @ W_skip.T and W_skip is trained too. Its metadata: arch (standard|topk|jumprelu), k, coef (L1 or L0
 coefficient), bandwidth, aux_coef, apply_b_dec (0/1), lr, beta1, beta2, eps.
 
 The losses are written out from their definitions with torch autograd (float64):
@@ -13,7 +15,7 @@ The losses are written out from their definitions with torch autograd (float64):
             estimator for theta (custom autograd Functions); + coef * mean_r #{pre_rj > theta_j}
   topk:     f = relu of the k largest pre, 0 elsewhere; + aux_coef * min(1, dead/k_aux_base) *
             mean_r ||e_hat_r - (x_r - x_hat_r).detach()||^2, e_hat = relu(top k_aux pre among dead) @ W_dec,
-            k_aux_base = d // 2, k_aux = min(k_aux_base, dead)
+            k_aux_base = d_out // 2, k_aux = min(k_aux_base, dead)
 OUT holds grad.<name>, loss/mse/sparsity/aux (shape [1]) and after.<name>: the parameters after one
 torch.optim.Adam step (float32) on those gradients; for topk the W_dec gradient first loses its component
 along each W_dec row and the rows are renormalised after the step.
@@ -74,9 +76,11 @@ def main():
     apply_b_dec = meta.get("apply_b_dec", "0") == "1"
 
     names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["log_threshold"] if arch == "jumprelu" else [])
+    names += ["W_skip"] if "W_skip" in t else []
     p = {nm: t[nm].double().clone().requires_grad_(True) for nm in names}
     x = t["x"].double()
-    n, d = x.shape
+    y = t["y"].double() if "y" in t else x  # what x_hat is fitted to
+    d_out = y.shape[1]
 
     sae_in = x - p["b_dec"] if apply_b_dec else x
     pre = sae_in @ p["W_enc"] + p["b_enc"]
@@ -95,19 +99,21 @@ def main():
     else:
         raise ValueError(arch)
     x_hat = f @ p["W_dec"] + p["b_dec"]
-    mse = (x_hat - x).pow(2).sum(-1).mean()
+    if "W_skip" in p:
+        x_hat = x_hat + x @ p["W_skip"].T
+    mse = (x_hat - y).pow(2).sum(-1).mean()
     if arch == "topk" and aux_coef > 0:
         dead = t["dead_mask"] > 0.5
         num_dead = int(dead.sum())
         if num_dead > 0:
-            base = max(1, d // 2)
+            base = max(1, d_out // 2)
             k_aux = min(base, num_dead)
             scale = aux_coef * min(1.0, num_dead / base)
             masked = torch.where(dead[None, :], pre, torch.full_like(pre, float("-inf")))
             top_aux = masked.topk(k_aux, dim=-1)
             acts = torch.zeros_like(pre).scatter(-1, top_aux.indices, torch.relu(top_aux.values))
             e_hat = acts @ p["W_dec"]
-            residual = (x - x_hat).detach()
+            residual = (y - x_hat).detach()
             aux = scale * (e_hat - residual).pow(2).sum(-1).mean()
     loss = mse + sparsity + aux
     loss.backward()

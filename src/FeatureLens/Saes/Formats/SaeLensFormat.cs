@@ -24,7 +24,11 @@ public static class SaeLensFormat
     /// <summary>The weights file of a SAELens folder.</summary>
     public const string WeightsFile = "sae_weights.safetensors";
 
-    static readonly string[] ArchitectureNames = ["standard", "gated", "jumprelu", "topk", "transcoder", "skip_transcoder", "jumprelu_transcoder"];
+    static readonly string[] ArchitectureNames =
+    [
+        "standard", "gated", "jumprelu", "topk", "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder",
+        "topk_transcoder", "topk_skip_transcoder",
+    ];
 
     // Top-level fields the loader interprets (both generations); everything else goes to Metadata.Extra.
     static readonly HashSet<string> ConfigKeys =
@@ -93,6 +97,9 @@ public static class SaeLensFormat
             "transcoder" => SaeArchitecture.Transcoder,
             "skip_transcoder" => SaeArchitecture.SkipTranscoder,
             "jumprelu_transcoder" => SaeArchitecture.JumpReluTranscoder,
+            "jumprelu_skip_transcoder" => SaeArchitecture.JumpReluSkipTranscoder,
+            "topk_transcoder" => SaeArchitecture.TopKTranscoder,
+            "topk_skip_transcoder" => SaeArchitecture.TopKSkipTranscoder,
             _ => SaeArchitecture.Standard,
         };
 
@@ -100,7 +107,7 @@ public static class SaeLensFormat
         cfg.DSae = top.Int("d_sae") ?? 0;
         cfg.DOut = cfg.IsTranscoder ? top.Int("d_out") ?? 0 : 0;
 
-        if (cfg.Architecture == SaeArchitecture.TopK)
+        if (cfg.IsTopK)
         {
             int? k = top.Int("k") ?? top.Object("activation_fn_kwargs")?.Int("k");
             cfg.K = k ?? throw new InvalidDataException($"{cfgPath}: a topk SAE needs field 'k' (or 'activation_fn_kwargs.k'); neither is present");

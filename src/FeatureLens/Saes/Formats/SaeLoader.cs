@@ -4,8 +4,8 @@ namespace FeatureLens.Saes.Formats;
 
 /// <summary>
 /// Loads SAEs from any community format FeatureLens reads, recognised by the files present:
-/// SAELens (cfg.json + sae_weights.safetensors), sparsify (cfg.json + sae.safetensors) and Gemma Scope
-/// (params.npz). Every format ends as the same float32 <see cref="Sae"/>.
+/// SAELens (cfg.json + sae_weights.safetensors), sparsify (cfg.json + sae.safetensors), Gemma Scope
+/// (params.npz) and circuit-tracer transcoder sets (config.yaml + layer_N.safetensors). Every format ends as the same float32 <see cref="Sae"/>.
 /// </summary>
 public static class SaeLoader
 {
@@ -26,6 +26,8 @@ public static class SaeLoader
             if (full.EndsWith(".npz", StringComparison.OrdinalIgnoreCase)) return GemmaScopeFormat.Load(full);
             if (name is SaeLensFormat.ConfigFile or SaeLensFormat.WeightsFile or SparsifyFormat.WeightsFile)
                 return LoadFolder(Path.GetDirectoryName(full)!);
+            if (full.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) && CircuitTracerFormat.IsFolder(Path.GetDirectoryName(full)!))
+                return CircuitTracerFormat.LoadFile(full);
             throw new InvalidDataException($"{full}: not an SAE file (expected a folder, cfg.json, {SaeLensFormat.WeightsFile}, {SparsifyFormat.WeightsFile} or a Gemma Scope {GemmaScopeFormat.WeightsFile})");
         }
         if (!Directory.Exists(full)) throw new FileNotFoundException($"SAE path not found: {full}", full);
@@ -38,6 +40,12 @@ public static class SaeLoader
         if (SparsifyFormat.IsFolder(dir)) return SparsifyFormat.Load(dir);
         string npz = Path.Combine(dir, GemmaScopeFormat.WeightsFile);
         if (File.Exists(npz)) return GemmaScopeFormat.Load(npz);
+        if (CircuitTracerFormat.IsFolder(dir))
+        {
+            var set = CircuitTracerFormat.LoadAll(dir);
+            if (set.Count == 1) return set[0];
+            throw new InvalidDataException($"{dir}: a circuit-tracer set of {set.Count} per-layer transcoders; load them all with LoadAll (or name one layer_N.safetensors)");
+        }
 
         string hint = "";
         if (File.Exists(Path.Combine(dir, SaeLensFormat.ConfigFile)))
@@ -50,7 +58,8 @@ public static class SaeLoader
 
     /// <summary>True when <paramref name="dir"/> is one SAE folder in a format FeatureLens reads.</summary>
     public static bool LooksLikeSae(string dir) =>
-        Directory.Exists(dir) && (SaeLensFormat.IsFolder(dir) || SparsifyFormat.IsFolder(dir) || File.Exists(Path.Combine(dir, GemmaScopeFormat.WeightsFile)));
+        Directory.Exists(dir) && (SaeLensFormat.IsFolder(dir) || SparsifyFormat.IsFolder(dir) || File.Exists(Path.Combine(dir, GemmaScopeFormat.WeightsFile))
+            || CircuitTracerFormat.IsFolder(dir));
 
     /// <summary>
     /// Loads every SAE under <paramref name="path"/>: one SAE (folder or file), or a directory holding one
@@ -62,17 +71,22 @@ public static class SaeLoader
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         string full = Path.GetFullPath(path);
-        if (File.Exists(full) || LooksLikeSae(full)) return [Load(full)];
+        if (File.Exists(full)) return [Load(full)];
+        if (LooksLikeSae(full)) return LoadFolderAll(full);
         if (!Directory.Exists(full)) throw new FileNotFoundException($"SAE path not found: {full}", full);
         var dirs = FindSaeFolders(full, 0).ToList();
         if (dirs.Count == 0)
             throw new InvalidDataException($"{full}: no SAE folders found (searched {MaxSearchDepth} levels for cfg.json + {SaeLensFormat.WeightsFile}, cfg.json + {SparsifyFormat.WeightsFile} or {GemmaScopeFormat.WeightsFile})");
-        return dirs.Select(LoadFolder)
+        return dirs.SelectMany(LoadFolderAll)
             .OrderBy(s => LayerOf(s.Config.HookName) ?? int.MaxValue)
             .ThenBy(s => s.Config.HookName, StringComparer.Ordinal)
             .ThenBy(s => s.SourcePath, StringComparer.Ordinal)
             .ToList();
     }
+
+    /// <summary>Every SAE of one folder: one, or a circuit-tracer set's per-layer transcoders.</summary>
+    static IReadOnlyList<Sae> LoadFolderAll(string dir) =>
+        CircuitTracerFormat.IsFolder(dir) && !SaeLensFormat.IsFolder(dir) && !SparsifyFormat.IsFolder(dir) ? CircuitTracerFormat.LoadAll(dir) : [LoadFolder(dir)];
 
     /// <summary>The block index of a TransformerLens hook name ("blocks.7.hook_resid_post" → 7), or null.</summary>
     public static int? LayerOf(string hookName)

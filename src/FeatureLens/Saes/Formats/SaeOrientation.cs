@@ -255,7 +255,7 @@ internal static class SaeAssembly
             }
             else throw new InvalidDataException($"{file}: a {SaeConfig.ArchitectureName(cfg.Architecture)} SAE needs tensor '{names.Threshold}' (or '{names.LogThreshold}'); neither is present");
         }
-        if (cfg.Architecture == SaeArchitecture.SkipTranscoder)
+        if (cfg.HasSkip)
             wSkip = SaeOrientation.Matrix(Need(names.WSkip), file, cfg.DOut, cfg.DIn, "d_out", "d_in", false, dims);
 
         return new Sae(cfg, wEnc, bEnc, wDec, bDec, threshold, bGate, rMag, bMag, wSkip) { SourcePath = sourcePath };

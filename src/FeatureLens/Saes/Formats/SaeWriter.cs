@@ -41,7 +41,7 @@ public static class SaeWriter
             AddF32(w, "r_mag", sae.RMag!, c.DSae);
             AddF32(w, "b_mag", sae.BMag!, c.DSae);
         }
-        if (c.Architecture == SaeArchitecture.SkipTranscoder) AddF32(w, "W_skip", sae.WSkip!, c.DOut, c.DIn);
+        if (c.HasSkip) AddF32(w, "W_skip", sae.WSkip!, c.DOut, c.DIn);
         w.Write(Path.Combine(dir, WeightsFile));
 
         if (featureSparsity != null)
@@ -71,7 +71,7 @@ public static class SaeWriter
         o["apply_b_dec_to_input"] = c.ApplyBDecToInput;
         o["normalize_activations"] = SaeConfig.NormalizationName(c.Normalization);
         o["reshape_activations"] = c.ReshapeHookZ ? "hook_z" : "none";
-        if (c.Architecture == SaeArchitecture.TopK)
+        if (c.IsTopK)
         {
             o["k"] = c.K;
             o["rescale_acts_by_decoder_norm"] = c.RescaleActsByDecoderNorm;

@@ -32,7 +32,10 @@ public sealed partial class SaeTrainer
     {
         ArgumentNullException.ThrowIfNull(source);
         string outDir = _o.OutputDir ?? throw new ArgumentException("SAE training options: OutputDir must be set to train (final SAE and checkpoints go there)");
-        if (source.DIn != _d) throw new ArgumentException($"activation source {source.Describe()} has rows of width {source.DIn}, the SAE's d_in is {_d}");
+        if (source.DIn != RowWidth)
+            throw new ArgumentException(_transcoder
+                ? $"activation source {source.Describe()} has rows of width {source.DIn}; a transcoder needs input and target side by side, d_in + d_out = {_d} + {_dOut} = {RowWidth}"
+                : $"activation source {source.Describe()} has rows of width {source.DIn}, the SAE's d_in is {_d}");
         string ckDir = Path.Combine(outDir, CheckpointsFolder);
         string? found = FindCheckpoint(ckDir);
         if (found != null) LoadState(found, source);
@@ -40,7 +43,7 @@ public sealed partial class SaeTrainer
         long resumedFrom = _step, savedStep = found != null ? _step : -1;
 
         long total = _o.TotalSteps;
-        var batch = new float[(long)_o.BatchTokens * _d];
+        var batch = new float[(long)_o.BatchTokens * RowWidth];
         TrainStepStats? last = null;
         while (_step < total)
         {
@@ -164,11 +167,12 @@ public sealed partial class SaeTrainer
     {
         yield return ("W_enc", _wEnc); yield return ("b_enc", _bEnc); yield return ("W_dec", _wDec); yield return ("b_dec", _bDec);
         if (_jump) yield return ("log_threshold", _logTheta!);
+        if (_wSkip != null) yield return ("W_skip", _wSkip);
     }
 
     IEnumerable<(string Name, float[] Data, int[] Shape)> StateTensors()
     {
-        int[] enc = [_d, _m], dec = [_m, _d], lat = [_m], inp = [_d];
+        int[] enc = [_d, _m], dec = [_m, _dOut], lat = [_m], inp = [_dOut];
         yield return ("param.W_enc", _wEnc, enc); yield return ("adam_m.W_enc", _mWEnc, enc); yield return ("adam_v.W_enc", _vWEnc, enc);
         yield return ("param.b_enc", _bEnc, lat); yield return ("adam_m.b_enc", _mBEnc, lat); yield return ("adam_v.b_enc", _vBEnc, lat);
         yield return ("param.W_dec", _wDec, dec); yield return ("adam_m.W_dec", _mWDec, dec); yield return ("adam_v.W_dec", _vWDec, dec);
@@ -176,6 +180,11 @@ public sealed partial class SaeTrainer
         if (_jump)
         {
             yield return ("param.log_threshold", _logTheta!, lat); yield return ("adam_m.log_threshold", _mLogTheta!, lat); yield return ("adam_v.log_threshold", _vLogTheta!, lat);
+        }
+        if (_wSkip != null)
+        {
+            int[] skip = [_dOut, _d];
+            yield return ("param.W_skip", _wSkip, skip); yield return ("adam_m.W_skip", _mWSkip!, skip); yield return ("adam_v.W_skip", _vWSkip!, skip);
         }
     }
 

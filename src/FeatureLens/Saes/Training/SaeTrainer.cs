@@ -8,7 +8,10 @@ namespace FeatureLens.Saes.Training;
 /// Trains a standard (ReLU + decoder-norm-weighted L1), TopK (+ AuxK) or JumpReLU (L0, straight-through
 /// threshold) SAE with Adam. Forward and backward are written out by hand over <see cref="Gemm"/>; see
 /// <see cref="SaeTrainingOptions"/> for the exact losses.
-/// <para>Shapes: x is (n, d_in) with d = d_in and m = d_sae; W_enc (d, m); W_dec (m, d); pre, f (n, m).</para>
+/// <para>Shapes: x is (n, d_in) with d = d_in and m = d_sae; W_enc (d, m); W_dec (m, d_out); pre, f (n, m). An SAE has
+/// d_out = d_in and reconstructs its input; a transcoder (<see cref="SaeTrainingOptions.Transcoder"/>) reads rows that hold
+/// its input (d_in) followed by its target (d_out) and fits x̂ = decode(encode(x_in)) (+ x_in·W_skipᵀ with the skip
+/// connection, W_skip (d_out, d_in)) to the target. The skip path is handled by fitting the rest to target − x_in·W_skipᵀ.</para>
 /// <para>Standard and JumpReLU run dense in blocks of rows (five GEMMs per block, vectorised elementwise passes
 /// between them); a standard block whose latents are at most 5 % active skips the four GEMMs after the encoder and
 /// is done per active latent, as TopK is. TopK is sparse after the encoder GEMM: the decoder, both weight gradients and the AuxK term touch only the k (and k_aux) selected
@@ -24,9 +27,12 @@ public sealed partial class SaeTrainer
     const double SparseMaxDensity = 0.05;
 
     readonly SaeTrainingOptions _o;
-    readonly int _d, _m;
-    readonly bool _topK, _jump;
+    readonly int _d, _dOut, _m;
+    readonly bool _topK, _jump, _transcoder;
     readonly float[] _wEnc, _bEnc, _wDec, _bDec;
+    /// <summary>(d_out, d_in), transcoders with the skip connection only.</summary>
+    readonly float[]? _wSkip, _mWSkip, _vWSkip;
+    float[]? _gWSkip;
     readonly float[]? _logTheta, _theta;
 
     // gradients; _gWEnc is (d, m) after the dense path and (m, d) — transposed — after the TopK path
@@ -44,6 +50,7 @@ public sealed partial class SaeTrainer
     float _normScale;
 
     // per-step scratch
+    // _s: encoder input (n, d_in); _x: target (n, d_out), minus the skip path; _g, _h: (n, d_out)
     float[] _x = [], _s = [], _g = [], _h = [];
     float[] _pre = [], _f = [], _df = [];
     float[]? _gWEncSpare;
@@ -67,22 +74,31 @@ public sealed partial class SaeTrainer
         options.Validate();
         _o = options;
         _d = options.DIn; _m = options.DSae;
+        _transcoder = options.Transcoder;
+        _dOut = _transcoder && options.DOut > 0 ? options.DOut : _d;
         _topK = options.Architecture == SaeArchitecture.TopK;
         _jump = options.Architecture == SaeArchitecture.JumpRelu;
         _rng = new TrainingRng(options.Seed);
         _normScale = options.Normalization == ActivationNormalization.None ? 1f : float.NaN;
 
-        long dm = (long)_d * _m;
-        _wEnc = new float[dm]; _wDec = new float[dm]; _bEnc = new float[_m]; _bDec = new float[_d];
+        long dm = (long)_d * _m, mo = (long)_m * _dOut;
+        _wEnc = new float[dm]; _wDec = new float[mo]; _bEnc = new float[_m]; _bDec = new float[_dOut];
         // W_dec rows: random directions of norm DecoderInitNorm (1 for TopK); W_enc = W_decᵀ (SAELens, EleutherAI).
+        // Transcoders: W_enc's columns are drawn independently (in a space of another width), with the same norm.
         double initNorm = _topK ? 1.0 : options.DecoderInitNorm;
         for (int j = 0; j < _m; j++)
         {
-            var row = _wDec.AsSpan(j * _d, _d);
-            double ss = 0;
-            for (int i = 0; i < _d; i++) { float v = (float)_rng.NextGaussian(); row[i] = v; ss += (double)v * v; }
-            TensorPrimitives.Multiply(row, (float)(initNorm / Math.Sqrt(ss)), row);
-            for (int i = 0; i < _d; i++) _wEnc[(long)i * _m + j] = row[i];
+            var row = _wDec.AsSpan(j * _dOut, _dOut);
+            RandomDirection(row, initNorm);
+            if (!_transcoder) { for (int i = 0; i < _d; i++) _wEnc[(long)i * _m + j] = row[i]; continue; }
+            var col = new float[_d];
+            RandomDirection(col, initNorm);
+            for (int i = 0; i < _d; i++) _wEnc[(long)i * _m + j] = col[i];
+        }
+        if (_transcoder && options.SkipConnection)
+        {
+            // zero-initialised, as circuit-tracer and SAELens's skip transcoders
+            _wSkip = new float[(long)_dOut * _d]; _mWSkip = new float[_wSkip.Length]; _vWSkip = new float[_wSkip.Length];
         }
         if (_jump)
         {
@@ -91,18 +107,32 @@ public sealed partial class SaeTrainer
             TensorPrimitives.Exp(_logTheta, _theta);
             _mLogTheta = new float[_m]; _vLogTheta = new float[_m];
         }
-        _mWEnc = new float[dm]; _vWEnc = new float[dm]; _mWDec = new float[dm]; _vWDec = new float[dm];
-        _mBEnc = new float[_m]; _vBEnc = new float[_m]; _mBDec = new float[_d]; _vBDec = new float[_d];
+        _mWEnc = new float[dm]; _vWEnc = new float[dm]; _mWDec = new float[mo]; _vWDec = new float[mo];
+        _mBEnc = new float[_m]; _vBEnc = new float[_m]; _mBDec = new float[_dOut]; _vBDec = new float[_dOut];
         _sinceFired = new long[_m]; _fireCount = new long[_m]; _batchFires = new int[_m];
 
         var cfg = new SaeConfig
         {
-            Architecture = options.Architecture, DIn = _d, DSae = _m, DOut = _d, K = _topK ? options.K : 0,
+            Architecture = _transcoder ? SaeConfig.TranscoderOf(options.Architecture, _wSkip != null) : options.Architecture,
+            DIn = _d, DSae = _m, DOut = _dOut, K = _topK ? options.K : 0,
             ApplyBDecToInput = options.ApplyBDecToInput, Normalization = options.Normalization,
             Metadata = CloneMetadata(options.Metadata), Format = "FeatureLens training",
+            // a whole hook_z (heads flattened to n_heads·d_head), as SAELens's reshape_activations: hook_z
+            ReshapeHookZ = options.Metadata.HookName.EndsWith("attn.hook_z", StringComparison.Ordinal) && options.Metadata.HookHeadIndex is null,
         };
-        Sae = new Sae(cfg, _wEnc, _bEnc, _wDec, _bDec, threshold: _theta);
+        Sae = new Sae(cfg, _wEnc, _bEnc, _wDec, _bDec, threshold: _theta, wSkip: _wSkip);
     }
+
+    /// <summary>Fills <paramref name="v"/> with a random Gaussian direction of the given norm.</summary>
+    void RandomDirection(Span<float> v, double norm)
+    {
+        double ss = 0;
+        for (int i = 0; i < v.Length; i++) { float g = (float)_rng.NextGaussian(); v[i] = g; ss += (double)g * g; }
+        TensorPrimitives.Multiply(v, (float)(norm / Math.Sqrt(ss)), v);
+    }
+
+    /// <summary>Width of one row of the batch: d_in for an SAE; d_in + d_out (input, then target) for a transcoder.</summary>
+    public int RowWidth => _transcoder ? _d + _dOut : _d;
 
     static SaeMetadata CloneMetadata(SaeMetadata m) => new SaeConfig { Metadata = m }.Clone().Metadata;
 
@@ -163,7 +193,7 @@ public sealed partial class SaeTrainer
 
     // ───────────────────────────── one step ─────────────────────────────
 
-    /// <summary>One Adam step on n rows of d_in (the batch). Throws <see cref="NonFiniteTrainingException"/>
+    /// <summary>One Adam step on n rows of <see cref="RowWidth"/> (the batch). Throws <see cref="NonFiniteTrainingException"/>
     /// (leaving the model untouched) when the batch or the loss is not finite.</summary>
     public TrainStepStats Step(ReadOnlySpan<float> batch, int n)
     {
@@ -178,6 +208,7 @@ public sealed partial class SaeTrainer
         Adam(_bEnc, _gBEnc!, _mBEnc, _vBEnc, adam);
         Adam(_wDec, _gWDec!, _mWDec, _vWDec, adam);
         Adam(_bDec, _gBDec!, _mBDec, _vBDec, adam);
+        if (_wSkip != null) Adam(_wSkip, _gWSkip!, _mWSkip!, _vWSkip!, adam);
         if (_jump)
         {
             Adam(_logTheta!, _gLogTheta!, _mLogTheta!, _vLogTheta!, adam);
@@ -222,6 +253,7 @@ public sealed partial class SaeTrainer
         {
             WEnc = gWEnc, BEnc = (float[])_gBEnc!.Clone(), WDec = (float[])_gWDec!.Clone(), BDec = (float[])_gBDec!.Clone(),
             LogThreshold = _jump ? (float[])_gLogTheta!.Clone() : null,
+            WSkip = _gWSkip is null ? null : (float[])_gWSkip.Clone(),
             Loss = loss.Total, Mse = loss.Mse, SparsityLoss = loss.Sparsity, AuxLoss = loss.Aux,
         };
     }
@@ -248,27 +280,51 @@ public sealed partial class SaeTrainer
     BatchLoss ForwardBackward(ReadOnlySpan<float> batch, int n)
     {
         if (n <= 0) throw new ArgumentException($"a batch needs at least one row, got n = {n}");
-        if (batch.Length < (long)n * _d) throw new ArgumentException($"batch has {batch.Length} values, needs n·d_in = {n}·{_d} = {(long)n * _d}");
+        int w = RowWidth;
+        string rowWhat = _transcoder ? $"d_in + d_out = {_d} + {_dOut}" : $"d_in = {_d}";
+        if (batch.Length < (long)n * w) throw new ArgumentException($"batch has {batch.Length} values, needs n·({rowWhat}) = {(long)n * w}");
         long stepNo = _step + 1;
-        var xin = batch[..(n * _d)];
+        var xin = batch[..(n * w)];
         int bad = IndexOfNonFinite(xin);
         if (bad >= 0)
+        {
+            int col = bad % w;
+            string where = !_transcoder ? $"column {col}" : col < _d ? $"input column {col}" : $"target column {col - _d}";
             throw new NonFiniteTrainingException(stepNo, "activations",
-                $"step {stepNo}: activation batch has a non-finite value {xin[bad]} at row {bad / _d}, column {bad % _d}; training stopped before updating, the last checkpoint is untouched");
+                $"step {stepNo}: activation batch has a non-finite value {xin[bad]} at row {bad / w}, {where}; training stopped before updating, the last checkpoint is untouched");
+        }
         if (float.IsNaN(_normScale)) EstimateNormScale(xin, n);
 
         EnsureBuffers(n);
-        var x = _x.AsSpan(0, n * _d);
-        if (_normScale == 1f) xin.CopyTo(x); else TensorPrimitives.Multiply(xin, _normScale, x);
+        var x = _x.AsSpan(0, n * _dOut);
         var s = _s.AsSpan(0, n * _d);
-        x.CopyTo(s);
-        if (_o.ApplyBDecToInput) for (int r = 0; r < n; r++) TensorPrimitives.Subtract(s.Slice(r * _d, _d), _bDec, s.Slice(r * _d, _d));
+        double totalVar;
+        if (_transcoder)
+        {
+            for (int r = 0; r < n; r++)
+            {
+                xin.Slice(r * w, _d).CopyTo(s.Slice(r * _d, _d));
+                xin.Slice(r * w + _d, _dOut).CopyTo(x.Slice(r * _dOut, _dOut));
+            }
+            totalVar = TotalVariance(x, n);
+            // the skip path's output is a fixed part of x̂ here: the rest is fitted to target − s·W_skipᵀ
+            if (_wSkip != null) Gemm.MatMulTransB(s, _wSkip, SkipScratch(n), n, _d, _dOut);
+            if (_wSkip != null) TensorPrimitives.Subtract(x, SkipScratch(n), x);
+        }
+        else
+        {
+            if (_normScale == 1f) xin.CopyTo(x); else TensorPrimitives.Multiply(xin, _normScale, x);
+            x.CopyTo(s);
+            if (_o.ApplyBDecToInput) for (int r = 0; r < n; r++) TensorPrimitives.Subtract(s.Slice(r * _d, _d), _bDec, s.Slice(r * _d, _d));
+            totalVar = TotalVariance(x, n);
+        }
         Array.Clear(_batchFires);
 
         double coef = SparsityCoefficientAt(_step);
         var loss = _topK ? BackwardTopK(n) : BackwardDense(n, coef);
+        // W_skip (d_out, d_in): Σ_r g_r·s_rᵀ, g = (2/n)(x̂ − target) as the backward left it in _g
+        if (_wSkip != null) Gemm.MatMulTransA(_g.AsSpan(0, n * _dOut), s, _gWSkip!, _dOut, n, _d);
 
-        double totalVar = TotalVariance(x, n);
         double sse = 0;
         for (int r = 0; r < n; r++) sse += _rowErr[r];
         loss = loss with { ExplainedVariance = totalVar > 0 ? 1 - sse / totalVar : double.NaN, Coefficient = coef };
@@ -286,23 +342,33 @@ public sealed partial class SaeTrainer
 
     void EnsureBuffers(int n)
     {
-        long nd = (long)n * _d;
-        if (_x.Length < nd) { _x = new float[nd]; _s = new float[nd]; _g = new float[nd]; if (_topK) _h = new float[nd]; }
+        long nd = (long)n * _d, no = (long)n * _dOut;
+        if (_s.Length < nd) _s = new float[nd];
+        if (_x.Length < no) { _x = new float[no]; _g = new float[no]; if (_topK) _h = new float[no]; }
         if (_rowErr.Length < n) _rowErr = new double[n];
-        long dm = (long)_d * _m;
-        _gWEnc ??= new float[dm]; _gWDec ??= new float[dm];
-        _gBEnc ??= new float[_m]; _gBDec ??= new float[_d];
+        _gWEnc ??= new float[(long)_d * _m]; _gWDec ??= new float[(long)_m * _dOut];
+        _gBEnc ??= new float[_m]; _gBDec ??= new float[_dOut];
         if (_jump) _gLogTheta ??= new float[_m];
+        if (_wSkip != null) _gWSkip ??= new float[_wSkip.Length];
+    }
+
+    float[] _skip = [];
+    /// <summary>Scratch (n, d_out) for the skip path's output s·W_skipᵀ.</summary>
+    Span<float> SkipScratch(int n)
+    {
+        long no = (long)n * _dOut;
+        if (_skip.Length < no) _skip = new float[no];
+        return _skip.AsSpan(0, (int)no);
     }
 
     /// <summary>Σ_r ‖x_r − mean(x)‖² (x is (n, d)).</summary>
     double TotalVariance(ReadOnlySpan<float> x, int n)
     {
-        var mean = new double[_d];
-        for (int r = 0; r < n; r++) { var row = x.Slice(r * _d, _d); for (int i = 0; i < _d; i++) mean[i] += row[i]; }
-        for (int i = 0; i < _d; i++) mean[i] /= n;
+        var mean = new double[_dOut];
+        for (int r = 0; r < n; r++) { var row = x.Slice(r * _dOut, _dOut); for (int i = 0; i < _dOut; i++) mean[i] += row[i]; }
+        for (int i = 0; i < _dOut; i++) mean[i] /= n;
         double tv = 0;
-        for (int r = 0; r < n; r++) { var row = x.Slice(r * _d, _d); for (int i = 0; i < _d; i++) { double v = row[i] - mean[i]; tv += v * v; } }
+        for (int r = 0; r < n; r++) { var row = x.Slice(r * _dOut, _dOut); for (int i = 0; i < _dOut; i++) { double v = row[i] - mean[i]; tv += v * v; } }
         return tv;
     }
 
@@ -316,7 +382,7 @@ public sealed partial class SaeTrainer
     /// </summary>
     BatchLoss BackwardDense(int n, double coef)
     {
-        int d = _d, m = _m;
+        int d = _d, dOut = _dOut, m = _m;
         int block = Math.Min(n, DenseBlockRows);
         long blockLen = (long)block * m;
         // pre, f, df (b, m) live across steps; standard keeps f in place of pre (act'(pre) is f > 0 there)
@@ -346,8 +412,8 @@ public sealed partial class SaeTrainer
         {
             int b = Math.Min(block, n - r0);
             var sBlk = new ReadOnlySpan<float>(_s, r0 * d, b * d);
-            var xBlk = new ReadOnlySpan<float>(_x, r0 * d, b * d);
-            var gBlk = new Span<float>(_g, r0 * d, b * d);
+            var xBlk = new ReadOnlySpan<float>(_x, r0 * dOut, b * dOut);
+            var gBlk = new Span<float>(_g, r0 * dOut, b * dOut);
             // pre = s·W_enc (b_enc is added in the activation pass)
             Gemm.MatMul(sBlk, _wEnc, pre.AsSpan(0, b * m), b, d, m);
 
@@ -370,19 +436,19 @@ public sealed partial class SaeTrainer
             bool accumulate = denseBlocks++ > 0;
 
             // x̂ = f·W_dec + b_dec; e = x̂ − x; g = (2/n)·e
-            Gemm.MatMul(f.AsSpan(0, b * m), _wDec, gBlk, b, m, d);
+            Gemm.MatMul(f.AsSpan(0, b * m), _wDec, gBlk, b, m, dOut);
             for (int r = 0; r < b; r++)
             {
-                var gr = gBlk.Slice(r * d, d);
+                var gr = gBlk.Slice(r * dOut, dOut);
                 TensorPrimitives.Add(gr, _bDec, gr);
-                TensorPrimitives.Subtract(gr, xBlk.Slice(r * d, d), gr);
+                TensorPrimitives.Subtract(gr, xBlk.Slice(r * dOut, dOut), gr);
                 _rowErr[r0 + r] = TensorPrimitives.Dot(gr, gr);
                 TensorPrimitives.Multiply(gr, twoOverN, gr);
                 TensorPrimitives.Add(gBDec, gr, gBDec);
             }
-            // dW_dec (m, d) += fᵀ·g;  df (b, m) = g·W_decᵀ
-            Gemm.MatMulTransA(f.AsSpan(0, b * m), gBlk, gWDec, m, b, d, accumulate);
-            Gemm.MatMulTransB(gBlk, _wDec, df.AsSpan(0, b * m), b, d, m);
+            // dW_dec (m, d_out) += fᵀ·g;  df (b, m) = g·W_decᵀ
+            Gemm.MatMulTransA(f.AsSpan(0, b * m), gBlk, gWDec, m, b, dOut, accumulate);
+            Gemm.MatMulTransB(gBlk, _wDec, df.AsSpan(0, b * m), b, dOut, m);
 
             // dpre = df ⊙ act'(pre) (+ sparsity terms), in place in df; db_enc = Σ_r dpre
             ForChunks(chunks, c =>
@@ -410,13 +476,13 @@ public sealed partial class SaeTrainer
             double sparsitySum = 0;
             for (int j = 0; j < m; j++) sparsitySum += colSumF[j] * norms![j];
             sparsity = coef * sparsitySum / n;
-            ParallelRows.For(m, d, (j0, j1) =>
+            ParallelRows.For(m, dOut, (j0, j1) =>
             {
                 for (int j = j0; j < j1; j++)
                     if (norms![j] > 0 && colSumF[j] != 0)
                     {
-                        var row = new ReadOnlySpan<float>(_wDec, j * d, d);
-                        TensorPrimitives.MultiplyAdd(row, (float)(lamN * colSumF[j] / norms[j]), gWDec.AsSpan(j * d, d), gWDec.AsSpan(j * d, d));
+                        var row = new ReadOnlySpan<float>(_wDec, j * dOut, dOut);
+                        TensorPrimitives.MultiplyAdd(row, (float)(lamN * colSumF[j] / norms[j]), gWDec.AsSpan(j * dOut, dOut), gWDec.AsSpan(j * dOut, dOut));
                     }
             });
         }
@@ -496,29 +562,29 @@ public sealed partial class SaeTrainer
     /// </summary>
     void BackwardSparseRelu(SparseRows sp, int n, float[] l1Grad, bool denseToo)
     {
-        int d = _d, m = _m, rows = sp.Rows;
+        int d = _d, dOut = _dOut, m = _m, rows = sp.Rows;
         int total = sp.Start[rows];
         float twoOverN = 2f / n;
         var col = sp.Col; var val = sp.Val; var start = sp.Start; var rowOf = sp.Row;
         var dEnc = new float[total];
-        ParallelRows.For(rows, (long)d * 4 * Math.Max(1, total / rows), (q0, q1) =>
+        ParallelRows.For(rows, (long)dOut * 4 * Math.Max(1, total / rows), (q0, q1) =>
         {
             for (int q = q0; q < q1; q++)
             {
                 int r = rowOf[q];
-                var g = new Span<float>(_g, r * d, d);
+                var g = new Span<float>(_g, r * dOut, dOut);
                 _bDec.CopyTo(g);
                 int e0 = start[q], e1 = start[q + 1];
-                SumScaledRows(_wDec, d, col.AsSpan(e0, e1 - e0), val.AsSpan(e0, e1 - e0), g, accumulate: true);
-                TensorPrimitives.Subtract(g, new ReadOnlySpan<float>(_x, r * d, d), g); // e = x̂ − x
+                SumScaledRows(_wDec, dOut, col.AsSpan(e0, e1 - e0), val.AsSpan(e0, e1 - e0), g, accumulate: true);
+                TensorPrimitives.Subtract(g, new ReadOnlySpan<float>(_x, r * dOut, dOut), g); // e = x̂ − x
                 _rowErr[r] = TensorPrimitives.Dot(g, g);
                 TensorPrimitives.Multiply(g, twoOverN, g);
                 for (int e = start[q]; e < start[q + 1]; e++)
-                    dEnc[e] = TensorPrimitives.Dot(g, new ReadOnlySpan<float>(_wDec, col[e] * d, d)) + l1Grad[col[e]];
+                    dEnc[e] = TensorPrimitives.Dot(g, new ReadOnlySpan<float>(_wDec, col[e] * dOut, dOut)) + l1Grad[col[e]];
             }
         });
         var gBDec = _gBDec!;
-        for (int q = 0; q < rows; q++) TensorPrimitives.Add(gBDec, new ReadOnlySpan<float>(_g, rowOf[q] * d, d), gBDec);
+        for (int q = 0; q < rows; q++) TensorPrimitives.Add(gBDec, new ReadOnlySpan<float>(_g, rowOf[q] * dOut, dOut), gBDec);
 
         // regroup by latent (counting sort, rows ascending)
         var first = new int[m + 1];
@@ -535,13 +601,13 @@ public sealed partial class SaeTrainer
 
         var gWDec = _gWDec!; var gBEnc = _gBEnc!;
         var gWEncT = _gWEncSpare ??= new float[(long)d * m];
-        ParallelRows.For(m, (long)d * 4 * Math.Max(1, total / m), (j0, j1) =>
+        ParallelRows.For(m, (long)(d + dOut) * 2 * Math.Max(1, total / m), (j0, j1) =>
         {
             for (int j = j0; j < j1; j++)
             {
                 int p0 = first[j], p1 = first[j + 1];
                 var rowsJ = entRow.AsSpan(p0, p1 - p0);
-                SumScaledRows(_g, d, rowsJ, entDec.AsSpan(p0, p1 - p0), gWDec.AsSpan(j * d, d), accumulate: denseToo);
+                SumScaledRows(_g, dOut, rowsJ, entDec.AsSpan(p0, p1 - p0), gWDec.AsSpan(j * dOut, dOut), accumulate: denseToo);
                 SumScaledRows(_s, d, rowsJ, entEnc.AsSpan(p0, p1 - p0), gWEncT.AsSpan(j * d, d), accumulate: false);
                 float be = 0;
                 for (int p = p0; p < p1; p++) be += entEnc[p];
@@ -717,7 +783,7 @@ public sealed partial class SaeTrainer
     float[] DecoderRowNorms()
     {
         var norms = new float[_m];
-        for (int j = 0; j < _m; j++) norms[j] = TensorPrimitives.Norm(new ReadOnlySpan<float>(_wDec, j * _d, _d));
+        for (int j = 0; j < _m; j++) norms[j] = TensorPrimitives.Norm(new ReadOnlySpan<float>(_wDec, j * _dOut, _dOut));
         return norms;
     }
 
@@ -747,11 +813,11 @@ public sealed partial class SaeTrainer
     /// </summary>
     BatchLoss BackwardTopK(int n)
     {
-        int d = _d, m = _m, k = _o.K;
+        int d = _d, dOut = _dOut, m = _m, k = _o.K;
         // dead latents before this step (as SAELens): AuxK over the top k_aux of them
         int numDead = 0;
         for (int j = 0; j < m; j++) if (_sinceFired[j] >= _o.DeadAfterTokens) numDead++;
-        int kAuxBase = Math.Max(1, d / 2);
+        int kAuxBase = Math.Max(1, dOut / 2);
         int kAux = _o.AuxKCoefficient > 0 && numDead > 0 ? Math.Min(kAuxBase, numDead) : 0;
         double auxScale = kAux > 0 ? _o.AuxKCoefficient * Math.Min(1.0, (double)numDead / kAuxBase) : 0;
         var dead = new int[numDead];
@@ -787,22 +853,22 @@ public sealed partial class SaeTrainer
         var dEnc = new float[(long)n * k]; var dAux = new float[(long)n * kAux];
         var auxErr = new double[n]; var rowL0 = new int[n];
         float twoOverN = 2f / n, hScale = (float)(auxScale * 2.0 / n);
-        ParallelRows.For(n, (long)(k + kAux) * d * 2, (a0, a1) =>
+        ParallelRows.For(n, (long)(k + kAux) * dOut * 2, (a0, a1) =>
         {
-            var eh = kAux > 0 ? new float[d] : null;
+            var eh = kAux > 0 ? new float[dOut] : null;
             for (int r = a0; r < a1; r++)
             {
-                var g = new Span<float>(_g, r * d, d);
+                var g = new Span<float>(_g, r * dOut, dOut);
                 _bDec.CopyTo(g);
                 long o = (long)r * k;
                 int l0 = 0;
                 for (int i = 0; i < k; i++)
                 {
                     float v = val[o + i];
-                    if (v > 0) { l0++; TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_wDec, idx[o + i] * d, d), v, g, g); }
+                    if (v > 0) { l0++; TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_wDec, idx[o + i] * dOut, dOut), v, g, g); }
                 }
                 rowL0[r] = l0;
-                TensorPrimitives.Subtract(g, new ReadOnlySpan<float>(_x, r * d, d), g); // e = x̂ − x
+                TensorPrimitives.Subtract(g, new ReadOnlySpan<float>(_x, r * dOut, dOut), g); // e = x̂ − x
                 _rowErr[r] = TensorPrimitives.Dot(g, g);
                 if (kAux > 0)
                 {
@@ -812,17 +878,17 @@ public sealed partial class SaeTrainer
                     for (int i = 0; i < kAux; i++)
                     {
                         float a = auxVal[oa + i];
-                        if (a > 0) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_wDec, auxIdx[oa + i] * d, d), a, eh, eh);
+                        if (a > 0) TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_wDec, auxIdx[oa + i] * dOut, dOut), a, eh, eh);
                     }
                     auxErr[r] = TensorPrimitives.Dot(eh, eh);
-                    var h = new Span<float>(_h, r * d, d);
+                    var h = new Span<float>(_h, r * dOut, dOut);
                     TensorPrimitives.Multiply(eh, hScale, h);
                     for (int i = 0; i < kAux; i++)
-                        dAux[oa + i] = auxVal[oa + i] > 0 ? TensorPrimitives.Dot(h, new ReadOnlySpan<float>(_wDec, auxIdx[oa + i] * d, d)) : 0f;
+                        dAux[oa + i] = auxVal[oa + i] > 0 ? TensorPrimitives.Dot(h, new ReadOnlySpan<float>(_wDec, auxIdx[oa + i] * dOut, dOut)) : 0f;
                 }
                 TensorPrimitives.Multiply(g, twoOverN, g);
                 for (int i = 0; i < k; i++)
-                    dEnc[o + i] = val[o + i] > 0 ? TensorPrimitives.Dot(g, new ReadOnlySpan<float>(_wDec, idx[o + i] * d, d)) : 0f;
+                    dEnc[o + i] = val[o + i] > 0 ? TensorPrimitives.Dot(g, new ReadOnlySpan<float>(_wDec, idx[o + i] * dOut, dOut)) : 0f;
             }
         });
 
@@ -857,17 +923,17 @@ public sealed partial class SaeTrainer
 
         var gWEncT = _gWEnc!; var gWDec = _gWDec!; var gBEnc = _gBEnc!; var gBDec = _gBDec!;
         _gWEncTransposed = true;
-        ParallelRows.For(m, (long)d * 4 * Math.Max(1, total / m), (j0, j1) =>
+        ParallelRows.For(m, (long)(d + dOut) * 2 * Math.Max(1, total / m), (j0, j1) =>
         {
             for (int j = j0; j < j1; j++)
             {
-                var wd = gWDec.AsSpan(j * d, d); var we = gWEncT.AsSpan(j * d, d);
+                var wd = gWDec.AsSpan(j * dOut, dOut); var we = gWEncT.AsSpan(j * d, d);
                 wd.Clear(); we.Clear();
                 float be = 0;
                 for (int p = start[j]; p < start[j + 1]; p++)
                 {
                     int r = entRow[p];
-                    var src = entAux[p] ? new ReadOnlySpan<float>(_h, r * d, d) : new ReadOnlySpan<float>(_g, r * d, d);
+                    var src = entAux[p] ? new ReadOnlySpan<float>(_h, r * dOut, dOut) : new ReadOnlySpan<float>(_g, r * dOut, dOut);
                     TensorPrimitives.MultiplyAdd(src, entDec[p], wd, wd);
                     TensorPrimitives.MultiplyAdd(new ReadOnlySpan<float>(_s, r * d, d), entEnc[p], we, we);
                     be += entEnc[p];
@@ -876,7 +942,7 @@ public sealed partial class SaeTrainer
             }
         });
         Array.Clear(gBDec);
-        for (int r = 0; r < n; r++) TensorPrimitives.Add(gBDec, new ReadOnlySpan<float>(_g, r * d, d), gBDec);
+        for (int r = 0; r < n; r++) TensorPrimitives.Add(gBDec, new ReadOnlySpan<float>(_g, r * dOut, dOut), gBDec);
         FinishBDecGradient();
 
         double mse = 0, aux = 0, l0 = 0;
@@ -888,11 +954,11 @@ public sealed partial class SaeTrainer
     void RemoveParallelDecoderGradient()
     {
         var g = _gWDec!;
-        ParallelRows.For(_m, _d * 4L, (j0, j1) =>
+        ParallelRows.For(_m, _dOut * 4L, (j0, j1) =>
         {
             for (int j = j0; j < j1; j++)
             {
-                var w = new ReadOnlySpan<float>(_wDec, j * _d, _d); var gj = g.AsSpan(j * _d, _d);
+                var w = new ReadOnlySpan<float>(_wDec, j * _dOut, _dOut); var gj = g.AsSpan(j * _dOut, _dOut);
                 float ww = TensorPrimitives.Dot(w, w);
                 if (ww > 0) TensorPrimitives.MultiplyAdd(w, -TensorPrimitives.Dot(w, gj) / ww, gj, gj);
             }
@@ -901,11 +967,11 @@ public sealed partial class SaeTrainer
 
     void NormalizeDecoderRows()
     {
-        ParallelRows.For(_m, _d * 2L, (j0, j1) =>
+        ParallelRows.For(_m, _dOut * 2L, (j0, j1) =>
         {
             for (int j = j0; j < j1; j++)
             {
-                var w = _wDec.AsSpan(j * _d, _d);
+                var w = _wDec.AsSpan(j * _dOut, _dOut);
                 float nrm = TensorPrimitives.Norm(w);
                 if (nrm > 0) TensorPrimitives.Divide(w, nrm, w);
             }
@@ -1076,6 +1142,7 @@ public sealed partial class SaeTrainer
         cfg.Metadata.Extra["featurelens_version"] = typeof(SaeTrainer).Assembly.GetName().Version?.ToString() ?? "0";
         cfg.Metadata.Extra["featurelens_training_steps"] = _step;
         cfg.Metadata.Extra["featurelens_training_tokens"] = _tokens;
-        return new Sae(cfg, wEnc, (float[])_bEnc.Clone(), wDec, bDec, threshold: _theta is null ? null : (float[])_theta.Clone());
+        return new Sae(cfg, wEnc, (float[])_bEnc.Clone(), wDec, bDec, threshold: _theta is null ? null : (float[])_theta.Clone(),
+            wSkip: _wSkip is null ? null : (float[])_wSkip.Clone());
     }
 }

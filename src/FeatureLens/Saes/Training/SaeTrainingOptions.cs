@@ -25,6 +25,14 @@ public sealed class SaeTrainingOptions
     public int DSae { get; set; }
     /// <summary>Latents kept per token (TopK).</summary>
     public int K { get; set; }
+    /// <summary>Train a transcoder: rows hold the input (d_in) followed by the target (d_out) of another hook, and
+    /// x̂ = decode(encode(input)) is fitted to the target. <see cref="Architecture"/> names the latents (standard = ReLU + L1,
+    /// topk, jumprelu). No input normalisation, b_dec is not subtracted from the input, no resampling.</summary>
+    public bool Transcoder { get; set; }
+    /// <summary>Transcoders: output width (0 = d_in).</summary>
+    public int DOut { get; set; }
+    /// <summary>Transcoders: a trained linear skip path x̂ += input·W_skipᵀ (W_skip (d_out, d_in), zero-initialised).</summary>
+    public bool SkipConnection { get; set; }
 
     /// <summary>Standard: weight λ of the decoder-norm-weighted L1 penalty.</summary>
     public double L1Coefficient { get; set; } = 5.0;
@@ -95,6 +103,16 @@ public sealed class SaeTrainingOptions
         Need(DIn > 0, $"d_in must be positive, got {DIn}");
         Need(DSae > 0, $"d_sae must be positive, got {DSae}");
         Need((long)DIn * DSae <= Array.MaxLength, $"d_in·d_sae = {(long)DIn * DSae} is too large for one float32 array");
+        Need(DOut >= 0, $"d_out must be >= 0 (0 = d_in), got {DOut}");
+        Need(Transcoder || (DOut == 0 || DOut == DIn), $"d_out ({DOut}) differs from d_in ({DIn}); only a transcoder maps one width to another");
+        Need(Transcoder || !SkipConnection, "a skip connection is for transcoders only");
+        if (Transcoder)
+        {
+            Need(!ApplyBDecToInput, "a transcoder cannot subtract b_dec (its output bias) from its input; apply_b_dec_to_input must be false");
+            Need(Normalization == ActivationNormalization.None, $"a transcoder is trained on raw activations; normalize_activations must be none, got {SaeConfig.NormalizationName(Normalization)}");
+            Need(ResampleDeadEvery == 0, "resampling dead latents is not supported for transcoders");
+            Need((long)DSae * (DOut > 0 ? DOut : DIn) <= Array.MaxLength, "d_sae·d_out is too large for one float32 array");
+        }
         if (Architecture == SaeArchitecture.TopK) Need(K > 0 && K <= DSae, $"topk needs 0 < k <= d_sae ({DSae}), got k = {K}");
         Need(Finite(L1Coefficient) && L1Coefficient >= 0, $"l1_coefficient must be a finite number >= 0, got {L1Coefficient}");
         Need(Finite(L0Coefficient) && L0Coefficient >= 0, $"l0_coefficient must be a finite number >= 0, got {L0Coefficient}");
@@ -127,7 +145,14 @@ public sealed class SaeTrainingOptions
     static bool Finite(double v) => double.IsFinite(v);
 
     /// <summary>The options that shape the trajectory, as recorded in a checkpoint and compared on resume.</summary>
-    internal JsonObject Fingerprint() => new()
+    internal JsonObject Fingerprint()
+    {
+        var o = FingerprintCore();
+        if (Transcoder) { o["transcoder"] = true; o["d_out"] = DOut; o["skip_connection"] = SkipConnection; }
+        return o;
+    }
+
+    JsonObject FingerprintCore() => new()
     {
         ["architecture"] = SaeConfig.ArchitectureName(Architecture),
         ["d_in"] = DIn, ["d_sae"] = DSae, ["k"] = K,

@@ -72,12 +72,14 @@ internal sealed class SaeGradients
     public required float[] WEnc { get; init; }
     /// <summary>(d_sae).</summary>
     public required float[] BEnc { get; init; }
-    /// <summary>(d_sae, d_in).</summary>
+    /// <summary>(d_sae, d_out).</summary>
     public required float[] WDec { get; init; }
-    /// <summary>(d_in).</summary>
+    /// <summary>(d_out).</summary>
     public required float[] BDec { get; init; }
     /// <summary>JumpReLU: d loss / d log θ (d_sae); null otherwise.</summary>
     public float[]? LogThreshold { get; init; }
+    /// <summary>Skip transcoders: (d_out, d_in); null otherwise.</summary>
+    public float[]? WSkip { get; init; }
     public double Loss { get; init; }
     public double Mse { get; init; }
     public double SparsityLoss { get; init; }
