@@ -403,7 +403,9 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         // the backward wants the seeds by layer, descending (targets that start higher come first)
         var order = Enumerable.Range(0, Nt).OrderByDescending(t => byTarget[t].Layer).ToArray();
         var seeds = order.Select(t => byTarget[t]).ToArray();
-        var rowBuf = new float[(long)Nt * S];
+        // the work buffers of a call are tens of megabytes: they come from (and go back to) the pool, so a graph's hundreds
+        // of calls reuse them instead of leaving gigabytes of garbage for the collector
+        var rowBuf = BufferPool.RentZeroed(checked(Nt * S));
         var bias = new double[Nt];
         Backward(seeds, rowBuf, bias);
         for (int i = 0; i < Nt; i++)
@@ -413,6 +415,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             inputs[t] = targets[t].Kind == GraphNodeKind.Logit ? _logitInputs[seeds[i].LogitSlot] : _featureInputs[seeds[i].FeatureSource];
             biases[t] = (float)bias[i];
         }
+        BufferPool.Return(rowBuf);
     }
 
     /// <summary>
@@ -465,9 +468,9 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     {
         int Nt = seeds.Length, T = _T, C = _C, L = _L, NH = _cfg.NHeads, NKV = _cfg.NKvHeads, HS = _cfg.DHead, S = _sources.Count;
         long TC = (long)T * C;
-        var g = new float[Nt * TC];
-        var gx = new float[Nt * TC];
-        var gz = new float[Nt * T * NH * HS]; var gv = new float[Nt * T * NKV * HS];
+        var g = BufferPool.RentZeroed(checked((int)(Nt * TC)));
+        var gx = BufferPool.RentZeroed(checked((int)(Nt * TC)));
+        var gz = BufferPool.RentZeroed(checked(Nt * T * NH * HS)); var gv = BufferPool.RentZeroed(checked(Nt * T * NKV * HS));
         var biasPos = new double[T * Nt];
         var tmp = new float[C];
 
@@ -528,7 +531,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                 // ---- into the transcoder's input: the skip path (g·W_skip) and the feature targets of this layer ----
                 gx.AsSpan(0, (int)nMidT).Clear();
                 bool any = false;
-                if (nPost > 0 && sae.Config.Architecture == SaeArchitecture.SkipTranscoder) { sae.SkipBackward(g.AsSpan(0, (int)nPostT), gx, nPost * T); any = true; }
+                if (nPost > 0 && sae.Config.HasSkip) { sae.SkipBackward(g.AsSpan(0, (int)nPostT), gx, nPost * T); any = true; }
                 for (int t = nPost; t < nMid; t++)
                 {
                     var sd = seeds[t];
@@ -581,6 +584,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         for (int t = 0; t < Nt; t++)
             for (int p = 0; p < T; p++)
                 rows[(long)t * S + _nFeatures + L * T + p] = TensorPrimitives.Dot(g.AsSpan((int)(t * TC + p * C), C), _embed.AsSpan(p * C, C));
+        foreach (var b in new[] { g, gx, gz, gv }) BufferPool.Return(b);
     }
 
     // ───────────────────────────── QK attribution ─────────────────────────────
