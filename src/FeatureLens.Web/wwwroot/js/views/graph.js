@@ -5,7 +5,7 @@
 // graph file's qParams (pinnedIds, supernodes as [name, id, …], as circuit-tracer's frontend reads them). The threshold
 // sliders re-prune on the server (GraphPruning.Prune): exactly for graphs computed here or saved unpruned, and within what
 // the file holds for a file saved pruned. Requests: GET /api/sets, GET/POST /api/graphs, GET /api/graphs/progress,
-// GET /api/graphs/{id}, POST /api/graphs/{id}/qparams.
+// GET /api/graphs/{id}, POST /api/graphs/{id}/qparams. The page opens the saved graph named by ?graph=ID (with #graph).
 //
 // For tests: <body data-graph-ready="true"> once the latest graph is drawn ("false" while a request is in flight, "error"
 // when it failed); #graph-canvas carries data-nodes and data-links (what is drawn); window.__charts.graph counts draws and
@@ -24,7 +24,7 @@ charts.graph = { draws: 0, nodes: 0, links: 0, saves: 0, computes: 0 };
 export const graph = { name: 'graph', start };
 
 const SVG = 'http://www.w3.org/2000/svg';
-const ROW_H = 74, LEFT = 70, TOP = 34, BOTTOM = 70, NODE_GAP = 13, MIN_COL = 54, MAX_LINKS = 4000;
+const ROW_H = 74, LINE_H = 13, PER_LINE = 8, LEFT = 70, TOP = 34, BOTTOM = 70, NODE_GAP = 13, MIN_COL = 54, MAX_LINKS = 4000;
 
 function setGraphReady(value) { document.body.dataset.graphReady = value; }
 
@@ -46,6 +46,9 @@ async function start() {
     $('graph-compute').disabled = state.sets.length === 0;
     if (state.sets.length === 0) $('graph-status').textContent = 'start the server with --transcoders DIR to compute graphs';
     await refreshList();
+    // ?graph=ID opens a saved graph (a link to share)
+    const id = new URLSearchParams(location.search).get('graph');
+    if (id) await load(id);
   } catch (e) {
     showError(`could not load the graph page: ${e.message}`);
     setGraphReady('error');
@@ -75,10 +78,11 @@ async function compute() {
   const request = { set, prompt: $('graph-prompt').value, maxFeatureNodes: Number($('graph-max').value) };
   $('graph-compute').disabled = true;
   const started = performance.now();
+  let finished = false;
   const tick = async () => {
     let p;
     try { p = await api(`/api/graphs/progress?set=${encodeURIComponent(set)}`); } catch { p = null; }
-    if (seq !== state.seq) return;
+    if (finished || seq !== state.seq) return;
     const secs = ((performance.now() - started) / 1000).toFixed(1);
     const rows = p && p.running && p.phase ? ` · ${p.phase} rows ${p.done}/${p.total}` : '';
     $('graph-status').innerHTML = `<span class="spinner"></span>computing the graph… ${secs} s${escapeHtml(rows)}`;
@@ -88,6 +92,7 @@ async function compute() {
   state.poll = setInterval(tick, 400);
   try {
     const view = await api('/api/graphs', request);
+    finished = true;
     if (seq !== state.seq) return;
     charts.graph.computes++;
     $('graph-status').textContent = `computed ${view.id} in ${((performance.now() - started) / 1000).toFixed(1)} s`;
@@ -100,6 +105,7 @@ async function compute() {
     showError(e.message);
     setGraphReady('error');
   } finally {
+    finished = true;
     clearInterval(state.poll);
     $('graph-compute').disabled = state.sets.length === 0;
   }
@@ -183,10 +189,13 @@ function layout(view) {
     if (!cells.has(key)) cells.set(key, []);
     cells.get(key).push(n);
   }
+  // a crowded cell wraps into lines of PER_LINE nodes, stacked upwards inside its row; rows grow to fit their fullest cell
   const widest = new Array(nPos).fill(1);
+  const lines = new Array(logitLayer + 1).fill(1);
   for (const list of cells.values()) {
     const pos = list[0].ctxIdx;
-    widest[pos] = Math.max(widest[pos], list.length);
+    widest[pos] = Math.max(widest[pos], Math.min(PER_LINE, list.length));
+    lines[list[0].row] = Math.max(lines[list[0].row], Math.ceil(list.length / PER_LINE));
     // most influential first (smaller cumulative influence), errors after features
     list.sort((a, b) => (a.kind === 'error') - (b.kind === 'error') || (a.influence ?? 1) - (b.influence ?? 1));
   }
@@ -194,16 +203,20 @@ function layout(view) {
   const colX = [];
   let x = LEFT;
   for (let p = 0; p < nPos; p++) { colX.push(x); x += colW[p]; }
-  const height = TOP + logitLayer * ROW_H + BOTTOM;
+  const rowH = lines.map(n => Math.max(ROW_H, 40 + (n - 1) * LINE_H));
+  const rowY = new Array(logitLayer + 1);
+  let y = TOP;
+  for (let r = logitLayer; r >= 0; r--) { rowY[r] = y + (lines[r] - 1) * LINE_H; y += rowH[r]; }
+  const height = y - ROW_H + BOTTOM;
   for (const list of cells.values()) {
     const p = list[0].ctxIdx;
-    const span = (list.length - 1) * NODE_GAP;
     list.forEach((n, i) => {
-      n.x = colX[p] + colW[p] / 2 - span / 2 + i * NODE_GAP;
-      n.y = TOP + (logitLayer - n.row) * ROW_H;
+      const line = Math.floor(i / PER_LINE), inLine = Math.min(PER_LINE, list.length - line * PER_LINE);
+      n.x = colX[p] + colW[p] / 2 - (inLine - 1) * NODE_GAP / 2 + (i % PER_LINE) * NODE_GAP;
+      n.y = rowY[n.row] - line * LINE_H;
     });
   }
-  return { nodes, byId: new Map(nodes.map(n => [n.nodeId, n])), width: x + 20, height, colX, colW, logitLayer, nPos };
+  return { nodes, byId: new Map(nodes.map(n => [n.nodeId, n])), width: x + 20, height, colX, colW, rowY, logitLayer, nPos };
 }
 
 function el(name, attrs, parent) {
@@ -220,15 +233,17 @@ function draw() {
   const box = $('graph-canvas');
   box.innerHTML = '';
   const svg = el('svg', { width: L.width, height: L.height, viewBox: `0 0 ${L.width} ${L.height}`, role: 'img', 'aria-label': 'attribution graph' }, box);
+  // a graph wider than the panel is scaled down to its width (the viewBox keeps the proportions)
+  if (box.clientWidth > 0 && L.width > box.clientWidth) { svg.setAttribute('width', '100%'); svg.removeAttribute('height'); }
 
   // row labels and prompt tokens
   for (let r = 0; r <= L.logitLayer; r++) {
-    const t = el('text', { x: 8, y: TOP + (L.logitLayer - r) * ROW_H + 4, class: 'row-label' }, svg);
+    const t = el('text', { x: 8, y: L.rowY[r] + 4, class: 'row-label' }, svg);
     t.textContent = r === 0 ? 'embeddings' : r === L.logitLayer ? 'logits' : `layer ${r - 1}`;
   }
   const tokens = view.metadata.promptTokens;
   tokens.forEach((tok, p) => {
-    const t = el('text', { x: L.colX[p] + L.colW[p] / 2, y: L.height - BOTTOM + 34, class: 'token', 'text-anchor': 'middle' }, svg);
+    const t = el('text', { x: L.colX[p] + L.colW[p] / 2, y: L.rowY[0] + 26, class: 'token', 'text-anchor': 'middle' }, svg);
     t.textContent = p === 0 && tok === '' ? '<bos>' : tok;
     const title = el('title', {}, t);
     title.textContent = `position ${p}: ${JSON.stringify(tok)}`;
