@@ -20,6 +20,11 @@ namespace FeatureLens.Web;
 /// POST /api/predictions {set, text, top}           → the top next-token predictions after the text (the Circuits view's metric picker)
 /// POST /api/attribute {set, clean, corrupt | ablation: "zero", metric, method: gradient|ig, steps, top}
 ///                                                  → node effects of the set's SAEs on the metric (<see cref="AttributeResponse"/>)
+/// GET  /api/graphs                                 the saved graph files of the graphs folder (<see cref="GraphListResponse"/>)
+/// POST /api/graphs {set, prompt, maxFeatureNodes, nodeThreshold, edgeThreshold} → a new attribution graph, saved (<see cref="GraphView"/>)
+/// GET  /api/graphs/progress?set=                   the graph being computed for the set: phase, rows done of total
+/// GET  /api/graphs/{id}?nodeThreshold=&amp;edgeThreshold=  the graph re-pruned (<see cref="GraphView"/>)
+/// POST /api/graphs/{id}/qparams {pinnedIds, supernodes}  → saved into the file's qParams
 /// </code>
 /// Errors are JSON <c>{"error": "..."}</c>: 400 for bad input, 404 for unknown routes, 413 for oversize text or bodies.
 /// </summary>
@@ -47,9 +52,11 @@ public static class TrackerApp
         if (dup != null) throw new ArgumentException($"two SAE sets are named '{dup.Key}'; give each a different name");
         if (options.MaxTextChars <= 0) throw new ArgumentException("MaxTextChars must be positive");
         if (options.MaxRequestBytes < 1024) throw new ArgumentException("MaxRequestBytes must be at least 1024");
+        if (options.GraphCacheSize < 1) throw new ArgumentException("GraphCacheSize must be at least 1");
+        if (options.MaxGraphFeatureNodes < 1) throw new ArgumentException("MaxGraphFeatureNodes must be at least 1");
 
         string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
-        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
             if (!File.Exists(Path.Combine(webRoot, needed)))
                 throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
 
@@ -70,6 +77,7 @@ public static class TrackerApp
         var tracker = new TrackerService(options);
         builder.Services.AddSingleton(tracker);
         builder.Services.AddSingleton(new CircuitService(tracker));
+        builder.Services.AddSingleton(new GraphService(tracker, options));
 
         var app = builder.Build();
         app.UseExceptionHandler(errorApp => errorApp.Run(WriteError));
@@ -113,8 +121,23 @@ public static class TrackerApp
             Results.Json(s.Predictions(await ReadBody<PredictionsRequest>(ctx)), Json));
         api.MapPost("/attribute", async (HttpContext ctx, CircuitService s) =>
             Results.Json(s.Attribute(await ReadBody<AttributeRequest>(ctx)), Json));
+        api.MapGet("/graphs", (GraphService s) => Results.Json(s.List(), Json));
+        api.MapPost("/graphs", async (HttpContext ctx, GraphService s) =>
+            Results.Json(s.Compute(await ReadBody<GraphComputeRequest>(ctx), ctx.RequestAborted), Json));
+        api.MapGet("/graphs/progress", (HttpContext ctx, GraphService s) => Results.Json(s.Progress(ctx.Request.Query["set"]), Json));
+        api.MapGet("/graphs/{id}", (string id, HttpContext ctx, GraphService s) =>
+            Results.Json(s.Load(id, QueryDouble(ctx, "nodeThreshold"), QueryDouble(ctx, "edgeThreshold")), Json));
+        api.MapPost("/graphs/{id}/qparams", async (string id, HttpContext ctx, GraphService s) =>
+            Results.Json(s.SaveQParams(id, await ReadBody<GraphQParamsRequest>(ctx)), Json));
         api.Map("/{**rest}", (HttpContext ctx) => Results.Json(new ApiError($"no API endpoint {ctx.Request.Method} {ctx.Request.Path}"), Json, statusCode: 404));
         return app;
+    }
+
+    static double? QueryDouble(HttpContext ctx, string name)
+    {
+        if (!ctx.Request.Query.TryGetValue(name, out var v) || string.IsNullOrEmpty(v)) return null;
+        return double.TryParse(v, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double d) ? d
+            : throw new ApiException(400, $"{name} '{v}' is not a number");
     }
 
     static async Task<T> ReadBody<T>(HttpContext ctx) where T : class

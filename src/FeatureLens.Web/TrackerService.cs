@@ -11,7 +11,9 @@ public sealed record FeatureRequest(string? Set, string? Sae, int? Feature, stri
 /// <summary>GET /api/sets: what the server offers and the limits of a request.</summary>
 public sealed record SetsResponse(IReadOnlyList<SetInfo> Sets, RequestLimits Limits);
 
-public sealed record SetInfo(string Name, string? Model, string Architecture, int Layers, int DModel, int NCtx, int Labels, IReadOnlyList<SaeInfo> Saes);
+/// <summary>A set as the page sees it; <see cref="TranscoderSet"/> names the set that holds its transcoders (null when it has none).</summary>
+public sealed record SetInfo(string Name, string? Model, string Architecture, int Layers, int DModel, int NCtx, int Labels, IReadOnlyList<SaeInfo> Saes,
+    string? TranscoderSet = null);
 
 public sealed record SaeInfo(int Index, string Name, string Hook, int Layer, int DSae, string Architecture, int K);
 
@@ -43,13 +45,31 @@ internal sealed class TrackerService(TrackerAppOptions options)
     public const int TopMin = 5, TopMax = 20;
     public const double ThresholdMin = 0.1, ThresholdMax = 0.9;
 
-    readonly Dictionary<string, (TrackerSet Set, object Gate)> _sets =
-        options.Sets.ToDictionary(s => s.Name, s => (s, new object()), StringComparer.OrdinalIgnoreCase);
+    readonly Dictionary<string, (TrackerSet Set, object Gate)> _sets = AllSets(options.Sets);
+
+    /// <summary>The sets, and for each set with transcoders a set of its transcoders (sharing its model and so its lock).</summary>
+    static Dictionary<string, (TrackerSet Set, object Gate)> AllSets(IReadOnlyList<TrackerSet> sets)
+    {
+        var all = new Dictionary<string, (TrackerSet Set, object Gate)>(StringComparer.OrdinalIgnoreCase);
+        foreach (var s in sets) all[s.Name] = (s, new object());
+        foreach (var s in sets)
+        {
+            if (s.Transcoders is not { Count: > 0 } tcs || s.TracksTranscoders) continue;
+            if (all.ContainsKey(s.TranscoderSetName)) throw new ArgumentException($"the set '{s.TranscoderSetName}' clashes with the transcoders of set '{s.Name}': rename one");
+            var derived = new TrackerSet { Name = s.TranscoderSetName, Set = new SaeSet(s.Set.Model, tcs), Labels = s.Labels, ModelSource = s.ModelSource };
+            all[derived.Name] = (derived, all[s.Name].Gate);
+        }
+        return all;
+    }
+
+    /// <summary>Every set the tracker offers: the configured ones, each followed by its transcoders' set.</summary>
+    IEnumerable<TrackerSet> Listed => options.Sets.SelectMany(s => s.Transcoders is { Count: > 0 } && !s.TracksTranscoders ? new[] { s, _sets[s.TranscoderSetName].Set } : [s]);
 
     public SetsResponse Describe() => new(
-        options.Sets.Select(s => new SetInfo(s.Name, s.ModelSource, s.Set.Model.Config.Architecture.ToString(), s.Set.Model.Config.NLayers,
+        Listed.Select(s => new SetInfo(s.Name, s.ModelSource, s.Set.Model.Config.Architecture.ToString(), s.Set.Model.Config.NLayers,
             s.Set.Model.Config.DModel, s.Set.Model.Config.NCtx, s.Labels?.Count ?? 0,
-            s.Set.Saes.Select((sae, i) => new SaeInfo(i, s.Set.Names[i], s.Set.Hooks[i], s.Set.Layers[i], sae.DSae, sae.Config.Architecture.ToString(), sae.Config.K)).ToList())).ToList(),
+            s.Set.Saes.Select((sae, i) => new SaeInfo(i, s.Set.Names[i], s.Set.Hooks[i], s.Set.Layers[i], sae.DSae, sae.Config.Architecture.ToString(), sae.Config.K)).ToList(),
+            s.Transcoders is { Count: > 0 } ? s.TranscoderSetName : null)).ToList(),
         new RequestLimits(options.MaxTextChars, options.MaxRequestBytes, TopMin, TopMax, ThresholdMin, ThresholdMax));
 
     public TrackResult Track(TrackRequest req)
@@ -96,7 +116,7 @@ internal sealed class TrackerService(TrackerAppOptions options)
     {
         if (string.IsNullOrWhiteSpace(name)) return _sets[options.Sets[0].Name];
         return _sets.TryGetValue(name, out var s) ? s
-            : throw new ApiException(400, $"unknown set '{name}' (this server has: {string.Join(", ", options.Sets.Select(x => x.Name))})");
+            : throw new ApiException(400, $"unknown set '{name}' (this server has: {string.Join(", ", Listed.Select(x => x.Name))})");
     }
 
     static int FindSae(TrackerSet set, string name)

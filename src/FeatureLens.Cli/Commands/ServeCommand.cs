@@ -13,9 +13,10 @@ namespace FeatureLens.Cli.Commands;
 /// and/or the sets of a JSON config file:
 /// <code>
 /// { "sets": [ { "name": "stories260K", "model": "stories260K.bin", "tokenizer": null,
-///               "sae": ["saes/stories260K"], "labels": "labels.csv" } ] }
+///               "sae": ["saes/stories260K"], "transcoders": ["transcoders"], "labels": "labels.csv" } ] }
 /// </code>
-/// Paths in the config are relative to the config file's folder.
+/// Paths in the config are relative to the config file's folder. A set with transcoders (one per layer) can build
+/// attribution graphs on the Graph page; <c>--graphs DIR</c> is the folder of saved graph files it lists and saves into.
 /// </summary>
 internal static class ServeCommand
 {
@@ -24,15 +25,17 @@ internal static class ServeCommand
         var model = new Option<string?>("--model") { Description = "A Hugging Face model folder, a llama2.c .bin checkpoint, or a repo id in the local Hugging Face cache" };
         var tokenizer = Cli.TokenizerOption();
         var sae = new Option<string[]>("--sae") { Description = "SAE folder (or a folder of SAE folders); repeat for several", AllowMultipleArgumentsPerToken = true };
+        var transcoders = new Option<string[]>("--transcoders") { Description = "Transcoder folder (or a folder of them, one per layer) for the --model set's attribution graphs; repeat for several", AllowMultipleArgumentsPerToken = true };
+        var graphs = new Option<string?>("--graphs") { Description = "Folder of saved graph files the Graph page lists; computed graphs are saved there (default: a temporary folder)" };
         var labels = new Option<string?>("--labels") { Description = "Feature labels for the --model set: Neuronpedia JSONL export or CSV (layer, feature, label, f1, specialization)" };
         var name = new Option<string?>("--name") { Description = "Name of the --model set in the app (default: the model's file or folder name)" };
-        var config = new Option<string?>("--config") { Description = "JSON file listing several model + SAE sets: {\"sets\": [{\"name\", \"model\", \"tokenizer\", \"sae\": [...], \"labels\"}]}" };
+        var config = new Option<string?>("--config") { Description = "JSON file listing several model + SAE sets: {\"sets\": [{\"name\", \"model\", \"tokenizer\", \"sae\": [...], \"transcoders\": [...], \"labels\"}]}" };
         var host = new Option<string>("--host") { Description = "Address to listen on (default 127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port to listen on", DefaultValueFactory = _ => 8600 };
         var maxText = new Option<int>("--max-text") { Description = "Longest prompt accepted, in characters", DefaultValueFactory = _ => 4000 };
         var cmd = new Command("serve", "Serve the feature activation tracker: a web page and JSON API showing which SAE features fire at every layer, their evolution and cross-layer correlations")
         {
-            model, tokenizer, sae, labels, name, config, host, port, maxText,
+            model, tokenizer, sae, transcoders, labels, name, config, graphs, host, port, maxText,
         };
         cmd.SetAction(r =>
         {
@@ -40,11 +43,14 @@ internal static class ServeCommand
             if (r.GetValue(model) is string m)
             {
                 var saes = r.GetValue(sae) ?? [];
-                if (saes.Length == 0) throw new ArgumentException("--model needs its SAEs: pass --sae DIR (repeat for several)");
-                specs.Add(new SetSpec(r.GetValue(name), m, r.GetValue(tokenizer), saes, r.GetValue(labels)));
+                var tcs = r.GetValue(transcoders) ?? [];
+                if (saes.Length == 0 && tcs.Length == 0) throw new ArgumentException("--model needs its SAEs or transcoders: pass --sae DIR and/or --transcoders DIR (repeat for several)");
+                specs.Add(new SetSpec(r.GetValue(name), m, r.GetValue(tokenizer), saes, r.GetValue(labels), tcs));
             }
-            else if (r.GetValue(sae) is { Length: > 0 } || r.GetValue(labels) != null)
-                throw new ArgumentException("--sae and --labels belong to a --model: pass --model PATH too");
+            else if (r.GetValue(sae) is { Length: > 0 } || r.GetValue(transcoders) is { Length: > 0 } || r.GetValue(labels) != null)
+                throw new ArgumentException("--sae, --transcoders and --labels belong to a --model: pass --model PATH too");
+            string? graphsDir = r.GetValue(graphs);
+            if (graphsDir != null && !Directory.Exists(graphsDir)) throw new DirectoryNotFoundException($"--graphs: the folder {graphsDir} does not exist");
             if (r.GetValue(config) is string configPath) specs.AddRange(ReadConfig(configPath));
             if (specs.Count == 0) throw new ArgumentException("nothing to serve: pass --model PATH --sae DIR..., or --config FILE");
             int p = r.GetValue(port);
@@ -53,7 +59,7 @@ internal static class ServeCommand
             try
             {
                 var sets = specs.Select(spec => LoadSet(spec, models)).ToList();
-                Serve(sets, r.GetValue(host)!, p, r.GetValue(maxText));
+                Serve(sets, r.GetValue(host)!, p, r.GetValue(maxText), graphsDir);
                 return 0;
             }
             finally
@@ -65,28 +71,32 @@ internal static class ServeCommand
     }
 
     /// <summary>Runs the tracker on <paramref name="sets"/> until Ctrl-C / SIGTERM (the web host handles both).</summary>
-    public static void Serve(IReadOnlyList<TrackerSet> sets, string host, int port, int maxText = 4000)
+    public static void Serve(IReadOnlyList<TrackerSet> sets, string host, int port, int maxText = 4000, string? graphsFolder = null)
     {
         if (port is < 0 or > 65535) throw new ArgumentException($"--port must be 0..65535 (got {port})");
         string url = $"http://{(host.Contains(':') && !host.StartsWith('[') ? $"[{host}]" : host)}:{port}";
-        var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = maxText });
+        var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = maxText, GraphsFolder = graphsFolder });
         app.StartAsync().GetAwaiter().GetResult();
-        foreach (var s in sets) Console.WriteLine($"{s.Name}: {s.ModelSource} with {s.Set.Saes.Count} SAE(s) ({string.Join(", ", s.Set.Names)}), {s.Labels?.Count ?? 0} labels");
+        foreach (var s in sets)
+            Console.WriteLine($"{s.Name}: {s.ModelSource} with {s.Set.Saes.Count} SAE(s) ({string.Join(", ", s.Set.Names)}), {s.Labels?.Count ?? 0} labels" +
+                (s.Transcoders is { Count: > 0 } t ? $", {t.Count} transcoders (attribution graphs)" : ""));
         foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
         app.WaitForShutdownAsync().GetAwaiter().GetResult();
         app.DisposeAsync().AsTask().GetAwaiter().GetResult();
     }
 
-    sealed record SetSpec(string? Name, string Model, string? Tokenizer, string[] Saes, string? Labels);
+    sealed record SetSpec(string? Name, string Model, string? Tokenizer, string[] Saes, string? Labels, string[] Transcoders);
 
     static TrackerSet LoadSet(SetSpec spec, List<HookedTransformer> models)
     {
         var m = Cli.LoadModel(spec.Model, spec.Tokenizer);
         models.Add(m);
-        var set = new SaeSet(m, SaeCommand.LoadSaes(spec.Saes));
+        var tcs = spec.Transcoders.Length == 0 ? null : SaeCommand.LoadSaes(spec.Transcoders);
+        // a set given only transcoders tracks the transcoders' features
+        var set = new SaeSet(m, spec.Saes.Length > 0 ? SaeCommand.LoadSaes(spec.Saes) : tcs!);
         var labels = spec.Labels is null ? null : FeatureLabels.Load(spec.Labels, set);
         string name = spec.Name ?? Path.GetFileNameWithoutExtension(Path.TrimEndingDirectorySeparator(spec.Model));
-        return new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = spec.Model };
+        return new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = spec.Model, Transcoders = tcs };
     }
 
     static List<SetSpec> ReadConfig(string path)
@@ -115,11 +125,17 @@ internal static class ServeCommand
                     JsonValueKind.Array => sv.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : throw new FormatException($"{where}.sae holds a non-string")).ToArray(),
                     _ => throw new FormatException($"{where}.sae must be a path or a list of paths"),
                 } : [];
-                if (saes.Length == 0) throw new FormatException($"{where} has no \"sae\" paths");
+                string[] tcs = s.TryGetProperty("transcoders", out var tv) ? tv.ValueKind switch
+                {
+                    JsonValueKind.String => [tv.GetString()!],
+                    JsonValueKind.Array => tv.EnumerateArray().Select(x => x.ValueKind == JsonValueKind.String ? x.GetString()! : throw new FormatException($"{where}.transcoders holds a non-string")).ToArray(),
+                    _ => throw new FormatException($"{where}.transcoders must be a path or a list of paths"),
+                } : [];
+                if (saes.Length == 0 && tcs.Length == 0) throw new FormatException($"{where} has no \"sae\" or \"transcoders\" paths");
                 // a model path that does not exist here may be a repo id in the Hugging Face cache
                 string modelPath = File.Exists(Resolve(model)) || Directory.Exists(Resolve(model)) ? Resolve(model) : model;
                 list.Add(new SetSpec(Str("name"), modelPath, Str("tokenizer") is string t ? Resolve(t) : null, saes.Select(Resolve).ToArray(),
-                    Str("labels") is string l ? Resolve(l) : null));
+                    Str("labels") is string l ? Resolve(l) : null, tcs.Select(Resolve).ToArray()));
             }
             return list;
         }
