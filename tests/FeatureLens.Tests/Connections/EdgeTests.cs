@@ -44,7 +44,6 @@ public class EdgeTests(ITestOutputHelper output)
         var byPair = edges.ToDictionary(x => (x.Source, x.Target), x => x.Weight);
         foreach (var d in targets)
         {
-            double worst = 0;   // per target, against that target's largest edge
             // ∂m/∂d at the clean run, and ∂d/∂(upstream) from a run whose metric is d itself
             double gd = d.Kind == NodeKind.Feature ? dmdd.Gradients.Sequence(d.ValueHook, 0).Data[d.Pos * 80 + d.Index!.Value] : double.NaN;
             if (d.Kind != NodeKind.Feature) continue;
@@ -55,37 +54,7 @@ public class EdgeTests(ITestOutputHelper output)
             var gf = r.Gradients.Sequence(spliceUp.ActsPostHook, 0).Data;
             var ge = r.Gradients.Sequence("blocks.0.hook_resid_post.hook_sae_error", 0).Data;
             var gx = r.Gradients.Sequence("blocks.0.hook_resid_post", 0).Data;
-            double scale = 0, sumSae = 0, sumResid = 0;
-            var vectorEdges = new List<(string What, double Ours, double Expected)>();
-            for (int p = 0; p <= d.Pos; p++)
-            {
-                for (int j = 0; j < 96; j++)
-                {
-                    int i = p * 96 + j;
-                    if (a[i] == 0 && a1[i] == 0) continue;
-                    double expected = gd * gf[i] * (a1[i] - a[i]);
-                    double ours = byPair.GetValueOrDefault((new Node(NodeKind.Feature, "blocks.0.hook_resid_post", p, j), d));
-                    scale = Math.Max(scale, Math.Abs(expected));
-                    worst = Math.Max(worst, Math.Abs(ours - expected));
-                    sumSae += ours;
-                }
-                double expErr = 0, expResid = 0;
-                for (int c = 0; c < C; c++) { expErr += gd * ge[p * C + c] * (e1[p * C + c] - e[p * C + c]); expResid += gd * gx[p * C + c] * (x1[p * C + c] - x[p * C + c]); }
-                double err = byPair.GetValueOrDefault((new Node(NodeKind.Error, "blocks.0.hook_resid_post", p), d));
-                double resid = byPair.GetValueOrDefault((new Node(NodeKind.Resid, "blocks.0.hook_resid_post", p), d));
-                vectorEdges.Add(($"error edge at pos {p} into {d}", err, expErr));
-                vectorEdges.Add(($"resid edge at pos {p} into {d}", resid, expResid));
-                sumSae += err; sumResid += resid;
-            }
-            // every edge within 1e-4 of the target's largest edge (float32 sums of many terms: an edge a thousandth of the
-            // largest carries that one's rounding)
-            scale = Math.Max(scale, vectorEdges.Count == 0 ? 0 : vectorEdges.Max(v => Math.Abs(v.Expected)));
-            foreach (var (what, o, want) in vectorEdges)
-                Assert.True(Math.Abs(o - want) <= 1e-4 * Math.Max(scale, 1e-3), $"{what}: {o:E5} vs {want:E5} (target's largest edge {scale:E3}; seed {seed})");
-            Assert.True(worst <= 1e-4 * Math.Max(scale, 1e-3), $"feature edges into {d}: worst difference {worst:E3} (largest {scale:E3}; seed {seed})");
-            // features + error reconstruct the residual stream exactly, so their edges sum to the residual node's
-            Assert.True(Math.Abs(sumSae - sumResid) <= 1e-4 * Math.Max(Math.Abs(sumResid), 1e-3), $"Σ SAE-node edges {sumSae:E6} vs resid edges {sumResid:E6} into {d} (seed {seed})");
-            output.WriteLine($"{d}: Σ SAE edges {sumSae:E6}, Σ resid edges {sumResid:E6}");
+            CheckTarget(d, gd, [.. gf.Select(v => (double)v)], [.. ge.Select(v => (double)v)], [.. gx.Select(v => (double)v)], (a, a1), (e, e1), (x, x1), C, byPair, seed, "");
         }
     }
 
@@ -158,36 +127,47 @@ public class EdgeTests(ITestOutputHelper output)
                 var gxs = rx.Gradients.Sequence("blocks.0.hook_resid_post", 0).Data;
                 for (int i = 0; i < gx.Length; i++) gx[i] += gxs[i] / steps;
             }
-            double worst = 0, scale = 0, sumSae = 0, sumResid = 0;
-            var vectorEdges = new List<(string What, double Ours, double Expected)>();
-            for (int p = 0; p <= d.Pos; p++)
-            {
-                for (int j = 0; j < 96; j++)
-                {
-                    int i = p * 96 + j;
-                    if (a[i] == 0 && a1[i] == 0) continue;
-                    double expected = gd * gf[i] * (a1[i] - a[i]);
-                    double ours = byPair.GetValueOrDefault((new Node(NodeKind.Feature, "blocks.0.hook_resid_post", p, j), d));
-                    scale = Math.Max(scale, Math.Abs(expected));
-                    worst = Math.Max(worst, Math.Abs(ours - expected));
-                    sumSae += ours;
-                }
-                double expErr = 0, expResid = 0;
-                for (int c = 0; c < C; c++) { expErr += gd * ge[p * C + c] * (e1[p * C + c] - e[p * C + c]); expResid += gd * gx[p * C + c] * (x1[p * C + c] - x[p * C + c]); }
-                double err = byPair.GetValueOrDefault((new Node(NodeKind.Error, "blocks.0.hook_resid_post", p), d));
-                double resid = byPair.GetValueOrDefault((new Node(NodeKind.Resid, "blocks.0.hook_resid_post", p), d));
-                vectorEdges.Add(($"error edge at pos {p} into {d}", err, expErr));
-                vectorEdges.Add(($"resid edge at pos {p} into {d}", resid, expResid));
-                sumSae += err; sumResid += resid;
-            }
-            // every edge within 1e-4 of the target's largest edge (float32 sums of many terms: an edge a thousandth of the
-            // largest carries that one's rounding)
-            scale = Math.Max(scale, vectorEdges.Count == 0 ? 0 : vectorEdges.Max(v => Math.Abs(v.Expected)));
-            foreach (var (what, o, want) in vectorEdges)
-                Assert.True(Math.Abs(o - want) <= 1e-4 * Math.Max(scale, 1e-3), $"{what}: {o:E5} vs {want:E5} (target's largest edge {scale:E3}; seed {seed})");
-            Assert.True(worst <= 1e-4 * Math.Max(scale, 1e-3), $"IG feature edges into {d}: worst difference {worst:E3} (largest {scale:E3}; seed {seed})");
-            Assert.True(Math.Abs(sumSae - sumResid) <= 1e-4 * Math.Max(Math.Abs(sumResid), 1e-3), $"Σ SAE-node IG edges {sumSae:E6} vs resid IG edges {sumResid:E6} into {d} (seed {seed})");
-            output.WriteLine($"{d}: Σ SAE IG edges {sumSae:E6}, Σ resid IG edges {sumResid:E6}");
+            CheckTarget(d, gd, gf, ge, gx, (a, a1), (e, e1), (x, x1), C, byPair, seed, "IG ");
         }
+    }
+
+    /// <summary>
+    /// The edges into target d from the upstream SAE's features (96 latents), its error and the residual-stream node at
+    /// each position ≤ d's, against gd·g·(u′ − u) from the given gradients of d (gf latents, ge error, gx residual), each
+    /// within 1e-4 of the target's largest edge (float32 sums of many terms: an edge a thousandth of the largest carries that
+    /// one's rounding); and Σ over the SAE's nodes = Σ over the residual node's (features + error reconstruct it exactly).
+    /// </summary>
+    void CheckTarget(Node d, double gd, double[] gf, double[] ge, double[] gx, (float[] Clean, float[] Corrupt) latents, (float[] Clean, float[] Corrupt) error,
+        (float[] Clean, float[] Corrupt) resid, int C, Dictionary<(Node, Node), double> byPair, int seed, string what)
+    {
+        var (a, a1) = latents; var (e, e1) = error; var (x, x1) = resid;
+        double worst = 0, scale = 0, sumSae = 0, sumResid = 0;
+        var vectorEdges = new List<(string What, double Ours, double Expected)>();
+        for (int p = 0; p <= d.Pos; p++)
+        {
+            for (int j = 0; j < 96; j++)
+            {
+                int i = p * 96 + j;
+                if (a[i] == 0 && a1[i] == 0) continue;
+                double expected = gd * gf[i] * (a1[i] - a[i]);
+                double ours = byPair.GetValueOrDefault((new Node(NodeKind.Feature, "blocks.0.hook_resid_post", p, j), d));
+                scale = Math.Max(scale, Math.Abs(expected));
+                worst = Math.Max(worst, Math.Abs(ours - expected));
+                sumSae += ours;
+            }
+            double expErr = 0, expResid = 0;
+            for (int c = 0; c < C; c++) { expErr += gd * ge[p * C + c] * (e1[p * C + c] - e[p * C + c]); expResid += gd * gx[p * C + c] * (x1[p * C + c] - x[p * C + c]); }
+            double err = byPair.GetValueOrDefault((new Node(NodeKind.Error, "blocks.0.hook_resid_post", p), d));
+            double res = byPair.GetValueOrDefault((new Node(NodeKind.Resid, "blocks.0.hook_resid_post", p), d));
+            vectorEdges.Add(($"{what}error edge at pos {p} into {d}", err, expErr));
+            vectorEdges.Add(($"{what}resid edge at pos {p} into {d}", res, expResid));
+            sumSae += err; sumResid += res;
+        }
+        scale = Math.Max(scale, vectorEdges.Count == 0 ? 0 : vectorEdges.Max(v => Math.Abs(v.Expected)));
+        foreach (var (label, o, want) in vectorEdges)
+            Assert.True(Math.Abs(o - want) <= 1e-4 * Math.Max(scale, 1e-3), $"{label}: {o:E5} vs {want:E5} (target's largest edge {scale:E3}; seed {seed})");
+        Assert.True(worst <= 1e-4 * Math.Max(scale, 1e-3), $"{what}feature edges into {d}: worst difference {worst:E3} (largest {scale:E3}; seed {seed})");
+        Assert.True(Math.Abs(sumSae - sumResid) <= 1e-4 * Math.Max(Math.Abs(sumResid), 1e-3), $"Σ SAE-node {what}edges {sumSae:E6} vs resid {what}edges {sumResid:E6} into {d} (seed {seed})");
+        output.WriteLine($"{d}: Σ SAE {what}edges {sumSae:E6}, Σ resid {what}edges {sumResid:E6}");
     }
 }
