@@ -15,6 +15,7 @@ public static class Program
             RunCommand.Build(),
             AttributeCommand.Build(),
             GraphCommand.Build(),
+            QkCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),

@@ -80,6 +80,40 @@ public sealed class GraphCliTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public void QkSharesSumToTheScoreAndPairsAreTheLibrarys()
+    {
+        int seed = Random.Shared.Next();
+        output.WriteLine($"seed {seed}");
+        var rng = new Random(seed);
+        string tcs = WriteTranscoders(seed), json = Path.Combine(_dir.Path, "qk.json");
+        const string prompt = "Lily had a red ball. She gave the ball to";
+        using var model = HookedTransformer.Load(Stories);
+        var ids = model.Tokenizer!.Encode(prompt, true);
+        int layer = rng.Next(1, model.Config.NLayers), head = rng.Next(model.Config.NHeads), key = rng.Next(ids.Length - 1);
+        var r = CliTests.Run("qk", "--model", Stories, "--text", prompt, "--transcoders", tcs, "--layer", $"{layer}", "--head", $"{head}", "--key-pos", $"{key}", "--top", "5", "--json", json);
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Stdout);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var root = doc.RootElement;
+        double score = root.GetProperty("score").GetDouble();
+        Assert.Equal(score, root.GetProperty("sum_of_pairs").GetDouble(), 1e-4 * Math.Max(1, Math.Abs(score)));
+        var lib = ReplacementModel.Build(model, SaeLoader.LoadAll(tcs), ids).AttributeScore(layer, head, ids.Length - 1, key);
+        Assert.Equal(lib.Score, score, 1e-5 * Math.Max(1, Math.Abs(score)));
+        // every query-side share is the library's q_i·k/√d: Σ over all sources of them + the bias share is the score
+        int S = lib.Sources.Count, hs = lib.QueryBias.Length;
+        double all = Enumerable.Range(0, S).Sum(i => Enumerable.Range(0, hs).Sum(d => (double)lib.QueryContributions[i * hs + d] * lib.CleanKey[d])) / Math.Sqrt(hs);
+        Assert.Equal(score, all + root.GetProperty("query_bias_share").GetDouble(), 1e-4 * Math.Max(1, Math.Abs(score)));
+        var ids2 = lib.Sources.Select(s => GraphJson.NodeId(s, model.Config.NLayers)).ToList();
+        foreach (var p in root.GetProperty("pairs").EnumerateArray())
+        {
+            int i = ids2.IndexOf(p.GetProperty("query").GetString()!), j = ids2.IndexOf(p.GetProperty("key").GetString()!);
+            Assert.Equal(lib.Pair(i, j), p.GetProperty("value").GetDouble(), 1e-5 * Math.Max(1, Math.Abs(score)));
+        }
+        var bad = CliTests.Run("qk", "--model", Stories, "--text", prompt, "--transcoders", tcs, "--layer", "1", "--head", "0", "--query-pos", "2", "--key-pos", "5");
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains("--key-pos 5 is after --query-pos 2", bad.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void BadGraphInputIsAClearError()
     {
         string tcs = WriteTranscoders(Random.Shared.Next()), o = Path.Combine(_dir.Path, "g.json");
