@@ -15,6 +15,7 @@ public static class Program
             RunCommand.Build(),
             AttributeCommand.Build(),
             GraphCommand.Build(),
+            InterveneCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),

@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Text.Json;
+using System.Text.Json.Nodes;
 using FeatureLens.Runtime.Models;
 using FeatureLens.Saes;
 
@@ -297,5 +299,96 @@ public static class GraphInterventions
         var logits = model.Run([tokens], new RunOptions { Splices = splices, Hooks = hooks })!;
         int T = tokens.Length, V = model.Config.VocabSize;
         return new ReadOnlySpan<float>(logits.Data, (T - 1) * V, V).ToArray();
+    }
+}
+
+/// <summary>The <c>featurelens intervene</c> JSON of an <see cref="InterventionResult"/>.</summary>
+public static class InterventionJson
+{
+    /// <summary>The four models' names, in the order of the JSON's <c>predictions</c> and the CLI's columns.</summary>
+    public static readonly string[] Models = ["baseline", "replacement", "linear", "real"];
+
+    /// <summary>The logits (V) of one of <see cref="Models"/>.</summary>
+    public static float[] Logits(InterventionResult r, string which)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        return which switch
+        {
+            "baseline" => r.Baseline,
+            "replacement" => r.Replacement,
+            "linear" => r.Linear,
+            "real" => r.Real,
+            _ => throw new ArgumentException($"unknown model '{which}' (expected {string.Join(", ", Models)})", nameof(which)),
+        };
+    }
+
+    /// <summary>Softmax probabilities (float64) of a logit vector.</summary>
+    public static double[] Softmax(ReadOnlySpan<float> logits)
+    {
+        double max = double.NegativeInfinity, z = 0;
+        foreach (float v in logits) max = Math.Max(max, v);
+        var p = new double[logits.Length];
+        for (int i = 0; i < p.Length; i++) z += p[i] = Math.Exp(logits[i] - max);
+        for (int i = 0; i < p.Length; i++) p[i] /= z;
+        return p;
+    }
+
+    /// <summary>The <paramref name="k"/> most likely tokens (ties by id) with their probabilities.</summary>
+    public static (int Token, double Prob)[] Top(ReadOnlySpan<float> logits, int k)
+    {
+        var p = Softmax(logits);
+        return Enumerable.Range(0, p.Length).OrderByDescending(i => p[i]).ThenBy(i => i).Take(k).Select(i => (i, p[i])).ToArray();
+    }
+
+    /// <summary>
+    /// <c>{"tokens", "prompt_tokens", "position", "edits": [{layer, latent, pos, clean, value, active}], "skipped",
+    /// "predictions": {baseline|replacement|linear|real: [{token, text, logit, prob}]}, "watched": [{token, text, baseline_logit,
+    /// baseline_prob, delta: {replacement, linear, real}, prob: {replacement, linear, real}}], "graph_logits": [{token, text,
+    /// clean_input, linear_delta, replacement_delta}]}</c>.
+    /// </summary>
+    public static JsonObject ToJson(InterventionResult r, Func<int, string> tokenText, int top, IReadOnlyList<int> watched)
+    {
+        ArgumentNullException.ThrowIfNull(r);
+        ArgumentNullException.ThrowIfNull(tokenText);
+        ArgumentNullException.ThrowIfNull(watched);
+        var probs = Models.ToDictionary(m => m, m => Softmax(Logits(r, m)), StringComparer.Ordinal);
+        var predictions = new JsonObject();
+        foreach (var m in Models)
+        {
+            var logits = Logits(r, m);
+            predictions[m] = new JsonArray(Top(logits, top).Select(t => (JsonNode)new JsonObject
+            {
+                ["token"] = t.Token, ["text"] = tokenText(t.Token), ["logit"] = logits[t.Token], ["prob"] = t.Prob,
+            }).ToArray());
+        }
+        return new JsonObject
+        {
+            ["tokens"] = new JsonArray(r.Tokens.Select(t => (JsonNode)t).ToArray()),
+            ["prompt_tokens"] = new JsonArray(r.Tokens.Select(t => (JsonNode)tokenText(t)).ToArray()),
+            ["position"] = r.Tokens.Length - 1,
+            ["edits"] = new JsonArray(r.Edits.Select(e => (JsonNode)new JsonObject
+            {
+                ["layer"] = e.Layer, ["latent"] = e.Latent, ["pos"] = e.Pos, ["clean"] = e.Clean, ["value"] = e.Value, ["active"] = e.Active,
+            }).ToArray()),
+            ["skipped"] = new JsonArray(r.Skipped.Select(s => (JsonNode)s).ToArray()),
+            ["predictions"] = predictions,
+            ["watched"] = new JsonArray(watched.Select(t => (JsonNode)new JsonObject
+            {
+                ["token"] = t, ["text"] = tokenText(t), ["baseline_logit"] = r.Baseline[t], ["baseline_prob"] = probs["baseline"][t],
+                ["delta"] = new JsonObject { ["replacement"] = r.Replacement[t] - r.Baseline[t], ["linear"] = r.Linear[t] - r.Baseline[t], ["real"] = r.Real[t] - r.Baseline[t] },
+                ["prob"] = new JsonObject { ["replacement"] = probs["replacement"][t], ["linear"] = probs["linear"][t], ["real"] = probs["real"][t] },
+            }).ToArray()),
+            ["graph_logits"] = new JsonArray(r.GraphLogits.Select(g => (JsonNode)new JsonObject
+            {
+                ["token"] = g.Token, ["text"] = tokenText(g.Token), ["clean_input"] = g.CleanInput, ["linear_delta"] = g.LinearDelta, ["replacement_delta"] = g.ReplacementDelta,
+            }).ToArray()),
+        };
+    }
+
+    /// <summary>Writes the JSON through a temporary file beside <paramref name="path"/>.</summary>
+    public static void Write(string path, JsonObject json)
+    {
+        ArgumentNullException.ThrowIfNull(json);
+        FeatureLens.Saes.Formats.SaeWriter.WriteAtomically(path, json.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
     }
 }
