@@ -16,6 +16,7 @@ public static class Program
             AttributeCommand.Build(),
             GraphCommand.Build(),
             InterveneCommand.Build(),
+            FeatureLinksCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),
