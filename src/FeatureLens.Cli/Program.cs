@@ -16,6 +16,8 @@ public static class Program
             AttributeCommand.Build(),
             GraphCommand.Build(),
             QkCommand.Build(),
+            InterveneCommand.Build(),
+            FeatureLinksCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),

@@ -419,6 +419,55 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     }
 
     /// <summary>
+    /// The direction latent <paramref name="latent"/> of layer <paramref name="layer"/>'s transcoder writes into
+    /// <c>blocks.L.hook_mlp_out</c> per unit of activation (its decoder row, divided by the row's norm when the transcoder
+    /// rescales activations by decoder norms): (C), a fresh copy.
+    /// </summary>
+    public float[] DecoderDirection(int layer, int latent)
+    {
+        if ((uint)layer >= (uint)_L) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} outside [0, {_L})");
+        var sae = _tc[layer];
+        if ((uint)latent >= (uint)sae.DSae) throw new ArgumentOutOfRangeException(nameof(latent), $"latent {latent} outside [0, {sae.DSae}) (d_sae of layer {layer}'s transcoder)");
+        var dir = new ReadOnlySpan<float>(sae.WDec, latent * _C, _C).ToArray();
+        if (sae.Config.RescaleActsByDecoderNorm) TensorPrimitives.Divide(dir, sae.DecoderNorms[latent], dir);
+        return dir;
+    }
+
+    /// <summary>
+    /// The Jacobian of the final norm's output h (C) at the last position (logits = h·W_U + b_U) with respect to the activation
+    /// of each of <paramref name="latents"/> (feature nodes (layer, position, latent), active on the prompt or not), in the
+    /// frozen model with every other node held: (C, K) row-major, entry (c, k) = ∂h_c/∂a_k = g_c(layer, pos)·
+    /// <see cref="DecoderDirection"/>, g_c the gradient of h_c at that layer's mlp_out. One batched backward of C targets
+    /// (the same backward as <see cref="ComputeRows"/>).
+    /// </summary>
+    public float[] OutputJacobian(IReadOnlyList<GraphNode> latents)
+    {
+        ArgumentNullException.ThrowIfNull(latents);
+        int C = _C, K = latents.Count;
+        var readouts = new LatentReadout[K];
+        for (int k = 0; k < K; k++)
+        {
+            var n = latents[k];
+            if (n.Kind != GraphNodeKind.Feature) throw new ArgumentException($"latent {k} ({n}) is a {n.Kind} node, not a feature");
+            if ((uint)n.Pos >= (uint)_T) throw new ArgumentOutOfRangeException(nameof(latents), $"latent {k} ({n}): position {n.Pos} outside the prompt's {_T} positions");
+            readouts[k] = new LatentReadout(n.Layer, n.Pos, DecoderDirection(n.Layer, n.Index));
+        }
+        var seeds = new TargetSeed[C];
+        for (int c = 0; c < C; c++)
+        {
+            var dir = new float[C];
+            dir[c] = 1;
+            seeds[c] = new TargetSeed { Layer = _L, Pos = _T - 1, Direction = dir };
+        }
+        var jac = new float[(long)C * K];
+        Backward(seeds, new float[(long)C * _sources.Count], new double[C], readouts, jac);
+        return jac;
+    }
+
+    /// <summary>A latent read out of the backward at mlp_out of (Layer, Pos) along its decoder direction (C).</summary>
+    readonly record struct LatentReadout(int Layer, int Pos, float[] Direction);
+
+    /// <summary>
     /// Where a target's backward starts: a direction (C) at one position, entering either at resid_mid of a layer through
     /// that layer's transcoder input hook (features: W_enc[:, i]) or through the final norm (logits: W_U[:, v] − mean column).
     /// </summary>
@@ -464,7 +513,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     /// adds on the way is dotted with its gradient into <paramref name="bias"/>. <paramref name="rows"/> is (Nt, S), zero on entry.
     /// <paramref name="seeds"/> must be sorted by layer, descending: at each layer only the targets already started are carried (a prefix of the batch).
     /// </summary>
-    void Backward(TargetSeed[] seeds, float[] rows, double[] bias)
+    void Backward(TargetSeed[] seeds, float[] rows, double[] bias, LatentReadout[]? latents = null, float[]? latentGrads = null)
     {
         int Nt = seeds.Length, T = _T, C = _C, L = _L, NH = _cfg.NHeads, NKV = _cfg.NKvHeads, HS = _cfg.DHead, S = _sources.Count;
         long TC = (long)T * C;
@@ -527,6 +576,16 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                     for (int p = 0; p < T; p++)
                         for (int t = 0; t < n; t++) bias[t] += biasPos[p * Nt + t];
                 }
+
+                // ---- latents asked for by OutputJacobian (active or not): g at mlp_out · their decoder direction ----
+                if (latents != null && latentGrads != null)
+                    for (int k = 0; k < latents.Length; k++)
+                    {
+                        var lr = latents[k];
+                        if (lr.Layer != l) continue;
+                        for (int t = 0; t < nPost; t++)
+                            latentGrads[(long)t * latents.Length + k] = TensorPrimitives.Dot(g.AsSpan((int)(t * TC + lr.Pos * C), C), lr.Direction);
+                    }
 
                 // ---- into the transcoder's input: the skip path (g·W_skip) and the feature targets of this layer ----
                 gx.AsSpan(0, (int)nMidT).Clear();
