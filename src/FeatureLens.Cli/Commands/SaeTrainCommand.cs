@@ -36,11 +36,13 @@ internal static class SaeTrainCommand
         var checkpointEvery = new Option<long>("--checkpoint-every") { Description = "Checkpoint every N tokens (0: only at the end or on Ctrl-C)", DefaultValueFactory = _ => 0 };
         var resample = new Option<int>("--resample-every") { Description = "standard/jumprelu: resample dead latents every N steps (0: never)", DefaultValueFactory = _ => 0 };
         var deadAfter = new Option<long>("--dead-after") { Description = "A latent is dead after this many tokens without firing", DefaultValueFactory = _ => 1_000_000 };
+        var hookOut = new Option<string?>("--hook-out") { Description = "Train a transcoder: predict this hook (e.g. blocks.3.hook_mlp_out) from --hook (e.g. blocks.3.ln2.hook_normalized)" };
+        var skip = new Option<bool>("--skip") { Description = "Transcoders: also train a linear skip path x·W_skipᵀ" };
         var auxK = new Option<double>("--aux-k-coefficient") { Description = "topk: AuxK loss coefficient on dead latents", DefaultValueFactory = _ => 1.0 / 32 };
-        var cmd = new Command("train", "Train an SAE (standard ReLU+L1, TopK with AuxK, JumpReLU) and write a SAELens folder; resumes after interruption")
+        var cmd = new Command("train", "Train an SAE or, with --hook-out, a transcoder (standard ReLU+L1, TopK with AuxK, JumpReLU; --skip for a skip path) and write a SAELens folder; resumes after interruption")
         {
             model, tokenizer, hook, corpus, activations, actTensor, arch, dSae, k, tokens, output, batch, lr, l1, l0, warmup, decay, sparsityWarmup,
-            context, seed, normalize, bdec, checkpointEvery, resample, deadAfter, auxK,
+            context, seed, normalize, bdec, checkpointEvery, resample, deadAfter, auxK, hookOut, skip,
         };
         cmd.SetAction((r, ct) => Task.FromResult(Execute(r, ct)));
         int Execute(ParseResult r, CancellationToken ct)
@@ -48,6 +50,9 @@ internal static class SaeTrainCommand
             string? modelPath = r.GetValue(model), corpusPath = r.GetValue(corpus), actPath = r.GetValue(activations);
             if (actPath == null && (modelPath == null || corpusPath == null)) throw new ArgumentException("give --model and --corpus (or --activations FILE)");
             string hookName = r.GetValue(hook)!;
+            string? outHook = r.GetValue(hookOut);
+            if (outHook != null && actPath != null) throw new ArgumentException("--hook-out trains a transcoder from the model's activations: give --model and --corpus, not --activations");
+            if (r.GetValue(skip) && outHook == null) throw new ArgumentException("--skip is for transcoders: give --hook-out too");
             var architecture = r.GetValue(arch) switch
             {
                 "standard" or "relu" => SaeArchitecture.Standard,
@@ -70,7 +75,8 @@ internal static class SaeTrainCommand
                 else
                 {
                     m = Cli.LoadModel(modelPath!, r.GetValue(tokenizer));
-                    source = ModelActivationSource.FromCorpus(m, hookName, corpusPath!, Math.Min(ctx, m.Config.NCtx), prependBos: true,
+                    string[] hookNames = outHook != null ? [hookName, outHook] : [hookName];
+                    source = ModelActivationSource.FromCorpus(m, hookNames, corpusPath!, Math.Min(ctx, m.Config.NCtx), prependBos: true,
                         batchSequences: Math.Max(1, 4096 / ctx), shuffleSeed: r.GetValue(seed));
                 }
                 long total = r.GetValue(tokens);
@@ -78,7 +84,9 @@ internal static class SaeTrainCommand
                 long steps = batchTokens > 0 ? total / batchTokens : 0;
                 var options = new SaeTrainingOptions
                 {
-                    Architecture = architecture, DIn = source.DIn, DSae = r.GetValue(dSae), K = architecture == SaeArchitecture.TopK ? r.GetValue(k) : 0,
+                    Architecture = architecture, Transcoder = outHook != null, SkipConnection = r.GetValue(skip),
+                    DIn = outHook != null ? ((ModelActivationSource)source).HookWidths[0] : source.DIn,
+                    DOut = outHook != null ? ((ModelActivationSource)source).HookWidths[1] : 0, DSae = r.GetValue(dSae), K = architecture == SaeArchitecture.TopK ? r.GetValue(k) : 0,
                     LearningRate = r.GetValue(lr), L1Coefficient = r.GetValue(l1), L0Coefficient = r.GetValue(l0),
                     LrWarmupSteps = r.GetValue(warmup), LrDecaySteps = r.GetValue(decay) ?? (int)(steps / 5), L1WarmupSteps = r.GetValue(sparsityWarmup),
                     BatchTokens = batchTokens, TotalTokens = total, Seed = r.GetValue(seed), Normalization = norm, ApplyBDecToInput = r.GetValue(bdec),
@@ -88,7 +96,7 @@ internal static class SaeTrainCommand
                     Metadata = new SaeMetadata
                     {
                         ModelName = modelPath != null ? Path.GetFileName(Path.TrimEndingDirectorySeparator(modelPath)) : null,
-                        HookName = hookName, DatasetPath = corpusPath ?? actPath, ContextSize = actPath == null ? ctx : null, PrependBos = actPath == null ? true : null,
+                        HookName = hookName, HookNameOut = outHook, DatasetPath = corpusPath ?? actPath, ContextSize = actPath == null ? ctx : null, PrependBos = actPath == null ? true : null,
                     },
                 };
                 TrainResult result;

@@ -128,6 +128,24 @@ public class SaeCliTests
     }
 
     [Fact]
+    public void TrainsATranscoderWithASkipPath()
+    {
+        using var dir = new TempDir();
+        string corpus = SmallCorpus(dir, Random.Shared.Next()), outDir = dir.File("tc");
+        var train = CliTests.Run("sae", "train", "--model", Stories, "--hook", "blocks.1.ln2.hook_normalized", "--hook-out", "blocks.1.hook_mlp_out", "--skip",
+            "--corpus", corpus, "--architecture", "topk", "--d-sae", "128", "--k", "8", "--tokens", "20480", "--batch-tokens", "1024", "--context", "64", "--out", outDir);
+        Assert.True(train.ExitCode == 0, train.Stderr + train.Text);
+        var sae = SaeLoader.Load(outDir);
+        Assert.True(sae.Config.IsTranscoder && sae.Config.HasSkip && sae.Config.IsTopK, SaeConfig.ArchitectureName(sae.Config.Architecture));
+        Assert.Equal("blocks.1.ln2.hook_normalized", sae.Config.HookName);
+        Assert.Equal("blocks.1.hook_mlp_out", sae.Config.OutputHookName);
+        Assert.NotNull(sae.WSkip);
+        var bad = CliTests.Run("sae", "train", "--model", Stories, "--hook", "blocks.1.hook_resid_post", "--skip", "--corpus", corpus, "--d-sae", "64", "--tokens", "1024", "--out", dir.File("x"));
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains("--skip is for transcoders", bad.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void TrainsOnActivationsSavedByRun()
     {
         using var dir = new TempDir();
