@@ -20,12 +20,8 @@ internal static class FeatureLinksCommand
 {
     public static Command Build()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
-        var text = new Option<string?>("--text") { Description = "One prompt (BOS prepended unless --no-bos)" };
-        var tokens = new Option<string?>("--tokens") { Description = "One prompt as comma-separated token ids" };
+        var o = new GraphPromptOptions();
         var prompts = new Option<string?>("--prompts") { Description = "A prompt set: JSONL, one {\"text\": ...} or {\"tokens\": [...]} (or a JSON string) per line" };
-        var transcoders = new Option<string[]>("--transcoders") { Description = "Transcoder folder (or a folder of them), one per layer; repeat for several", Required = true };
         var feature = new Option<string>("--feature") { Description = "The feature as LAYER:LATENT", Required = true };
         var pos = new Option<int?>("--pos") { Description = "One prompt only: the position (negative from the end; default every position where the feature is active)" };
         var top = new Option<int>("--top") { Description = "Partners to list on each side", DefaultValueFactory = _ => 10 };
@@ -35,11 +31,11 @@ internal static class FeatureLinksCommand
         var corpusTokens = new Option<long>("--corpus-tokens") { Description = "Tokens of --corpus to scan", DefaultValueFactory = _ => 20_000 };
         var batch = new Option<int>("--batch-size") { Description = "Target rows per batched backward pass", DefaultValueFactory = _ => 64 };
         var json = new Option<string?>("--json") { Description = "Write every number as JSON to this file" };
-        var noBos = Cli.NoBosOption();
         var cmd = new Command("feature-links", "A transcoder feature's strongest upstream and downstream features (direct effects in the replacement model) on a prompt or over a prompt set, with labels and top examples")
         {
-            model, tokenizer, text, tokens, prompts, transcoders, feature, pos, top, labels, corpus, examples, corpusTokens, batch, json, noBos,
+            prompts, feature, pos, top, labels, corpus, examples, corpusTokens, batch, json,
         };
+        o.AddTo(cmd);
         cmd.SetAction(r =>
         {
             int k = r.GetValue(top), nEx = r.GetValue(examples), bs = r.GetValue(batch);
@@ -50,18 +46,18 @@ internal static class FeatureLinksCommand
             string? output = r.GetValue(json);
             if (output != null && !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(output))))
                 throw new DirectoryNotFoundException($"--json {output}: the folder {Path.GetDirectoryName(Path.GetFullPath(output))} does not exist");
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
-            bool bos = !r.GetValue(noBos);
+            using var m = o.LoadModel(r);
+            bool bos = !r.GetValue(o.NoBos);
             string? promptsPath = r.GetValue(prompts);
             List<int[]> set;
             if (promptsPath != null)
             {
-                if (r.GetValue(text) != null || r.GetValue(tokens) != null) throw new ArgumentException("give --text/--tokens or --prompts, not both");
+                if (o.HasPrompt(r)) throw new ArgumentException("give --text/--tokens or --prompts, not both");
                 if (r.GetValue(pos) != null) throw new ArgumentException("--pos applies to one prompt (--text/--tokens), not to --prompts");
                 set = ReadPrompts(promptsPath, m, bos);
             }
-            else set = [InterveneCommand.Prompt(m, r.GetValue(text), r.GetValue(tokens), bos)];
-            var tcs = SaeCommand.LoadSaes(r.GetValue(transcoders)!);
+            else set = [o.Prompt(r, m)];
+            var tcs = o.LoadTranscoders(r);
             var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, new SaeSet(m, tcs)) : null;
             string? corpusPath = r.GetValue(corpus);
             if (corpusPath != null && !File.Exists(corpusPath)) throw new FileNotFoundException($"--corpus {corpusPath}: no such file");

@@ -16,15 +16,7 @@ internal static class GraphCommand
 {
     public static Command Build()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
-        var text = new Option<string?>("--text") { Description = "The prompt (BOS prepended unless --no-bos)" };
-        var tokens = new Option<string?>("--tokens") { Description = "The prompt as comma-separated token ids" };
-        var transcoders = new Option<string[]>("--transcoders")
-        {
-            Description = "Transcoder folder (or a folder of them): one per layer, reading the MLP's input, writing blocks.L.hook_mlp_out; repeat for several",
-            Required = true,
-        };
+        var o = new GraphPromptOptions();
         var noPrune = new Option<bool>("--no-prune") { Description = "Keep every node and non-zero edge (the full graph)" };
         var nodeThreshold = new Option<double>("--node-threshold") { Description = "Keep the fewest nodes holding this fraction of the total influence", DefaultValueFactory = _ => GraphPruning.DefaultNodeThreshold };
         var edgeThreshold = new Option<double>("--edge-threshold") { Description = "Then keep the fewest edges holding this fraction of the edge influence", DefaultValueFactory = _ => GraphPruning.DefaultEdgeThreshold };
@@ -32,12 +24,12 @@ internal static class GraphCommand
         var batch = new Option<int>("--batch-size") { Description = "Target rows per batched backward pass", DefaultValueFactory = _ => 64 };
         var labels = TrackCommand.LabelsOption();
         var slug = new Option<string?>("--slug") { Description = "The graph's name in the JSON (default: from the prompt)" };
-        var noBos = Cli.NoBosOption();
         var outPath = new Option<string>("--out") { Description = "The graph JSON to write", Required = true };
         var cmd = new Command("graph", "Attribution graph of a prompt: direct effects between transcoder features, errors, embeddings and logits in the local replacement model, pruned by influence; writes circuit-tracer's graph JSON")
         {
-            model, tokenizer, text, tokens, transcoders, noPrune, nodeThreshold, edgeThreshold, maxFeatures, batch, labels, slug, noBos, outPath,
+            noPrune, nodeThreshold, edgeThreshold, maxFeatures, batch, labels, slug, outPath,
         };
+        o.AddTo(cmd);
         cmd.SetAction(r =>
         {
             var options = new GraphRunOptions
@@ -49,12 +41,9 @@ internal static class GraphCommand
             string output = r.GetValue(outPath)!;
             string dir = Path.GetDirectoryName(Path.GetFullPath(output))!;
             if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{output}: the folder {dir} does not exist");
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
-            string? t = r.GetValue(text), ids = r.GetValue(tokens);
-            int[] prompt = t != null && ids != null ? throw new ArgumentException("give either --text or --tokens, not both")
-                : ids != null ? Cli.ParseTokens(ids) : t != null ? Cli.Encode(m, t, !r.GetValue(noBos)) : throw new ArgumentException("give --text TEXT or --tokens IDS");
-            var paths = r.GetValue(transcoders)!;
-            var tcs = SaeCommand.LoadSaes(paths);
+            using var m = o.LoadModel(r);
+            int[] prompt = o.Prompt(r, m);
+            var tcs = o.LoadTranscoders(r);
             var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, new SaeSet(m, tcs)) : null;
 
             GraphRunResult result = null!;

@@ -16,26 +16,18 @@ internal static class InterveneCommand
 {
     public static Command Build()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
-        var text = new Option<string?>("--text") { Description = "The prompt (BOS prepended unless --no-bos)" };
-        var tokens = new Option<string?>("--tokens") { Description = "The prompt as comma-separated token ids" };
-        var transcoders = new Option<string[]>("--transcoders")
-        {
-            Description = "Transcoder folder (or a folder of them): one per layer, reading the MLP's input, writing blocks.L.hook_mlp_out; repeat for several",
-            Required = true,
-        };
+        var o = new GraphPromptOptions();
         var set = new Option<string[]>("--set") { Description = "L:LATENT@POS=VALUE: set the latent at POS (an integer, negative from the end, or * = every position where it is active), active or not; repeatable" };
         var clamp = new Option<string[]>("--clamp") { Description = "L:LATENT@POS=VALUE: set the latent only where it is active on the prompt; repeatable" };
         var zero = new Option<string[]>("--zero") { Description = "L:LATENT@POS: set the latent to 0 where it is active; repeatable" };
         var top = new Option<int>("--top") { Description = "Predictions to list per model", DefaultValueFactory = _ => 10 };
         var logit = new Option<string[]>("--logit") { Description = "A token (id, its exact text as the tables print it, or text that encodes to one token) whose logit change to report; repeatable (default: the baseline's top tokens)" };
         var json = new Option<string?>("--json") { Description = "Write every number as JSON to this file" };
-        var noBos = Cli.NoBosOption();
         var cmd = new Command("intervene", "Set, clamp or zero transcoder features of a prompt; compare next-token predictions: unedited, frozen replacement model, the graph's linear prediction, the real model with transcoders spliced")
         {
-            model, tokenizer, text, tokens, transcoders, set, clamp, zero, top, logit, json, noBos,
+            set, clamp, zero, top, logit, json,
         };
+        o.AddTo(cmd);
         cmd.SetAction(r =>
         {
             int k = r.GetValue(top);
@@ -50,10 +42,10 @@ internal static class InterveneCommand
                 .Concat((r.GetValue(clamp) ?? []).Select(s => FeatureIntervention.Parse(InterventionKind.Clamp, s)))
                 .Concat((r.GetValue(zero) ?? []).Select(s => FeatureIntervention.Parse(InterventionKind.Zero, s))).ToList();
             if (edits.Count == 0) throw new ArgumentException("give at least one --set, --clamp or --zero");
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
-            int[] prompt = Prompt(m, r.GetValue(text), r.GetValue(tokens), !r.GetValue(noBos));
+            using var m = o.LoadModel(r);
+            int[] prompt = o.Prompt(r, m);
             var watched = (r.GetValue(logit) ?? []).Select(t => ParseToken(m, t)).ToList();
-            var tcs = SaeCommand.LoadSaes(r.GetValue(transcoders)!);
+            var tcs = o.LoadTranscoders(r);
 
             var rm = ReplacementModel.Build(m, tcs, prompt);
             var result = GraphInterventions.Run(m, rm, edits);
@@ -70,9 +62,6 @@ internal static class InterveneCommand
         return cmd;
     }
 
-    internal static int[] Prompt(HookedTransformer m, string? text, string? ids, bool bos) =>
-        text != null && ids != null ? throw new ArgumentException("give either --text or --tokens, not both")
-        : ids != null ? Cli.ParseTokens(ids) : text != null ? Cli.Encode(m, text, bos) : throw new ArgumentException("give --text TEXT or --tokens IDS");
 
     /// <summary>A token id, or a text that the tokenizer encodes to exactly one token.</summary>
     static int ParseToken(HookedTransformer m, string s)

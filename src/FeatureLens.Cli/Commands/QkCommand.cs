@@ -17,30 +17,24 @@ internal static class QkCommand
 {
     public static Command Build()
     {
-        var model = Cli.ModelOption();
-        var tokenizer = Cli.TokenizerOption();
-        var text = new Option<string?>("--text") { Description = "The prompt (BOS prepended unless --no-bos)" };
-        var tokens = new Option<string?>("--tokens") { Description = "The prompt as comma-separated token ids" };
-        var transcoders = new Option<string[]>("--transcoders") { Description = "Transcoder folder (or a folder of them), one per layer", Required = true };
+        var o = new GraphPromptOptions();
         var layer = new Option<int>("--layer") { Description = "The attention layer", Required = true };
         var head = new Option<int>("--head") { Description = "The head (query head under grouped-query attention)", Required = true };
         var qpos = new Option<int>("--query-pos") { Description = "The query position (negative counts from the end)", DefaultValueFactory = _ => -1 };
         var kpos = new Option<int>("--key-pos") { Description = "The key position (≤ the query position; negative counts from the end)", Required = true };
         var top = new Option<int>("--top") { Description = "Sources listed per side, and the side size for pairs", DefaultValueFactory = _ => 10 };
-        var noBos = Cli.NoBosOption();
         var json = new Option<string?>("--json") { Description = "Write everything as JSON" };
         var cmd = new Command("qk", "QK attribution: one head's attention score for a query/key position pair split into source contributions on the query side × the key side, in the local replacement model")
         {
-            model, tokenizer, text, tokens, transcoders, layer, head, qpos, kpos, top, noBos, json,
+            layer, head, qpos, kpos, top, json,
         };
+        o.AddTo(cmd);
         cmd.SetAction(r =>
         {
             int n = r.GetValue(top);
             if (n < 1) throw new ArgumentException($"--top must be positive (got {n})");
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
-            string? t = r.GetValue(text), ids = r.GetValue(tokens);
-            int[] prompt = t != null && ids != null ? throw new ArgumentException("give either --text or --tokens, not both")
-                : ids != null ? Cli.ParseTokens(ids) : t != null ? Cli.Encode(m, t, !r.GetValue(noBos)) : throw new ArgumentException("give --text TEXT or --tokens IDS");
+            using var m = o.LoadModel(r);
+            int[] prompt = o.Prompt(r, m);
             int T = prompt.Length;
             int Pos(int p, string opt) => p < -T || p >= T ? throw new ArgumentException($"{opt} {p} is outside the prompt of {T} tokens") : p < 0 ? T + p : p;
             int q = Pos(r.GetValue(qpos), "--query-pos"), k = Pos(r.GetValue(kpos), "--key-pos");
@@ -48,7 +42,7 @@ internal static class QkCommand
             int L = r.GetValue(layer), H = r.GetValue(head);
             if (L < 0 || L >= m.Config.NLayers) throw new ArgumentException($"--layer {L}: the model has layers 0–{m.Config.NLayers - 1}");
             if (H < 0 || H >= m.Config.NHeads) throw new ArgumentException($"--head {H}: the model has heads 0–{m.Config.NHeads - 1}");
-            var rm = ReplacementModel.Build(m, SaeCommand.LoadSaes(r.GetValue(transcoders)!), prompt);
+            var rm = ReplacementModel.Build(m, o.LoadTranscoders(r), prompt);
             var qk = rm.AttributeScore(L, H, q, k);
             var report = Summarise(qk, rm.Config.NLayers, n);
             Print(report, m.Tokenizer is { } tok ? i => tok.TokenText(prompt[i]) : i => prompt[i].ToString(CultureInfo.InvariantCulture));
