@@ -15,7 +15,9 @@ public static class BufferPool
 
     static readonly object Gate = new();
     static readonly Dictionary<int, Stack<float[]>> Free = [];
-    static readonly HashSet<float[]> Lent = new(ReferenceEqualityComparer.Instance);
+    // which arrays are out on loan, held weakly: a buffer whose owner is never disposed is collected as usual
+    static readonly System.Runtime.CompilerServices.ConditionalWeakTable<float[], object> Lent = new();
+    static readonly object Marker = new();
     static long _pooledBytes;
     static readonly long CapBytes = Math.Max(256L << 20, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 4);
 
@@ -31,7 +33,7 @@ public static class BufferPool
             if (!Free.TryGetValue(length, out var stack) || !stack.TryPop(out var a))
                 a = GC.AllocateUninitializedArray<float>(length);
             else _pooledBytes -= (long)length * sizeof(float);
-            Lent.Add(a);
+            Lent.AddOrUpdate(a, Marker);
             return a;
         }
     }
