@@ -62,6 +62,7 @@ public sealed class GradientResult : IDisposable
     {
         Activations.Dispose();
         Gradients.Dispose();
+        BufferPool.Return(Logits.Data);
     }
 
     /// <summary>The objective summed over the batch.</summary>

@@ -227,6 +227,7 @@ public sealed class HookedTransformer : IDisposable
         foreach (var (name, seed) in g.HookSeeds) hooks.Seeds[name] = seed;
         TransformerBackward.Run(Config, Weights, _rope, _names, tape, hooks, g.LogitRows, g.LogitGradients);
         TransformerForward.ZeroPadding(grads, lengths, tape.T);
+        tape.ReturnBuffers();
         if (userCache == null) cache.Clear();
         else foreach (var name in reads) if (!userCache(name)) cache.Remove(name);
         return new GradientResult { Value = g.Values.Sum(), Values = g.Values, Logits = logits, Activations = cache, Gradients = grads };

@@ -30,9 +30,39 @@ internal sealed class ForwardTape
     public int B, T;
     public int[] Lengths = [], Positions = [];
 
+    /// <summary>The pooled buffers the recorded forward and its backward use; <see cref="ReturnBuffers"/> gives them back.</summary>
+    readonly List<float[]> _rented = [];
+
     public void Start(int b, int t, int[] lengths, int[] positions, int layers)
     {
         B = b; T = t; Lengths = lengths; Positions = positions; Blocks = new BlockTape[layers];
+    }
+
+    /// <summary>A pooled buffer of <paramref name="n"/> undefined floats, held until <see cref="ReturnBuffers"/>.</summary>
+    public float[] Rent(long n)
+    {
+        var a = BufferPool.Rent(checked((int)n));
+        _rented.Add(a);
+        return a;
+    }
+
+    /// <summary><see cref="Rent"/>, zero-filled.</summary>
+    public float[] RentZeroed(long n)
+    {
+        var a = Rent(n);
+        Array.Clear(a);
+        return a;
+    }
+
+    /// <summary>
+    /// Gives every buffer of the recorded forward and backward back to the pool once the backward is done. Caches never
+    /// hold them (the forward fires them unowned, so the cache keeps copies); hook functions see them only during the call.
+    /// </summary>
+    public void ReturnBuffers()
+    {
+        foreach (var a in _rented) BufferPool.Return(a);
+        _rented.Clear();
+        Blocks = [];
     }
 }
 
@@ -57,7 +87,7 @@ internal static unsafe class TransformerBackward
         bool layerNorm = cfg.Architecture == Architecture.Gpt2;
 
         // ---- unembedding and final norm ----
-        var dNormOut = new float[R * C];
+        var dNormOut = tape.RentZeroed(R * C);
         if (dLogitRows.Length > 0)
         {
             int n = dLogitRows.Length;
@@ -66,17 +96,17 @@ internal static unsafe class TransformerBackward
                 Gemm.Multiply(MatrixView.F32(pd, n, V), w.Unembed.T, pr, C);
             for (int i = 0; i < n; i++) rows.AsSpan(i * C, C).CopyTo(dNormOut.AsSpan(dLogitRows[i] * C, C));
         }
-        var dResid = new float[R * C];
+        var dResid = tape.RentZeroed(R * C);
         NormBackward(tape.Final, w.FinalNormWeight, dNormOut, dResid, R, C, layerNorm, hooks, HookNames.LnFinalNormalized, HookNames.LnFinalScale, -1, B, T);
 
         // ---- blocks, last to first ----
-        var dResidMid = new float[R * C];
-        var dMlpIn = new float[R * C];
-        var dPre = new float[R * M]; var dPreLinear = llama ? new float[R * M] : null; var dPost = new float[R * M];
-        var dAttnOut = new float[R * C]; var dZ = new float[R * NH * HS];
-        var dQ = new float[R * NH * HS]; var dK = new float[R * NKV * HS]; var dV = new float[R * NKV * HS];
-        var dPattern = new float[B * NH * T * T]; var dScores = new float[B * NH * T * T];
-        var dLn1In = new float[R * C];
+        var dResidMid = tape.RentZeroed(R * C);
+        var dMlpIn = tape.RentZeroed(R * C);
+        var dPre = tape.RentZeroed(R * M); var dPreLinear = llama ? tape.RentZeroed(R * M) : null; var dPost = tape.RentZeroed(R * M);
+        var dAttnOut = tape.RentZeroed(R * C); var dZ = tape.RentZeroed(R * NH * HS);
+        var dQ = tape.RentZeroed(R * NH * HS); var dK = tape.RentZeroed(R * NKV * HS); var dV = tape.RentZeroed(R * NKV * HS);
+        var dPattern = tape.RentZeroed(B * NH * T * T); var dScores = tape.RentZeroed(B * NH * T * T);
+        var dLn1In = tape.RentZeroed(R * C);
         for (int l = cfg.NLayers - 1; l >= 0; l--)
         {
             var L = w.Layers[l];

@@ -175,12 +175,14 @@ internal static unsafe class TransformerForward
         int[] lengths = tokens.Select(t => t.Length).ToArray();
         if (tape != null && (kv != null || stopAtLayer < cfg.NLayers)) throw new ArgumentException("a recorded forward runs whole sequences through every layer");
 
+        // a recorded forward keeps its buffers for the backward, which gives them back to the pool afterwards
+        float[] Buf(long n) => tape != null ? tape.Rent(n) : Alloc(n);
         var positions = new int[R];
         for (int r = 0; r < R; r++) positions[r] = past + r % T;
         tape?.Start(B, T, lengths, positions, cfg.NLayers);
 
         // ---- embeddings ----
-        var embed = Alloc(R * C);
+        var embed = Buf(R * C);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
             {
@@ -192,19 +194,19 @@ internal static unsafe class TransformerForward
         var resid = embed;
         if (w.PositionEmbedding is { } wpe)
         {
-            var pos = Alloc(R * C);
+            var pos = Buf(R * C);
             for (int r = 0; r < R; r++) wpe.ReadRow(positions[r], pos.AsSpan(r * C, C));
             hooks.Fire(HookNames.PosEmbed, -1, pos, B, T, C);
-            resid = Alloc(R * C);
+            resid = Buf(R * C);
             TensorPrimitives.Add(embed, pos, resid);
         }
 
         // ---- scratch buffers reused by every layer ----
-        var normIn = Alloc(R * C); var scale = Alloc(R); var normalized = Alloc(R * C); var normOut = Alloc(R * C);
-        var q = Alloc(R * NH * HS); var k = Alloc(R * NKV * HS); var v = Alloc(R * NKV * HS);
-        var z = Alloc(R * NH * HS); var attnOut = Alloc(R * C); var residMid = Alloc(R * C);
-        var pre = Alloc(R * M); var preLinear = llama ? Alloc(R * M) : null; var post = Alloc(R * M);
-        var mlpOut = Alloc(R * C); var residPost = Alloc(R * C);
+        var normIn = Buf(R * C); var scale = Buf(R); var normalized = Buf(R * C); var normOut = Buf(R * C);
+        var q = Buf(R * NH * HS); var k = Buf(R * NKV * HS); var v = Buf(R * NKV * HS);
+        var z = Buf(R * NH * HS); var attnOut = Buf(R * C); var residMid = Buf(R * C);
+        var pre = Buf(R * M); var preLinear = llama ? Buf(R * M) : null; var post = Buf(R * M);
+        var mlpOut = Buf(R * C); var residPost = Buf(R * C);
         float[]? mlpIn = null;
 
         int layers = Math.Min(cfg.NLayers, stopAtLayer);
@@ -217,10 +219,10 @@ internal static unsafe class TransformerForward
             {
                 // the backward needs this block's buffers: give it fresh ones instead of reusing the last block's
                 bt = tape.Blocks[l] = new BlockTape();
-                normIn = Alloc(R * C); scale = Alloc(R);
-                q = Alloc(R * NH * HS); k = Alloc(R * NKV * HS); v = Alloc(R * NKV * HS);
-                residMid = Alloc(R * C); residPost = Alloc(R * C); mlpIn = null;
-                pre = Alloc(R * M); preLinear = llama ? Alloc(R * M) : null;
+                normIn = Buf(R * C); scale = Buf(R);
+                q = Buf(R * NH * HS); k = Buf(R * NKV * HS); v = Buf(R * NKV * HS);
+                residMid = Buf(R * C); residPost = Buf(R * C); mlpIn = null;
+                pre = Buf(R * M); preLinear = llama ? Buf(R * M) : null;
                 bt.Ln1 = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : resid, scale);
             }
             hooks.Fire(n.ResidPre, l, resid, B, T, C);
@@ -256,10 +258,10 @@ internal static unsafe class TransformerForward
             if (bt != null || hooks.Active(n.Scores) || hooks.Active(n.Pattern))
             {
                 int S = past + T;
-                var scores = Alloc(B * NH * T * S);
+                var scores = Buf(B * NH * T * S);
                 Attention.Scores(q, keys, scores, shape);
                 hooks.Fire(n.Scores, l, scores, B, NH, T, S);
-                var pattern = Alloc(B * NH * T * S);
+                var pattern = Buf(B * NH * T * S);
                 Attention.Softmax(scores, pattern, shape);
                 hooks.Fire(n.Pattern, l, pattern, B, NH, T, S);
                 Attention.WeightedValues(pattern, values, z, shape, allKeys: hooks.HasHook(n.Pattern));
@@ -272,7 +274,7 @@ internal static unsafe class TransformerForward
             if (hooks.Active(n.Result))
             {
                 // result[r,h,:] = z[r,h,:]·Wo[h·HS:(h+1)·HS, :]; attn_out = Σ_h result + bo
-                var result = Alloc(R * NH * C);
+                var result = Buf(R * NH * C);
                 fixed (float* pz = z, pr = result)
                     for (int h = 0; h < NH; h++)
                         Gemm.Multiply(new MatrixView(pz + h * HS, DType.F32, R, HS, NH * HS, 1), L.Wo.RowSlice(h * HS, HS), pr + h * C, NH * C);
@@ -297,14 +299,14 @@ internal static unsafe class TransformerForward
             var mlpInput = residMid;
             if (hooks.Active(n.MlpIn))
             {
-                mlpIn ??= Alloc(R * C);
+                mlpIn ??= Buf(R * C);
                 residMid.AsSpan().CopyTo(mlpIn);
                 hooks.Fire(n.MlpIn, l, mlpIn, B, T, C);
                 mlpInput = mlpIn;
             }
             if (bt != null)
             {
-                normIn = Alloc(R * C); scale = Alloc(R);
+                normIn = Buf(R * C); scale = Buf(R);
                 bt.Ln2 = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : mlpInput, scale);
                 bt.Pre = pre; bt.PreLinear = preLinear;
             }
@@ -338,13 +340,14 @@ internal static unsafe class TransformerForward
         // ---- final norm and unembedding ----
         if (tape != null)
         {
-            normIn = Alloc(R * C); scale = Alloc(R);
+            normIn = Buf(R * C); scale = Buf(R);
             tape.Final = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : resid, scale);
         }
         Norm(cfg, resid, w.FinalNormWeight, w.FinalNormBias, normIn, scale, normalized, normOut, R, C, hooks, HookNames.LnFinalScale, HookNames.LnFinalNormalized, -1, B, T);
         ZeroPadding(hooks.Cache, lengths, T);
         if (!computeLogits) return null;
-        var logits = new Tensor(B, T, V);
+        // a recorded forward's logits come from the pool: the gradient result hands them back when disposed
+        var logits = tape != null ? new Tensor([B, T, V], BufferPool.Rent(checked(B * T * V))) : new Tensor(B, T, V);
         Linear(normOut, R, w.Unembed, w.UnembedBias, logits.Data);
         for (int b = 0; b < B; b++)
             logits.Data.AsSpan((b * T + lengths[b]) * V, (T - lengths[b]) * V).Clear();
