@@ -1,0 +1,169 @@
+using System.CommandLine;
+using FeatureLens.Analysis;
+using FeatureLens.Database;
+using Spectre.Console;
+
+namespace FeatureLens.Cli.Commands;
+
+/// <summary>featurelens scan / merge / feature: the feature database (corpus scan into SQLite, shards, dashboards).</summary>
+internal static class ScanCommand
+{
+    public static Command Build()
+    {
+        var model = Cli.ModelOption();
+        var tokenizer = Cli.TokenizerOption();
+        var sae = Cli.SaeOption();
+        var corpus = new Option<string[]>("--corpus") { Description = "Corpus file(s): text (documents separated by blank lines) or JSONL with a \"text\" field; repeat for several, read in order", Required = true };
+        var db = new Option<string>("--db") { Description = "The SQLite feature database to write (written as DB.partial, moved into place when complete; an interrupted scan resumes)", Required = true };
+        var tokens = new Option<long>("--tokens") { Description = "Tokens to read from the corpus (0: all)", DefaultValueFactory = _ => 1_000_000 };
+        var context = new Option<int?>("--context") { Description = "Tokens per window, BOS included (default: the SAEs' context_size, else 128)" };
+        var batch = new Option<int>("--batch") { Description = "Windows per block (one forward pass and one committed transaction; the unit of sharding)", DefaultValueFactory = _ => 16 };
+        var top = new Option<int>("--top") { Description = "Top examples kept per feature", DefaultValueFactory = _ => 20 };
+        var partnerTokens = new Option<int>("--partner-tokens") { Description = "Tokens at the start of the stream over which correlated partners (Pearson r) are computed", DefaultValueFactory = _ => 32_768 };
+        var shard = new Option<string?>("--shard") { Description = "Scan only shard I/N: every N-th block starting at block I (merge the N shard databases with featurelens merge)" };
+        var labels = TrackCommand.LabelsOption();
+        var labelPrompts = new Option<string?>("--label-prompts") { Description = "Compute labels from labelled prompts (JSONL {\"text\", \"label\"}) and store them with the features" };
+        var cmd = new Command("scan", "Scan a corpus with a model and SAEs into a SQLite feature database: per feature its frequency, max, means, histogram, top and quantile examples, logit lens, correlated partners and labels")
+        {
+            model, tokenizer, sae, corpus, db, tokens, context, batch, top, partnerTokens, shard, labels, labelPrompts,
+        };
+        cmd.SetAction(r =>
+        {
+            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            var saePaths = r.GetValue(sae)!;
+            var set = new SaeSet(m, SaeCommand.LoadSaes(saePaths));
+            int ctx = r.GetValue(context) ?? set.Saes.Select(s => s.Config.Metadata.ContextSize ?? 0).Where(c => c > 0).DefaultIfEmpty(128).Min();
+            ctx = Math.Min(ctx, m.Config.NCtx);
+            var settings = new ScanSettings
+            {
+                Context = ctx, Tokens = r.GetValue(tokens), BlockWindows = r.GetValue(batch), TopExamples = r.GetValue(top), PartnerTokens = r.GetValue(partnerTokens),
+            };
+            settings.Validate();
+            var spec = r.GetValue(shard) is string s ? ShardSpec.Parse(s) : ShardSpec.All;
+            FeatureLabelLookup? lookup = null;
+            if (r.GetValue(labels) is string lp) lookup = FeatureLabels.Load(lp, set);
+            if (r.GetValue(labelPrompts) is string pp)
+            {
+                if (lookup != null) throw new ArgumentException("--labels and --label-prompts: give one of them");
+                lookup = FeatureLabels.Compute(set, FeatureLabels.ReadLabelledPrompts(pp).ToList());
+            }
+            var corpusFiles = r.GetValue(corpus)!;
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            ScanSummary summary = null!;
+            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(p =>
+                {
+                    var task = p.AddTask($"scanning{(spec.Count > 1 ? $" shard {spec}" : "")}", maxValue: 1);
+                    summary = CorpusScan.Run(set, saePaths, corpusFiles, settings, spec, r.GetValue(db)!, lookup, new Progress<ScanProgress>(x =>
+                    {
+                        task.Description = $"{x.Stage}{(spec.Count > 1 ? $" (shard {spec})" : "")}: {x.TokensDone:N0} tokens";
+                        if (x.BlocksOwned is long total && total > 0) { task.MaxValue = total; task.Value = Math.Min(x.BlocksDone, total); }
+                    }));
+                    task.Value = task.MaxValue;
+                });
+            watch.Stop();
+            if (summary.AlreadyComplete) AnsiConsole.MarkupLine($"{summary.Path.EscapeMarkup()} is already complete ({summary.Tokens:N0} tokens); nothing to do");
+            else
+                AnsiConsole.MarkupLine($"{(summary.Resumed ? "resumed and finished" : "scanned")} {summary.Tokens:N0} tokens ({summary.Blocks} blocks) in {watch.Elapsed.TotalSeconds:F1} s " +
+                    $"({summary.Tokens / Math.Max(1e-9, watch.Elapsed.TotalSeconds):F0} tokens/s) → {summary.Path.EscapeMarkup()} ({new FileInfo(summary.Path).Length / 1048576.0:F1} MiB)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Merge()
+    {
+        var output = new Option<string>("--out") { Description = "The merged feature database to write", Required = true };
+        var shards = new Argument<string[]>("shards") { Description = "The shard databases (all N shards of one scan)", Arity = ArgumentArity.OneOrMore };
+        var cmd = new Command("merge", "Merge the shard databases of a sharded scan (featurelens scan --shard I/N) into the database the unsharded scan writes") { output, shards };
+        cmd.SetAction(r =>
+        {
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            var s = DatabaseMerge.Run(r.GetValue(output)!, r.GetValue(shards)!, msg => AnsiConsole.MarkupLine($"merge: {msg.EscapeMarkup()}"));
+            AnsiConsole.MarkupLine($"merged {r.GetValue(shards)!.Length} shards: {s.Tokens:N0} tokens, {s.Blocks} blocks in {watch.Elapsed.TotalSeconds:F1} s → {s.Path.EscapeMarkup()}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Feature()
+    {
+        var db = new Option<string>("--db") { Description = "A feature database (featurelens scan / merge)", Required = true };
+        var sae = new Option<string>("--sae") { Description = "The SAE: its hook (blocks.3.hook_resid_post) or short name", Required = true };
+        var feature = new Option<int>("--feature") { Description = "The latent index", Required = true };
+        var json = new Option<string?>("--json") { Description = "Also write the whole dashboard as JSON to this file" };
+        var examples = new Option<int>("--examples") { Description = "Top examples printed", DefaultValueFactory = _ => 10 };
+        var cmd = new Command("feature", "Show a feature's dashboard from a feature database: statistics, top and quantile examples, histogram, logit lens, partners, label")
+        {
+            db, sae, feature, json, examples,
+        };
+        cmd.SetAction(r =>
+        {
+            using var store = FeatureStore.Open(r.GetValue(db)!);
+            var s = store.Sae(r.GetValue(sae)!);
+            var d = store.Dashboard(s, r.GetValue(feature));
+            if (r.GetValue(json) is string path) TrackCommand.WriteJson(path, d);
+            Print(d, r.GetValue(examples));
+            return 0;
+        });
+        return cmd;
+    }
+
+    static void Print(FeatureDashboard d, int examples)
+    {
+        AnsiConsole.MarkupLine($"[bold]{d.Sae.EscapeMarkup()} feature {d.Feature}[/]{(d.Label is { } l ? $" — {l.Label.EscapeMarkup()}{(l.F1 is double f1 ? $" (F1 {f1:F2})" : "")}" : "")}");
+        AnsiConsole.MarkupLine($"fires on {d.Count:N0} of {d.TokensScanned:N0} tokens (frequency {d.Frequency:G4}); max {d.Max:G5}; mean {d.Mean:G4} over all tokens, {d.MeanActive:G4} when firing");
+        if (d.Top.Length > 0)
+        {
+            var t = new Table().Border(TableBorder.Rounded).AddColumns("activation", "context (the firing token in brackets)");
+            t.Title = new TableTitle("top examples");
+            foreach (var e in d.Top.Take(examples)) t.AddRow($"{e.Activation:G5}", Context(e).EscapeMarkup());
+            AnsiConsole.Write(t);
+        }
+        if (d.Intervals.Length > 0)
+        {
+            var t = new Table().Border(TableBorder.Rounded).AddColumns("interval", "share", "example");
+            t.Title = new TableTitle("quantile intervals");
+            foreach (var iv in d.Intervals)
+            {
+                var ex = d.Quantiles.FirstOrDefault(q => q.Interval == iv.Index);
+                t.AddRow($"{iv.Lower:G3} – {iv.Upper:G3}", $"{iv.Fraction:P1}", ex == null ? "" : $"{ex.Activation:G4}: {Context(ex)}".EscapeMarkup());
+            }
+            AnsiConsole.Write(t);
+        }
+        if (d.Histogram.Counts.Length > 0)
+        {
+            var chart = new BarChart().Label("activation histogram (log-spaced bins)").Width(70);
+            for (int i = 0; i < d.Histogram.Counts.Length; i++)
+                chart.AddItem($"{d.Histogram.Edges[i]:G3}", d.Histogram.Counts[i], Color.SteelBlue);
+            AnsiConsole.Write(chart);
+        }
+        if (d.Logits is { } lg)
+        {
+            var t = new Table().Border(TableBorder.Rounded).AddColumns("promoted", "value", "suppressed", "value");
+            t.Title = new TableTitle("logit lens (decoder · final norm · W_U)");
+            for (int i = 0; i < Math.Max(lg.Top.Length, lg.Bottom.Length); i++)
+                t.AddRow(i < lg.Top.Length ? Quote(lg.Top[i].Text).EscapeMarkup() : "", i < lg.Top.Length ? $"{lg.Top[i].Value:G4}" : "",
+                    i < lg.Bottom.Length ? Quote(lg.Bottom[i].Text).EscapeMarkup() : "", i < lg.Bottom.Length ? $"{lg.Bottom[i].Value:G4}" : "");
+            AnsiConsole.Write(t);
+        }
+        if (d.Partners.Length > 0)
+        {
+            var t = new Table().Border(TableBorder.Rounded).AddColumns("correlated feature", "r");
+            t.Title = new TableTitle("partners (Pearson r over the partner sample)");
+            foreach (var p in d.Partners) t.AddRow($"{p.Sae} {p.Feature}".EscapeMarkup(), $"{p.R:F3}");
+            AnsiConsole.Write(t);
+        }
+    }
+
+    static string Quote(string s) => "'" + s.Replace("\n", "\\n", StringComparison.Ordinal) + "'";
+
+    /// <summary>Up to 12 tokens either side of the firing token, which is bracketed.</summary>
+    static string Context(DashboardExample e)
+    {
+        int lo = Math.Max(1, e.Pos - 12), hi = Math.Min(e.Text.Length - 1, e.Pos + 12);
+        var sb = new System.Text.StringBuilder();
+        for (int i = lo; i <= hi; i++) sb.Append(i == e.Pos ? $"[{e.Text[i]}]" : e.Text[i]);
+        return sb.ToString().Replace("\n", "\\n", StringComparison.Ordinal);
+    }
+}
