@@ -28,7 +28,7 @@ public sealed class SlurmFactAttribute : FactAttribute
 /// missing): a private munged (its own key and socket), slurmctld and slurmd on free ports, every file in one
 /// temporary folder, configured by its slurm.conf (<see cref="Environment"/> gives the <c>SLURM_CONF</c> the
 /// client commands need). Ready in about a second once installed; stopped on dispose (jobs cancelled,
-/// <c>scontrol shutdown</c>, munged stopped, then the pid files' processes killed if still alive). A cluster left
+/// <c>scontrol shutdown</c>, munged stopped, then any process still tied to the folder killed). A cluster left
 /// behind by a test run that died is stopped by the next run. Needs root (it installs packages and runs the
 /// daemons as root and munge); otherwise <see cref="CanRun"/> is false and <see cref="SlurmFactAttribute"/>
 /// skips the tests.
@@ -161,6 +161,7 @@ public sealed class SlurmCluster : IDisposable
             ReturnToService=2
             MinJobAge=3600
             KillWait=5
+            SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
             StateSaveLocation={F("state")}
             SlurmdSpoolDir={F("spool")}
             SlurmctldPidFile={F("slurmctld.pid")}
@@ -223,8 +224,9 @@ public sealed class SlurmCluster : IDisposable
         try { Directory.Delete(Folder, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
-    /// <summary>Waits for the daemons named in a cluster folder's pid files to exit, then kills those still
-    /// alive — only processes whose command line names the folder (a pid may have been reused).</summary>
+    /// <summary>Waits for the daemons named in a cluster folder's pid files to exit, then kills every process
+    /// still tied to the folder: the daemons (their command lines name it), the jobs' slurmstepd (its working
+    /// folder is the cluster's log folder) and job processes (their SLURM_CONF is the cluster's).</summary>
     private static void KillDaemons(string folder, TimeSpan grace)
     {
         string[] pidFiles = ["slurmd.pid", "slurmctld.pid", "munge/munged.pid"];
@@ -233,7 +235,10 @@ public sealed class SlurmCluster : IDisposable
         {
             if (!File.Exists(pidFile) || !int.TryParse(File.ReadAllText(pidFile).Trim(), CultureInfo.InvariantCulture, out int pid)) continue;
             while (Belongs(pid, folder) && clock.Elapsed < grace) Thread.Sleep(100);
-            if (!Belongs(pid, folder)) continue;
+        }
+        foreach (string dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), CultureInfo.InvariantCulture, out int pid) || pid == System.Environment.ProcessId || !Belongs(pid, folder)) continue;
             try
             {
                 using var p = Process.GetProcessById(pid);
@@ -242,15 +247,21 @@ public sealed class SlurmCluster : IDisposable
             }
             catch (ArgumentException) { } // exited meanwhile
             catch (InvalidOperationException) { }
+            catch (System.ComponentModel.Win32Exception) { }
         }
     }
 
+    /// <summary>Whether a process belongs to the cluster in <paramref name="folder"/>: its command line names the
+    /// folder, it runs in it, or its SLURM_CONF is the folder's slurm.conf.</summary>
     private static bool Belongs(int pid, string folder)
     {
+        string proc = $"/proc/{pid.ToString(CultureInfo.InvariantCulture)}";
         try
         {
-            string cmdline = File.ReadAllText($"/proc/{pid.ToString(CultureInfo.InvariantCulture)}/cmdline").Replace('\0', ' ');
-            return cmdline.Contains(folder, StringComparison.Ordinal);
+            if (File.ReadAllText(proc + "/cmdline").Replace('\0', ' ').Contains(folder, StringComparison.Ordinal)) return true;
+            string? cwd = new DirectoryInfo(proc + "/cwd").LinkTarget;
+            if (cwd is not null && (cwd == folder || cwd.StartsWith(folder + "/", StringComparison.Ordinal))) return true;
+            return File.ReadAllText(proc + "/environ").Split('\0').Contains("SLURM_CONF=" + Path.Combine(folder, "slurm.conf"));
         }
         catch (IOException) { return false; }
         catch (UnauthorizedAccessException) { return false; }
