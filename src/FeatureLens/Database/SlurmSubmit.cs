@@ -24,8 +24,12 @@ public sealed record SlurmScanRequest
     public required string Database { get; init; }
 
     /// <summary>A folder every node sees (a shared file system): the shards (<c>shard-I.sqlite</c>), the logs
-    /// (<c>logs/</c>) and the two scripts as submitted.</summary>
-    public required string WorkFolder { get; init; }
+    /// (<c>logs/</c>) and the two scripts as submitted. Default: <see cref="DefaultWorkFolder"/>.</summary>
+    public string? WorkFolder { get; init; }
+
+    /// <summary>The work folder when none is given: the database's path with <c>.shards</c> appended
+    /// (<c>/data/scan.sqlite</c> → <c>/data/scan.sqlite.shards/</c>).</summary>
+    public static string DefaultWorkFolder(string database) => Path.GetFullPath(database) + ".shards";
 
     /// <summary>Options for sbatch given to both jobs, e.g. <c>--partition=gpu</c>, <c>--time=04:00:00</c>,
     /// <c>--cpus-per-task=8</c>, <c>--account=lab</c>.</summary>
@@ -84,8 +88,8 @@ public sealed partial class SlurmSubmit(IReadOnlyDictionary<string, string>? env
     {
         ArgumentNullException.ThrowIfNull(request);
         Validate(request);
-        string work = Path.GetFullPath(request.WorkFolder);
         string database = Path.GetFullPath(request.Database);
+        string work = Path.GetFullPath(request.WorkFolder ?? SlurmScanRequest.DefaultWorkFolder(database));
         var jobs0 = new SlurmScanJobs("", "", request.Shards, work, database);
         Directory.CreateDirectory(jobs0.LogFolder);
         string scanScript = WriteScript(work, "scan.sbatch");
@@ -206,6 +210,36 @@ public sealed partial class SlurmSubmit(IReadOnlyDictionary<string, string>? env
         return [processPath, entryAssembly];
     }
 
+    /// <summary>
+    /// A command line without some of its options, for forwarding the rest: <c>scan --slurm 4 --wait --db F ...</c>
+    /// gives the arguments each shard's <c>featurelens scan</c> gets. Removes each option in
+    /// <paramref name="withValue"/> with its value (<c>--db F</c>, <c>--db=F</c>, <c>--db:F</c>) and each flag in
+    /// <paramref name="flags"/>; everything else stays, in order.
+    /// </summary>
+    public static IReadOnlyList<string> WithoutOptions(IReadOnlyList<string> args, IEnumerable<string> withValue, IEnumerable<string> flags)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        var valued = withValue.ToHashSet(StringComparer.Ordinal);
+        var flagSet = flags.ToHashSet(StringComparer.Ordinal);
+        var kept = new List<string>(args.Count);
+        for (int i = 0; i < args.Count; i++)
+        {
+            string a = args[i];
+            int sep = a.IndexOfAny(['=', ':']);
+            string name = sep > 0 ? a[..sep] : a;
+            if (flagSet.Contains(a) || (sep > 0 && flagSet.Contains(name))) continue;
+            if (valued.Contains(a))
+            {
+                if (i + 1 >= args.Count) throw new ArgumentException($"{a} needs a value");
+                i++;
+                continue;
+            }
+            if (sep > 0 && valued.Contains(name)) continue;
+            kept.Add(a);
+        }
+        return kept;
+    }
+
     /// <summary>The text of an embedded script (<c>scan.sbatch</c> or <c>merge.sbatch</c>), as in scripts/slurm/.</summary>
     public static string ScriptText(string name)
     {
@@ -227,8 +261,8 @@ public sealed partial class SlurmSubmit(IReadOnlyDictionary<string, string>? env
             if (a is "--shard" or "--db" || a.StartsWith("--shard=", StringComparison.Ordinal) || a.StartsWith("--db=", StringComparison.Ordinal))
                 throw new ArgumentException($"the scan arguments must not contain {a}: each shard's task sets its own --shard I/N and --db (the merged database is the request's Database)", nameof(r));
         if (string.IsNullOrWhiteSpace(r.Database)) throw new ArgumentException("the merged database path (--db) is empty", nameof(r));
-        if (string.IsNullOrWhiteSpace(r.WorkFolder)) throw new ArgumentException("the work folder is empty: give a folder every node sees", nameof(r));
-        string work = Path.GetFullPath(r.WorkFolder), db = Path.GetFullPath(r.Database);
+        if (r.WorkFolder is not null && string.IsNullOrWhiteSpace(r.WorkFolder)) throw new ArgumentException("the work folder is empty: give a folder every node sees", nameof(r));
+        string db = Path.GetFullPath(r.Database), work = Path.GetFullPath(r.WorkFolder ?? SlurmScanRequest.DefaultWorkFolder(db));
         if (Path.GetDirectoryName(db) == work && ShardName().IsMatch(Path.GetFileName(db)))
             throw new ArgumentException($"the merged database {db} would be overwritten by a shard: choose another name or folder", nameof(r));
     }

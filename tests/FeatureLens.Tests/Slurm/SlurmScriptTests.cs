@@ -146,6 +146,15 @@ public class SlurmScriptTests
     }
 
     [Fact]
+    public void The_scan_arguments_to_forward_are_the_command_line_without_the_Slurm_options()
+    {
+        string[] args = ["--model", "m m", "--slurm", "4", "--sae", "a", "--wait", "--db=out.sqlite", "--sae", "b", "--sbatch:--time=1:00", "--corpus", "c:d", "--db", "x"];
+        Assert.Equal(["--model", "m m", "--sae", "a", "--sae", "b", "--corpus", "c:d"], SlurmSubmit.WithoutOptions(args, ["--slurm", "--db", "--sbatch"], ["--wait"]));
+        Assert.Contains("--db needs a value", Assert.Throws<ArgumentException>(() => SlurmSubmit.WithoutOptions(["--model", "m", "--db"], ["--db"], [])).Message, StringComparison.Ordinal);
+        Assert.Equal(Path.GetFullPath("x/scan.sqlite") + ".shards", SlurmScanRequest.DefaultWorkFolder("x/scan.sqlite"));
+    }
+
+    [Fact]
     public void The_featurelens_command_of_a_process_is_its_apphost_or_dotnet_and_its_dll()
     {
         Assert.Equal(["/opt/fl/featurelens"], SlurmSubmit.CommandOf("/opt/fl/featurelens", "/opt/fl/featurelens.dll"));

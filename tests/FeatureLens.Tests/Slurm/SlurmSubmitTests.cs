@@ -144,14 +144,14 @@ public class SlurmSubmitTests(SlurmCluster cluster)
         var rng = new Random(seed);
         int n = rng.Next(2, 4), bad = rng.Next(n);
         using var tmp = new TempDir();
-        string work = Path.Combine(tmp.Path, "work");
         string db = Path.Combine(tmp.Path, "merged.sqlite");
         var env = new Dictionary<string, string>(cluster.Environment) { ["FAKE_FAIL_SHARD"] = $"{bad}/{n}" };
         var slurm = new SlurmSubmit(env);
         var jobs = slurm.Submit(new SlurmScanRequest
         {
-            FeatureLens = WriteFake(tmp.Path), ScanArguments = AwkwardScanArguments(rng, tmp.Path), Shards = n, Database = db, WorkFolder = work,
+            FeatureLens = WriteFake(tmp.Path), ScanArguments = AwkwardScanArguments(rng, tmp.Path), Shards = n, Database = db,
         });
+        Assert.Equal(db + ".shards", jobs.WorkFolder); // the default work folder
         string ctx = $"seed {seed}: {n} shards, shard {bad} fails; scan job {jobs.ScanJobId}, merge job {jobs.MergeJobId}";
         var e = Assert.Throws<InvalidOperationException>(() => slurm.Wait(jobs, TimeSpan.FromSeconds(120), TimeSpan.FromMilliseconds(250)));
         Assert.Contains($"shard {bad}: FAILED (exit code 3:0; log {jobs.ScanLog(bad)})", e.Message, StringComparison.Ordinal);
