@@ -10,6 +10,8 @@ if [[ $(id -u) -eq 0 ]]; then
   missing=()
   /usr/bin/python3 -c 'import torch' 2>/dev/null || missing+=(python3-torch)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  # slurm-wlm, munge: the single-node Slurm cluster of the sharded-scan tests (tests/FeatureLens.Tests/Slurm)
+  [[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd && -x /usr/bin/sbatch && -x /usr/sbin/munged ]] || missing+=(slurm-wlm munge)
   if (( ${#missing[@]} )); then
     apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
   fi
