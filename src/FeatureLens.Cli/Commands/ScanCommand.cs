@@ -23,12 +23,19 @@ internal static class ScanCommand
         var shard = new Option<string?>("--shard") { Description = "Scan only shard I/N: every N-th block starting at block I (merge the N shard databases with featurelens merge)" };
         var labels = TrackCommand.LabelsOption();
         var labelPrompts = new Option<string?>("--label-prompts") { Description = "Compute labels from labelled prompts (JSONL {\"text\", \"label\"}) and store them with the features" };
+        var slurm = new Option<int?>("--slurm") { Description = "Submit the scan to Slurm as N shards (a job array of scripts/slurm/scan.sbatch) and a dependent merge into --db" };
+        var slurmWork = new Option<string?>("--slurm-work") { Description = "With --slurm: the folder for shard databases and logs, on a file system every node sees (default: DB.shards)" };
+        var sbatch = new Option<string[]>("--sbatch") { Description = "With --slurm: an extra sbatch option for both jobs (e.g. --sbatch=--partition=cpu); repeat for several" };
+        var wait = new Option<bool>("--wait") { Description = "With --slurm: wait until the merge has finished (and fail if a shard fails)" };
         var cmd = new Command("scan", "Scan a corpus with a model and SAEs into a SQLite feature database: per feature its frequency, max, means, histogram, top and quantile examples, logit lens, correlated partners and labels")
         {
-            model, tokenizer, sae, corpus, db, tokens, context, batch, top, partnerTokens, shard, labels, labelPrompts,
+            model, tokenizer, sae, corpus, db, tokens, context, batch, top, partnerTokens, shard, labels, labelPrompts, slurm, slurmWork, sbatch, wait,
         };
         cmd.SetAction(r =>
         {
+            if (r.GetValue(slurm) is int n) return SubmitToSlurm(n, r.GetValue(db)!, r.GetValue(slurmWork), r.GetValue(sbatch) ?? [], r.GetValue(wait), r.GetValue(shard));
+            if (r.GetValue(wait) || r.GetValue(slurmWork) != null || (r.GetValue(sbatch)?.Length ?? 0) > 0)
+                throw new ArgumentException("--wait, --slurm-work and --sbatch go with --slurm N");
             using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
             var saePaths = r.GetValue(sae)!;
             var set = new SaeSet(m, SaeCommand.LoadSaes(saePaths));
@@ -69,6 +76,27 @@ internal static class ScanCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>scan --slurm N: forwards this command line (less the Slurm options and --db) to N shard jobs and a merge job.</summary>
+    static int SubmitToSlurm(int n, string db, string? work, string[] sbatchOptions, bool wait, string? shard)
+    {
+        if (shard != null) throw new ArgumentException("--slurm and --shard: Slurm assigns the shards; give --slurm N alone");
+        var args = Environment.GetCommandLineArgs();
+        int at = Array.IndexOf(args, "scan");
+        if (at < 0) throw new InvalidOperationException("cannot find the scan arguments on this command line");
+        var scanArgs = SlurmSubmit.WithoutOptions(args[(at + 1)..], ["--slurm", "--db", "--slurm-work", "--sbatch"], ["--wait"]);
+        var slurm = new SlurmSubmit();
+        var jobs = slurm.Submit(new SlurmScanRequest
+        {
+            FeatureLens = SlurmSubmit.CommandOfThisProcess(), ScanArguments = scanArgs, Shards = n, Database = Path.GetFullPath(db),
+            WorkFolder = work == null ? null : Path.GetFullPath(work), SbatchOptions = sbatchOptions,
+        });
+        AnsiConsole.MarkupLine($"submitted scan array {jobs.ScanJobId} ({n} shards) and merge job {jobs.MergeJobId}; shards and logs in {jobs.WorkFolder.EscapeMarkup()}");
+        if (!wait) return 0;
+        slurm.Wait(jobs, Timeout.InfiniteTimeSpan, progress: msg => AnsiConsole.MarkupLine(msg.EscapeMarkup()));
+        AnsiConsole.MarkupLine($"merged → {jobs.Database.EscapeMarkup()}");
+        return 0;
     }
 
     public static Command Merge()

@@ -150,7 +150,7 @@ public sealed partial class SlurmSubmit(IReadOnlyDictionary<string, string>? env
     /// <see cref="TimeoutException"/> after <paramref name="timeout"/> (the jobs keep running).
     /// </summary>
     /// <param name="jobs">What <see cref="Submit"/> returned.</param>
-    /// <param name="timeout">How long to wait for the merge to complete.</param>
+    /// <param name="timeout">How long to wait for the merge to complete (<see cref="Timeout.InfiniteTimeSpan"/>: as long as it takes).</param>
     /// <param name="pollInterval">The time between two looks at the jobs (default 1 s).</param>
     /// <param name="progress">Called with a one-line summary whenever it changes ("scan 2/4 shards done, merge PENDING").</param>
     /// <param name="cancellation">Stops the waiting (not the jobs).</param>
@@ -183,7 +183,7 @@ public sealed partial class SlurmSubmit(IReadOnlyDictionary<string, string>? env
             int done = scan.Count(t => t.Completed && t.ArrayTaskId is not null);
             string status = $"scan {done}/{jobs.Shards} shards done, merge {m.State}";
             if (status != last) { progress?.Invoke(status); last = status; }
-            if (clock.Elapsed > timeout)
+            if (timeout != Timeout.InfiniteTimeSpan && clock.Elapsed > timeout)
                 throw new TimeoutException($"the Slurm scan did not finish within {timeout.TotalSeconds.ToString("0", CultureInfo.InvariantCulture)} s ({status}); jobs {jobs.ScanJobId} (scan) and {jobs.MergeJobId} (merge) keep running");
             cancellation.WaitHandle.WaitOne(poll);
             cancellation.ThrowIfCancellationRequested();
