@@ -65,7 +65,7 @@ internal static class ScanCommand
                     {
                         task.Description = $"{x.Stage}{(spec.Count > 1 ? $" (shard {spec})" : "")}: {x.TokensDone:N0} tokens";
                         if (x.BlocksOwned is long total && total > 0) { task.MaxValue = total; task.Value = Math.Min(x.BlocksDone, total); }
-                    }));
+                    }), asShard: r.GetValue(shard) != null);
                     task.Value = task.MaxValue;
                 });
             watch.Stop();

@@ -21,10 +21,16 @@ public sealed record ScanSummary(string Path, long Tokens, long Blocks, long Win
 /// </summary>
 public static class CorpusScan
 {
-    /// <summary>Runs (or resumes) a scan; <paramref name="labels"/> are stored with the features when given.</summary>
+    /// <summary>
+    /// Runs (or resumes) a scan; <paramref name="labels"/> are stored with the features when given. A whole scan
+    /// (<see cref="ShardSpec.All"/>, <paramref name="asShard"/> false) is finished for dashboards; a shard (any other
+    /// spec, or 0/1 with <paramref name="asShard"/>) keeps its raw tables for <see cref="DatabaseMerge"/>.
+    /// </summary>
     public static ScanSummary Run(SaeSet set, IReadOnlyList<string> saePaths, IReadOnlyList<string> corpus, ScanSettings settings, ShardSpec shard,
-        string dbPath, FeatureLabelLookup? labels = null, IProgress<ScanProgress>? progress = null, CancellationToken cancel = default)
+        string dbPath, FeatureLabelLookup? labels = null, IProgress<ScanProgress>? progress = null, bool asShard = false, CancellationToken cancel = default)
     {
+        bool whole = shard.Count == 1 && !asShard;
+        string shardName = whole ? "all" : shard.ToString();
         settings.Validate();
         if (corpus.Count == 0) throw new ArgumentException("--corpus: give at least one corpus file");
         foreach (var f in corpus) if (!File.Exists(f)) throw new FileNotFoundException($"corpus file not found: {f}");
@@ -42,7 +48,7 @@ public static class CorpusScan
             using var existing = FeatureDatabase.OpenChecked(full, readOnly: true);
             var id = FeatureDatabase.Identity(existing, full);
             string? theirShard = FeatureDatabase.Meta(existing, "shard");
-            if (id.Id == identity.Id && theirShard == shard.ToString() && FeatureDatabase.Meta(existing, "status") == "complete")
+            if (id.Id == identity.Id && theirShard == shardName && FeatureDatabase.Meta(existing, "status") == "complete")
                 return new ScanSummary(full, long.Parse(FeatureDatabase.NeedMeta(existing, "tokens", full), CultureInfo.InvariantCulture), 0, 0, true, false);
             throw new IOException($"{full} already exists and holds {(id.Id == identity.Id ? $"shard {theirShard} of this scan" : $"another scan (it differs in {id.Describe(identity)})")}; remove it or choose another --db");
         }
@@ -64,18 +70,18 @@ public static class CorpusScan
                 db.Dispose();
                 throw new InvalidDataException($"{partial}: an interrupted scan of something else (it differs in {id.Describe(identity)}); remove it to start this scan");
             }
-            if (FeatureDatabase.Meta(db, "shard") != shard.ToString())
+            if (FeatureDatabase.Meta(db, "shard") != shardName)
             {
                 string other = FeatureDatabase.Meta(db, "shard") ?? "?";
                 db.Dispose();
-                throw new InvalidDataException($"{partial}: an interrupted scan of shard {other}, not {shard}; remove it or pass --shard {other}");
+                throw new InvalidDataException($"{partial}: an interrupted scan of {(other == "all" ? "the whole corpus" : $"shard {other}")}, not {(whole ? "the whole corpus" : $"shard {shard}")}; remove it or {(other == "all" ? "drop --shard" : $"pass --shard {other}")}");
             }
             tokens = LoadState(db, partial, acc, doneBlocks);
         }
         else
         {
             db = FeatureDatabase.Create(partial);
-            WriteHeader(db, set, saePaths, corpus, settings, shard, identity, labels);
+            WriteHeader(db, set, saePaths, corpus, settings, shardName, identity, labels);
         }
 
         try
@@ -118,7 +124,7 @@ public static class CorpusScan
             }
             progress?.Report(new ScanProgress(doneNow, OwnedBlocks(block, shard), tokens, "logit lens"));
             WriteLogitLens(db, set, settings, shard, cancel);
-            if (shard.Count == 1)
+            if (whole)
             {
                 progress?.Report(new ScanProgress(doneNow, doneNow, tokens, "partners"));
                 ScanFinalize.Run(db, set.Saes.Select(s => s.DSae).ToArray(), settings, partial);
@@ -144,7 +150,7 @@ public static class CorpusScan
     static long OwnedBlocks(long blocks, ShardSpec shard) => blocks <= shard.Index ? 0 : (blocks - shard.Index + shard.Count - 1) / shard.Count;
 
     static void WriteHeader(SqliteConnection db, SaeSet set, IReadOnlyList<string> saePaths, IReadOnlyList<string> corpus, ScanSettings settings,
-        ShardSpec shard, ScanIdentity identity, FeatureLabelLookup? labels)
+        string shard, ScanIdentity identity, FeatureLabelLookup? labels)
     {
         using var tx = db.BeginTransaction();
         void Meta(string k, string v) => FeatureDatabase.SetMeta(db, tx, k, v);
@@ -152,7 +158,7 @@ public static class CorpusScan
         Meta("version", FeatureDatabase.Version.ToString(CultureInfo.InvariantCulture));
         Meta("identity", identity.ToJson().ToJsonString());
         Meta("id", identity.Id);
-        Meta("shard", shard.ToString());
+        Meta("shard", shard);
         Meta("status", "scanning");
         Meta("tokens", "0");
         Meta("settings", settings.ToJson().ToJsonString());

@@ -35,7 +35,10 @@ public static class DatabaseMerge
             var id = FeatureDatabase.Identity(db, p);
             if (identity == null) { identity = id; firstPath = p; }
             else if (id.Id != identity.Id) throw new InvalidDataException($"{p} and {firstPath} are shards of different scans: they differ in {id.Describe(identity)}");
-            var shard = ShardSpec.Parse(FeatureDatabase.NeedMeta(db, "shard", p));
+            string shardText = FeatureDatabase.NeedMeta(db, "shard", p);
+            if (shardText == "all" || FeatureDatabase.Meta(db, "finalized") == "true")
+                throw new InvalidDataException($"{p}: a finished scan, not a shard (shards are written by featurelens scan --shard I/N)");
+            var shard = ShardSpec.Parse(shardText);
             if (N < 0) N = shard.Count;
             else if (shard.Count != N) throw new InvalidDataException($"{p}: shard {shard} of a {shard.Count}-way scan, but {firstPath} is of a {N}-way scan");
             if (seen.TryGetValue(shard.Index, out var other)) throw new InvalidDataException($"{p} and {other} are both shard {shard}");
@@ -62,7 +65,7 @@ public static class DatabaseMerge
                     INSERT INTO meta SELECT key, value FROM s.meta WHERE key NOT IN ('shard', 'status', 'tokens');
                     INSERT INTO saes SELECT * FROM s.saes; INSERT INTO vocab SELECT * FROM s.vocab; INSERT INTO labels SELECT * FROM s.labels;
                     """, tx);
-                FeatureDatabase.SetMeta(outDb, tx, "shard", "0/1");
+                FeatureDatabase.SetMeta(outDb, tx, "shard", "all");
                 FeatureDatabase.SetMeta(outDb, tx, "status", "merging");
                 FeatureDatabase.SetMeta(outDb, tx, "merged_from", N.ToString(CultureInfo.InvariantCulture));
                 tx.Commit();

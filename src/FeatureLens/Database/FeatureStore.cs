@@ -107,7 +107,9 @@ public sealed class FeatureStore : IDisposable
         Meta = meta;
         if (meta.GetValueOrDefault("status") != "complete")
             throw new InvalidDataException($"{path}: the scan is not complete (status '{meta.GetValueOrDefault("status")}'); run featurelens scan again to resume it");
-        if (meta.GetValueOrDefault("shard") is { } sh && sh != "0/1")
+        if (meta.GetValueOrDefault("finalized") != "true" && meta.GetValueOrDefault("shard") == "all")
+            throw new InvalidDataException($"{path}: the scan's feature tables were never computed (meta 'finalized' missing)");
+        if (meta.GetValueOrDefault("shard") is { } sh && sh != "all")
             throw new InvalidDataException($"{path}: shard {sh} of a sharded scan; merge the shards first (featurelens merge --out F.sqlite SHARDS...)");
         Settings = ScanSettings.FromJson(JsonNode.Parse(meta.GetValueOrDefault("settings") ?? "null") ?? throw new InvalidDataException($"{path}: meta 'settings' is missing"), path);
         Tokens = long.Parse(meta.GetValueOrDefault("tokens") ?? throw new InvalidDataException($"{path}: meta 'tokens' is missing"), CultureInfo.InvariantCulture);

@@ -12,6 +12,7 @@ internal static class ScanFinalize
 {
     public static void Run(SqliteConnection db, int[] dSae, ScanSettings settings, string path)
     {
+        if (FeatureDatabase.Meta(db, "finalized") == "true") return; // done before an interruption (the sample is gone)
         int S = dSae.Length;
         var offset = new long[S + 1];
         for (int s = 0; s < S; s++) offset[s + 1] = offset[s] + dSae[s];
@@ -85,7 +86,11 @@ internal static class ScanFinalize
             foreach (var (s, f, id) in rows) { pt.Value = id; ps.Value = s; pf.Value = f; ins.ExecuteNonQuery(); }
         }
         FeatureDatabase.Exec(db, "INSERT INTO label_search(label, sae, feature) SELECT label, sae, feature FROM labels ORDER BY sae, feature", tx);
+        // the partner sample has served its purpose (a finished database is not merged again): most of the file's size
+        FeatureDatabase.Exec(db, "DELETE FROM sample", tx);
+        FeatureDatabase.SetMeta(db, tx, "finalized", "true");
         tx.Commit();
+        FeatureDatabase.Exec(db, "VACUUM");
     }
 
     static int SaeOf(long[] offset, long g)

@@ -30,7 +30,7 @@ public class ScanShardTests
             for (int i = 0; i < n; i++)
             {
                 string p = tmp.File($"s{n}-{i}.sqlite");
-                CorpusScan.Run(set, [], [corpus], settings, new ShardSpec(i, n), p);
+                CorpusScan.Run(set, [], [corpus], settings, new ShardSpec(i, n), p, asShard: true);
                 shards.Add(p);
             }
             // any order of the inputs
