@@ -228,10 +228,13 @@ public static class GraphInterventions
             if (s >= 0) values.Features[s] = e.Value;
             else
             {
-                // not a node: decoding it would add Value·direction to mlp_out at (layer, pos), as the error input does
-                var dir = rm.DecoderDirection(e.Layer, e.Latent);
-                var err = values.Errors[e.Layer].AsSpan(e.Pos * C, C);
-                TensorPrimitives.MultiplyAdd(dir, e.Value, err, err);
+                // not a node: decoding it would add Value·direction to mlp_out at (layer, pos) of every layer it writes, as the
+                // error inputs there do
+                foreach (var (layer, dir) in rm.DecoderWrites(e.Layer, e.Latent))
+                {
+                    var err = values.Errors[layer].AsSpan(e.Pos * C, C);
+                    TensorPrimitives.MultiplyAdd(dir, e.Value, err, err);
+                }
             }
         }
         return rm.RunFrozen(values);
