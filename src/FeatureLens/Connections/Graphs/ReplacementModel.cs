@@ -183,6 +183,18 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             throw new ArgumentException($"the model has {model.Splices.Count} attached splice(s); detach them (ResetSplices) before building a replacement model, whose clean run must be the model's own");
     }
 
+    /// <summary>
+    /// A set of per-layer transcoders (any order) as the <see cref="CrossLayerTranscoder"/> whose decoders reach only their own
+    /// layer, after the checks of <see cref="Build(HookedTransformer, IReadOnlyList{Sae}, int[])"/> (one per layer of
+    /// <paramref name="model"/>, at a supported hook, widths d_model).
+    /// </summary>
+    public static CrossLayerTranscoder OrderByLayer(HookedTransformer model, IReadOnlyList<Sae> transcoders)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(transcoders);
+        return CrossLayerTranscoder.FromPerLayer(AssignTranscoders(model, transcoders).Item1);
+    }
+
     /// <summary>Checks the transcoders (one per layer, at a supported hook, widths d_model) and orders them by layer.</summary>
     static (Sae[], TranscoderInput[]) AssignTranscoders(HookedTransformer model, IReadOnlyList<Sae> transcoders)
     {
