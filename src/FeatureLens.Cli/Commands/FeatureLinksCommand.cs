@@ -57,8 +57,8 @@ internal static class FeatureLinksCommand
                 set = ReadPrompts(promptsPath, m, bos);
             }
             else set = [o.Prompt(r, m)];
-            var tcs = o.LoadTranscoders(r);
-            var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, new SaeSet(m, tcs)) : null;
+            var tcs = o.LoadTranscoders(r, m);
+            var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, new SaeSet(m, tcs.Layers)) : null;
             string? corpusPath = r.GetValue(corpus);
             if (corpusPath != null && !File.Exists(corpusPath)) throw new FileNotFoundException($"--corpus {corpusPath}: no such file");
 

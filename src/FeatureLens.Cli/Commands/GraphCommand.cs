@@ -43,8 +43,8 @@ internal static class GraphCommand
             if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"{output}: the folder {dir} does not exist");
             using var m = o.LoadModel(r);
             int[] prompt = o.Prompt(r, m);
-            var tcs = o.LoadTranscoders(r);
-            var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, new SaeSet(m, tcs)) : null;
+            var tcs = o.LoadTranscoders(r, m);
+            var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, new SaeSet(m, tcs.Layers)) : null;
 
             GraphRunResult result = null!;
             AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())

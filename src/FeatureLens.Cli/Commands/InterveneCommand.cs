@@ -45,7 +45,7 @@ internal static class InterveneCommand
             using var m = o.LoadModel(r);
             int[] prompt = o.Prompt(r, m);
             var watched = (r.GetValue(logit) ?? []).Select(t => ParseToken(m, t)).ToList();
-            var tcs = o.LoadTranscoders(r);
+            var tcs = o.LoadTranscoders(r, m);
 
             var rm = ReplacementModel.Build(m, tcs, prompt);
             var result = GraphInterventions.Run(m, rm, edits);

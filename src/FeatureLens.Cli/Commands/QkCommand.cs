@@ -42,7 +42,7 @@ internal static class QkCommand
             int L = r.GetValue(layer), H = r.GetValue(head);
             if (L < 0 || L >= m.Config.NLayers) throw new ArgumentException($"--layer {L}: the model has layers 0–{m.Config.NLayers - 1}");
             if (H < 0 || H >= m.Config.NHeads) throw new ArgumentException($"--head {H}: the model has heads 0–{m.Config.NHeads - 1}");
-            var rm = ReplacementModel.Build(m, o.LoadTranscoders(r), prompt);
+            var rm = ReplacementModel.Build(m, o.LoadTranscoders(r, m), prompt);
             var qk = rm.AttributeScore(L, H, q, k);
             var report = Summarise(qk, rm.Config.NLayers, n);
             Print(report, m.Tokenizer is { } tok ? i => tok.TokenText(prompt[i]) : i => prompt[i].ToString(CultureInfo.InvariantCulture));

@@ -105,7 +105,8 @@ public class CircuitTracerFormatTests
         Assert.Contains("hook_banana", e.Message, StringComparison.Ordinal);
         File.WriteAllText(cfg, text.Replace("transcoder_set", "cross_layer_transcoder", StringComparison.Ordinal));
         e = Assert.Throws<InvalidDataException>(() => SaeLoader.LoadAll(dir.Path));
-        Assert.Contains("cross_layer_transcoder is not supported", e.Message, StringComparison.Ordinal);
+        Assert.Contains("cross_layer_transcoder: each CLT feature writes to every later layer", e.Message, StringComparison.Ordinal);
+        Assert.Contains("LoadCrossLayer", e.Message, StringComparison.Ordinal);
         File.WriteAllText(cfg, text.Replace("feature_output_hook", "feature_out", StringComparison.Ordinal));
         e = Assert.Throws<InvalidDataException>(() => SaeLoader.LoadAll(dir.Path));
         Assert.Contains("'feature_output_hook' is missing", e.Message, StringComparison.Ordinal);

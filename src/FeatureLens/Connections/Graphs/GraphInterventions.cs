@@ -179,7 +179,7 @@ public static class GraphInterventions
 
         var frozen = RunReplacement(rm, edits);
         var linear = LinearLogits(model, rm, edits, baseline, out _);
-        var real = RunReal(model, rm.Transcoders, tokens, edits);
+        var real = RunReal(model, rm.Transcoder, tokens, edits);
 
         // graph logit nodes: Σ over active edits of Δa/a·A[logit, s] from the graph's rows, plus the inactive edits' part of the
         // linear prediction (their Δlogit minus its mean: a logit node's input is the logit minus the mean logit)
@@ -228,10 +228,13 @@ public static class GraphInterventions
             if (s >= 0) values.Features[s] = e.Value;
             else
             {
-                // not a node: decoding it would add Value·direction to mlp_out at (layer, pos), as the error input does
-                var dir = rm.DecoderDirection(e.Layer, e.Latent);
-                var err = values.Errors[e.Layer].AsSpan(e.Pos * C, C);
-                TensorPrimitives.MultiplyAdd(dir, e.Value, err, err);
+                // not a node: decoding it would add Value·direction to mlp_out at (layer, pos) of every layer it writes, as the
+                // error inputs there do
+                foreach (var (layer, dir) in rm.DecoderWrites(e.Layer, e.Latent))
+                {
+                    var err = values.Errors[layer].AsSpan(e.Pos * C, C);
+                    TensorPrimitives.MultiplyAdd(dir, e.Value, err, err);
+                }
             }
         }
         return rm.RunFrozen(values);
@@ -273,30 +276,68 @@ public static class GraphInterventions
 
     /// <summary>
     /// The real model on <paramref name="tokens"/> with every transcoder (one per layer, in layer order, as
-    /// <see cref="ReplacementModel.Transcoders"/>) spliced with its error term and the edited latents set
-    /// at <c>{input hook}.hook_sae_acts_post</c>: the logits (V) at the last position.
+    /// <see cref="ReplacementModel.Transcoders"/>) spliced with its error term and the edited latents set: the logits (V) at the
+    /// last position. See the <see cref="CrossLayerTranscoder"/> overload.
     /// </summary>
     public static float[] RunReal(HookedTransformer model, IReadOnlyList<Sae> transcoders, int[] tokens, IReadOnlyList<ResolvedIntervention> edits)
     {
-        ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(transcoders);
+        return RunReal(model, CrossLayerTranscoder.FromPerLayer(transcoders), tokens, edits);
+    }
+
+    /// <summary>
+    /// The real model on <paramref name="tokens"/> with the transcoder spliced with its error term (so unedited it is the model)
+    /// and the edited latents set: each MLP output is the model's own plus, for every edit reaching that layer, (value − the
+    /// latent's activation in this run)·its decoder direction into the layer — exactly what decoding the edited activations and
+    /// adding the error term (true output − unedited reconstruction) gives. The latent's activation is encoded from its layer's
+    /// input in this run, so edits upstream move it; every MLP downstream is recomputed. The logits (V) at the last position.
+    /// </summary>
+    public static float[] RunReal(HookedTransformer model, CrossLayerTranscoder transcoder, int[] tokens, IReadOnlyList<ResolvedIntervention> edits)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(transcoder);
         ArgumentNullException.ThrowIfNull(tokens);
         ArgumentNullException.ThrowIfNull(edits);
-        var splices = transcoders.Select(t => new SaeSplice(t, useErrorTerm: true)).ToList();
+        var delta = new float[edits.Count];
         var hooks = new List<(string, HookFunction)>();
-        for (int l = 0; l < transcoders.Count; l++)
+        // read: at the input hook of each edited layer, the edited latents' activations in this run
+        foreach (var group in edits.Select((e, k) => (e, k)).GroupBy(x => x.e.Layer))
         {
-            var mine = edits.Where(e => e.Layer == l).ToList();
-            if (mine.Count == 0) continue;
-            hooks.Add((splices[l].ActsPostHook, (act, _) =>
+            var sae = transcoder.Layers[group.Key];
+            var items = group.ToList();
+            hooks.Add((sae.Config.HookName, (act, _) =>
             {
-                int d = act.Shape[2];   // act is [1, T, d_sae]
-                foreach (var e in mine) act.Data[(long)e.Pos * d + e.Latent] = e.Value;
+                int d = act.Shape[2];   // act is [1, T, d_in]
+                var saeIn = new float[d]; var pre = new float[sae.DSae]; var a = new float[sae.DSae];
+                foreach (var (e, k) in items)
+                {
+                    sae.Preprocess(act.Data.AsSpan(e.Pos * d, d), saeIn, 1);
+                    sae.PreActivations(saeIn, pre, 1);
+                    sae.Activate(pre, a, 1);
+                    delta[k] = e.Value - a[e.Latent];
+                }
                 return null;
             }
             ));
         }
-        var logits = model.Run([tokens], new RunOptions { Splices = splices, Hooks = hooks })!;
+        // write: at each layer's MLP output, Σ over the edits reaching it of Δ·direction
+        var writes = edits.Select((e, k) => transcoder.DecoderWrites(e.Layer, e.Latent).Select(w => (w.Layer, w.Direction, Edit: k, e.Pos))).SelectMany(x => x).ToList();
+        foreach (var layerWrites in writes.GroupBy(w => w.Layer))
+        {
+            var items = layerWrites.ToList();
+            hooks.Add((transcoder.Layers[layerWrites.Key].Config.OutputHookName, (act, _) =>
+            {
+                int c = act.Shape[2];   // act is [1, T, d_model]
+                foreach (var w in items)
+                {
+                    var o = act.Data.AsSpan(w.Pos * c, c);
+                    TensorPrimitives.MultiplyAdd(w.Direction, delta[w.Edit], o, o);
+                }
+                return null;
+            }
+            ));
+        }
+        var logits = model.Run([tokens], new RunOptions { Hooks = hooks })!;
         int T = tokens.Length, V = model.Config.VocabSize;
         return new ReadOnlySpan<float>(logits.Data, (T - 1) * V, V).ToArray();
     }

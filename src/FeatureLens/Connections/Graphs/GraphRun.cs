@@ -5,7 +5,7 @@ using FeatureLens.Saes;
 
 namespace FeatureLens.Connections.Graphs;
 
-/// <summary>Options of <see cref="GraphRun.Compute"/> (the <c>featurelens graph</c> options).</summary>
+/// <summary>Options of <see cref="GraphRun"/>.Compute (the <c>featurelens graph</c> options).</summary>
 public sealed record GraphRunOptions
 {
     /// <summary><c>--max-feature-nodes</c>: the most feature nodes the graph holds (the most influential are kept).</summary>
@@ -42,13 +42,13 @@ public sealed class GraphRunResult
 
 /// <summary>
 /// The whole attribution-graph pipeline, as <c>featurelens graph</c> and the web app run it: the local replacement model
-/// of the prompt (<see cref="ReplacementModel.Build"/>), node selection by influence over its direct-effect rows
+/// of the prompt (<see cref="ReplacementModel.Build(HookedTransformer, CrossLayerTranscoder, int[])"/>), node selection by influence over its direct-effect rows
 /// (<see cref="GraphBuilder.Build"/>), pruning (<see cref="GraphPruning.Prune"/>, or <see cref="GraphPruning.Full"/>), and the
 /// JSON's metadata (token strings, transcoder list, labels as clerps).
 /// </summary>
 public static class GraphRun
 {
-    /// <summary>Builds the graph of <paramref name="tokens"/> (BOS included if the model expects it).</summary>
+    /// <summary>Builds the graph of <paramref name="tokens"/> (BOS included if the model expects it) with one transcoder per layer.</summary>
     public static GraphRunResult Compute(HookedTransformer model, IReadOnlyList<Sae> transcoders, int[] tokens, GraphRunOptions? options = null,
         FeatureLabelLookup? labels = null, string? slug = null, IReadOnlyList<string>? transcoderNames = null,
         IProgress<GraphBuildProgress>? progress = null, CancellationToken ct = default)
@@ -58,7 +58,25 @@ public static class GraphRun
         ArgumentNullException.ThrowIfNull(tokens);
         options ??= new GraphRunOptions();
         options.Check();
-        var replacement = ReplacementModel.Build(model, transcoders, tokens);
+        return Compute(model, ReplacementModel.Build(model, transcoders, tokens), tokens, options, labels, slug, transcoderNames, progress, ct);
+    }
+
+    /// <summary>Builds the graph of <paramref name="tokens"/> with a cross-layer transcoder (or a per-layer set as one).</summary>
+    public static GraphRunResult Compute(HookedTransformer model, CrossLayerTranscoder transcoder, int[] tokens, GraphRunOptions? options = null,
+        FeatureLabelLookup? labels = null, string? slug = null, IReadOnlyList<string>? transcoderNames = null,
+        IProgress<GraphBuildProgress>? progress = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(transcoder);
+        ArgumentNullException.ThrowIfNull(tokens);
+        options ??= new GraphRunOptions();
+        options.Check();
+        return Compute(model, ReplacementModel.Build(model, transcoder, tokens), tokens, options, labels, slug, transcoderNames, progress, ct);
+    }
+
+    static GraphRunResult Compute(HookedTransformer model, ReplacementModel replacement, int[] tokens, GraphRunOptions options,
+        FeatureLabelLookup? labels, string? slug, IReadOnlyList<string>? transcoderNames, IProgress<GraphBuildProgress>? progress, CancellationToken ct)
+    {
         var graph = GraphBuilder.Build(replacement, new GraphBuildOptions { MaxFeatureNodes = options.MaxFeatureNodes, BatchSize = options.BatchSize }, progress, ct);
         var pruned = options.Prune ? GraphPruning.Prune(graph, options.NodeThreshold, options.EdgeThreshold) : GraphPruning.Full(graph);
 

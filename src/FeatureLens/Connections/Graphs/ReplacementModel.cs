@@ -70,7 +70,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     readonly ModelConfig _cfg;
     readonly TransformerWeights _w;
     readonly Rope? _rope;
-    readonly Sae[] _tc;
+    readonly CrossLayerTranscoder _clt;
+    readonly Sae[] _tc;                  // _clt.Layers: layer l's encoder, its decoder into layer l, b_dec of layer l
     readonly TranscoderInput[] _input;
     readonly int _T, _C, _L;
     readonly bool _layerNorm;
@@ -88,8 +89,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     readonly int[] _featStart;           // (L·T + 1): feature sources of (l, p) are [_featStart[l·T+p], _featStart[l·T+p+1])
     readonly float[] _featureInputs;     // clean encoder pre-activation per feature source
     readonly Dictionary<GraphNode, int> _featureIndex = [];
-    // backward read-out per (l, p): rows a_j·W_dec_eff[j] for the active latents, then the error vector, then b_dec: (k+2, C)
+    // backward read-out per (l, p): rows a_s·W_dec(i → l)[s] for the active features s of every layer i ≤ l that writes layer l
+    // (their source indices in _readoutSources), then the error vector, then b_dec of layer l: (k+2, C)
     readonly float[][] _readout;
+    readonly int[][] _readoutSources;
     readonly List<GraphNode> _logits;
     readonly float[] _logitProbs, _logitInputs;
     readonly float[] _unembedMean;       // (C): the mean column of the unembedding
@@ -99,8 +102,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     public Tensor CleanLogits { get; }
     /// <summary>The prompt.</summary>
     public IReadOnlyList<int> Tokens => _tokens;
-    /// <summary>The transcoder of each layer.</summary>
+    /// <summary>The transcoder of each layer (for a cross-layer transcoder: layer l's encoder and its decoder into layer l).</summary>
     public IReadOnlyList<Sae> Transcoders => _tc;
+    /// <summary>The transcoders as a whole: a cross-layer transcoder, or the per-layer set as one whose decoders reach only their own layer.</summary>
+    public CrossLayerTranscoder Transcoder => _clt;
     /// <summary>How many of <see cref="Sources"/> are features (they come first).</summary>
     public int FeatureCount => _nFeatures;
     public ModelConfig Config => _cfg;
@@ -137,42 +142,71 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(transcoders);
+        CheckPrompt(model, tokens);
+        var (tc, input) = AssignTranscoders(model, transcoders);
+        return new ReplacementModel(model, CrossLayerTranscoder.FromPerLayer(tc), input, tokens);
+    }
+
+    /// <summary>
+    /// Builds the replacement model from a cross-layer transcoder (<see cref="Saes.Formats.CircuitTracerFormat.LoadCrossLayer"/>):
+    /// every MLP output replaced by the CLT's reconstruction of it plus an error node; the features of layer i read layer i's MLP
+    /// input and write every layer j ≥ i. A set of per-layer transcoders as <see cref="CrossLayerTranscoder.FromPerLayer"/> gives the
+    /// same model as the other overload.
+    /// </summary>
+    public static ReplacementModel Build(HookedTransformer model, CrossLayerTranscoder transcoder, int[] tokens)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(transcoder);
+        CheckPrompt(model, tokens);
+        int L = model.Config.NLayers;
+        string name = transcoder.SourcePath ?? "the cross-layer transcoder";
+        if (transcoder.NLayers != L)
+            throw new ArgumentException($"{name} has {transcoder.NLayers} layers but the model has {L} (the replacement model needs one transcoder layer per model layer)");
+        var input = new TranscoderInput[L];
+        for (int i = 0; i < L; i++)
+        {
+            var sae = transcoder.Layers[i];
+            var (layer, kind) = CheckTranscoder(model, sae, $"layer {i} of {name} (hook '{sae.Config.HookName}')");
+            if (layer != i) throw new ArgumentException($"layer {i} of {name} reads '{sae.Config.HookName}', a hook of layer {layer}");
+            input[i] = kind;
+        }
+        return new ReplacementModel(model, transcoder, input, tokens);
+    }
+
+    static void CheckPrompt(HookedTransformer model, int[] tokens)
+    {
         if (tokens is null || tokens.Length == 0) throw new ArgumentException("the prompt is empty: an attribution graph needs at least one token", nameof(tokens));
         if (tokens.Length > model.Config.NCtx)
             throw new ArgumentException($"the prompt has {tokens.Length} tokens but the model's context is {model.Config.NCtx} positions", nameof(tokens));
         model.ValidateTokens([tokens]);
         if (model.Splices.Count > 0)
             throw new ArgumentException($"the model has {model.Splices.Count} attached splice(s); detach them (ResetSplices) before building a replacement model, whose clean run must be the model's own");
-        var (tc, input) = AssignTranscoders(model, transcoders);
-        return new ReplacementModel(model, tc, input, tokens);
+    }
+
+    /// <summary>
+    /// A set of per-layer transcoders (any order) as the <see cref="CrossLayerTranscoder"/> whose decoders reach only their own
+    /// layer, after the checks of <see cref="Build(HookedTransformer, IReadOnlyList{Sae}, int[])"/> (one per layer of
+    /// <paramref name="model"/>, at a supported hook, widths d_model).
+    /// </summary>
+    public static CrossLayerTranscoder OrderByLayer(HookedTransformer model, IReadOnlyList<Sae> transcoders)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(transcoders);
+        return CrossLayerTranscoder.FromPerLayer(AssignTranscoders(model, transcoders).Item1);
     }
 
     /// <summary>Checks the transcoders (one per layer, at a supported hook, widths d_model) and orders them by layer.</summary>
     static (Sae[], TranscoderInput[]) AssignTranscoders(HookedTransformer model, IReadOnlyList<Sae> transcoders)
     {
-        var cfg = model.Config;
-        int L = cfg.NLayers, C = cfg.DModel;
+        int L = model.Config.NLayers;
         var tc = new Sae[L];
         var input = new TranscoderInput[L];
         var origin = new int[L];
         for (int i = 0; i < transcoders.Count; i++)
         {
             var sae = transcoders[i] ?? throw new ArgumentException($"transcoder {i} is null");
-            var c = sae.Config;
-            string who = $"transcoder {i} ({sae.SourcePath ?? SaeConfig.ArchitectureName(c.Architecture)}, hook '{c.HookName}')";
-            if (!c.IsTranscoder)
-                throw new ArgumentException($"{who}: architecture '{SaeConfig.ArchitectureName(c.Architecture)}' is not a transcoder (an attribution graph replaces each MLP with a transcoder reading the MLP's input and writing blocks.L.hook_mlp_out)");
-            if (c.Metadata.HookHeadIndex is not null) throw new ArgumentException($"{who}: reads one attention head (hook_head_index), not an MLP input");
-            if (c.Normalization is ActivationNormalization.ConstantNormRescale or ActivationNormalization.LayerNorm)
-                throw new ArgumentException($"{who}: input normalisation '{SaeConfig.NormalizationName(c.Normalization)}' depends on the input's norm, so the encoder is not linear in the residual stream; the replacement model needs normalize_activations 'none'");
-            if (c.Architecture == SaeArchitecture.Gated)
-                throw new ArgumentException($"{who}: gated encoders have no single pre-activation");
-            var (layer, kind) = ParseInputHook(c.HookName, model, who);
-            string outHook = $"blocks.{layer}.hook_mlp_out";
-            if (c.OutputHookName != outHook)
-                throw new ArgumentException($"{who}: writes '{c.OutputHookName}' but a transcoder reading layer {layer}'s MLP input must write '{outHook}'");
-            if (c.DIn != C) throw new ArgumentException($"{who}: d_in is {c.DIn} but the model's d_model is {C}");
-            if (c.DOut != C) throw new ArgumentException($"{who}: d_out is {c.DOut} but the model's d_model is {C}");
+            string who = $"transcoder {i} ({sae.SourcePath ?? SaeConfig.ArchitectureName(sae.Config.Architecture)}, hook '{sae.Config.HookName}')";
+            var (layer, kind) = CheckTranscoder(model, sae, who);
             if (tc[layer] != null) throw new ArgumentException($"two transcoders for layer {layer}: transcoder {origin[layer]} and transcoder {i}");
             tc[layer] = sae; input[layer] = kind; origin[layer] = i;
         }
@@ -180,6 +214,27 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         if (missing.Count > 0)
             throw new ArgumentException($"no transcoder for layer{(missing.Count > 1 ? "s" : "")} {string.Join(", ", missing)} (the replacement model needs one per layer, {L} in all; {transcoders.Count} given)");
         return (tc, input);
+    }
+
+    /// <summary>Checks one transcoder (a supported MLP-input hook, writes that layer's hook_mlp_out, widths d_model): its layer and input kind.</summary>
+    static (int Layer, TranscoderInput Kind) CheckTranscoder(HookedTransformer model, Sae sae, string who)
+    {
+        int C = model.Config.DModel;
+        var c = sae.Config;
+        if (!c.IsTranscoder)
+            throw new ArgumentException($"{who}: architecture '{SaeConfig.ArchitectureName(c.Architecture)}' is not a transcoder (an attribution graph replaces each MLP with a transcoder reading the MLP's input and writing blocks.L.hook_mlp_out)");
+        if (c.Metadata.HookHeadIndex is not null) throw new ArgumentException($"{who}: reads one attention head (hook_head_index), not an MLP input");
+        if (c.Normalization is ActivationNormalization.ConstantNormRescale or ActivationNormalization.LayerNorm)
+            throw new ArgumentException($"{who}: input normalisation '{SaeConfig.NormalizationName(c.Normalization)}' depends on the input's norm, so the encoder is not linear in the residual stream; the replacement model needs normalize_activations 'none'");
+        if (c.Architecture == SaeArchitecture.Gated)
+            throw new ArgumentException($"{who}: gated encoders have no single pre-activation");
+        var (layer, kind) = ParseInputHook(c.HookName, model, who);
+        string outHook = $"blocks.{layer}.hook_mlp_out";
+        if (c.OutputHookName != outHook)
+            throw new ArgumentException($"{who}: writes '{c.OutputHookName}' but a transcoder reading layer {layer}'s MLP input must write '{outHook}'");
+        if (c.DIn != C) throw new ArgumentException($"{who}: d_in is {c.DIn} but the model's d_model is {C}");
+        if (c.DOut != C) throw new ArgumentException($"{who}: d_out is {c.DOut} but the model's d_model is {C}");
+        return (layer, kind);
     }
 
     static (int Layer, TranscoderInput Kind) ParseInputHook(string hook, HookedTransformer model, string who)
@@ -197,9 +252,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         throw new ArgumentException($"{who}: reads '{hook}', which is not an MLP input (expected {expected})");
     }
 
-    ReplacementModel(HookedTransformer model, Sae[] tc, TranscoderInput[] input, int[] tokens)
+    ReplacementModel(HookedTransformer model, CrossLayerTranscoder clt, TranscoderInput[] input, int[] tokens)
     {
-        _cfg = model.Config; _w = model.Weights; _tc = tc; _input = input; _tokens = (int[])tokens.Clone();
+        var tc = clt.Layers.ToArray();
+        _cfg = model.Config; _w = model.Weights; _clt = clt; _tc = tc; _input = input; _tokens = (int[])tokens.Clone();
         int T = _T = tokens.Length, C = _C = _cfg.DModel, L = _L = _cfg.NLayers, V = _cfg.VocabSize;
         _layerNorm = _cfg.Architecture == Architecture.Gpt2;
         _rope = _cfg.Rope == RopeLayout.None ? null : new Rope(_cfg.DHead, _cfg.NCtx, _cfg.RopeTheta, _cfg.Rope);
@@ -221,8 +277,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         _finalScale = cache[HookNames.LnFinalScale].Data;
         _ln1Scale = new float[L][]; _ln2Scale = new float[L][]; _pattern = new float[L][]; _errors = new float[L][];
 
-        // ---- transcoders on their clean inputs: active latents, pre-activations, error nodes ----
+        // ---- transcoders on their clean inputs: active latents, pre-activations, error nodes (mlp_out of layer l minus the
+        //      reconstruction: layer l's own decoder, b_dec and skip, plus what the features of every earlier layer write into l) ----
         var feats = new List<(int L, int P, int J, float A, float Pre)>();
+        var layerActs = new float[L][];
         for (int l = 0; l < L; l++)
         {
             string b = $"blocks.{l}.";
@@ -235,7 +293,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             int D = sae.DSae;
             var x = cache[sae.Config.HookName].Data;
             var pre = new float[(long)T * D];
-            var acts = new float[(long)T * D];
+            var acts = layerActs[l] = new float[(long)T * D];
             var saeIn = new float[T * C];
             sae.Preprocess(x, saeIn, T);
             sae.PreActivations(saeIn, pre, T);
@@ -244,6 +302,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             var recons = new float[T * C];
             sae.DecodeRaw(acts, recons, T);
             sae.Postprocess(recons, output, T, null, x);
+            for (int i = 0; i < l; i++)
+                if (clt.Decoder(i, l) is { } wd) Gemm.MatMul(layerActs[i], wd, output, T, tc[i].DSae, C, accumulate: true);
             var err = _errors[l] = new float[T * C];
             TensorPrimitives.Subtract(cache[b + "hook_mlp_out"].Data, output, err);
             for (int p = 0; p < T; p++)
@@ -281,27 +341,30 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             _sources.Add(new GraphNode(GraphNodeKind.Embedding, -1, p, tokens[p]));
         }
 
-        // ---- backward read-out matrices per (layer, position) ----
+        // ---- backward read-out matrices per (layer, position): every feature writing that layer's mlp_out there ----
         _readout = new float[L * T][];
+        _readoutSources = new int[L * T][];
         for (int l = 0; l < L; l++)
-        {
-            var sae = tc[l];
-            var norms = sae.Config.RescaleActsByDecoderNorm ? sae.DecoderNorms : null;
             for (int p = 0; p < T; p++)
             {
-                int s0 = _featStart[l * T + p], k = _featStart[l * T + p + 1] - s0;
+                var writers = new List<int>();
+                for (int i = 0; i <= l; i++)
+                    if (clt.Decoder(i, l) != null)
+                        for (int s = _featStart[i * T + p]; s < _featStart[i * T + p + 1]; s++) writers.Add(s);
+                int k = writers.Count;
                 var m = _readout[l * T + p] = new float[(k + 2) * C];
-                for (int i = 0; i < k; i++)
+                for (int r = 0; r < k; r++)
                 {
-                    int j = _sources[s0 + i].Index;
-                    float a = _sourceActs[s0 + i];
-                    if (norms != null) a /= norms[j];
-                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(sae.WDec, j * C, C), a, m.AsSpan(i * C, C));
+                    var node = _sources[writers[r]];
+                    var w = clt.Decoder(node.Layer, l)!;
+                    float a = _sourceActs[writers[r]];
+                    if (node.Layer == l && tc[l].Config.RescaleActsByDecoderNorm) a /= tc[l].DecoderNorms[node.Index];
+                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(w, node.Index * C, C), a, m.AsSpan(r * C, C));
                 }
                 _errors[l].AsSpan(p * C, C).CopyTo(m.AsSpan(k * C, C));
-                sae.BDec.CopyTo(m.AsSpan((k + 1) * C, C));
+                tc[l].BDec.CopyTo(m.AsSpan((k + 1) * C, C));
+                _readoutSources[l * T + p] = [.. writers];
             }
-        }
 
         // ---- logit nodes: the most likely next tokens until their probability reaches 0.95, at most 10 ----
         var last = new ReadOnlySpan<float>(logits.Data, (T - 1) * V, V);
@@ -351,6 +414,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         var x = new float[T * C]; var saeIn = new float[T * C]; var recons = new float[T * C]; var mlpOut = new float[T * C];
         var inputs = new float[_nFeatures];
         var shape = new Attention.Shape(1, T, 0, T, NH, NKV, HS);
+        var layerActs = new float[L][];
         for (int l = 0; l < L; l++)
         {
             var W = _w.Layers[l];
@@ -368,7 +432,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             var pre = new float[(long)T * D];
             sae.Preprocess(x, saeIn, T);
             sae.PreActivations(saeIn, pre, T);
-            var acts = new float[(long)T * D];
+            var acts = layerActs[l] = new float[(long)T * D];
             for (int s = _featStart[l * T]; s < _featStart[(l + 1) * T]; s++)
             {
                 var node = _sources[s];
@@ -378,6 +442,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             }
             sae.DecodeRaw(acts, recons, T);
             sae.Postprocess(recons, mlpOut, T, null, x);
+            for (int i = 0; i < l; i++)
+                if (_clt.Decoder(i, l) is { } wd) Gemm.MatMul(layerActs[i], wd, mlpOut, T, _tc[i].DSae, C, accumulate: true);
             TensorPrimitives.Add(mlpOut, values.Errors[l], mlpOut);
             TensorPrimitives.Add(resid, mlpOut, resid);
         }
@@ -419,38 +485,35 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     }
 
     /// <summary>
-    /// The direction latent <paramref name="latent"/> of layer <paramref name="layer"/>'s transcoder writes into
-    /// <c>blocks.L.hook_mlp_out</c> per unit of activation (its decoder row, divided by the row's norm when the transcoder
-    /// rescales activations by decoder norms): (C), a fresh copy.
+    /// The directions latent <paramref name="latent"/> of layer <paramref name="layer"/>'s transcoder writes into
+    /// <c>blocks.J.hook_mlp_out</c> per unit of activation, for every layer J it writes (its own; with a cross-layer transcoder
+    /// every later one too): decoder rows, divided by the row's norm when the transcoder rescales activations by decoder norms;
+    /// (C) fresh copies, own layer first.
     /// </summary>
-    public float[] DecoderDirection(int layer, int latent)
+    public List<(int Layer, float[] Direction)> DecoderWrites(int layer, int latent)
     {
         if ((uint)layer >= (uint)_L) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} outside [0, {_L})");
-        var sae = _tc[layer];
-        if ((uint)latent >= (uint)sae.DSae) throw new ArgumentOutOfRangeException(nameof(latent), $"latent {latent} outside [0, {sae.DSae}) (d_sae of layer {layer}'s transcoder)");
-        var dir = new ReadOnlySpan<float>(sae.WDec, latent * _C, _C).ToArray();
-        if (sae.Config.RescaleActsByDecoderNorm) TensorPrimitives.Divide(dir, sae.DecoderNorms[latent], dir);
-        return dir;
+        return _clt.DecoderWrites(layer, latent);
     }
 
     /// <summary>
     /// The Jacobian of the final norm's output h (C) at the last position (logits = h·W_U + b_U) with respect to the activation
     /// of each of <paramref name="latents"/> (feature nodes (layer, position, latent), active on the prompt or not), in the
-    /// frozen model with every other node held: (C, K) row-major, entry (c, k) = ∂h_c/∂a_k = g_c(layer, pos)·
-    /// <see cref="DecoderDirection"/>, g_c the gradient of h_c at that layer's mlp_out. One batched backward of C targets
+    /// frozen model with every other node held: (C, K) row-major, entry (c, k) = ∂h_c/∂a_k = Σ_J g_c(J, pos)·direction_J over
+    /// <see cref="DecoderWrites"/>, g_c(J, ·) the gradient of h_c at layer J's mlp_out. One batched backward of C targets
     /// (the same backward as <see cref="ComputeRows"/>).
     /// </summary>
     public float[] OutputJacobian(IReadOnlyList<GraphNode> latents)
     {
         ArgumentNullException.ThrowIfNull(latents);
         int C = _C, K = latents.Count;
-        var readouts = new LatentReadout[K];
+        var readouts = new List<LatentReadout>();
         for (int k = 0; k < K; k++)
         {
             var n = latents[k];
             if (n.Kind != GraphNodeKind.Feature) throw new ArgumentException($"latent {k} ({n}) is a {n.Kind} node, not a feature");
             if ((uint)n.Pos >= (uint)_T) throw new ArgumentOutOfRangeException(nameof(latents), $"latent {k} ({n}): position {n.Pos} outside the prompt's {_T} positions");
-            readouts[k] = new LatentReadout(n.Layer, n.Pos, DecoderDirection(n.Layer, n.Index));
+            foreach (var (layer, dir) in DecoderWrites(n.Layer, n.Index)) readouts.Add(new LatentReadout(layer, n.Pos, dir, k));
         }
         var seeds = new TargetSeed[C];
         for (int c = 0; c < C; c++)
@@ -460,12 +523,12 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             seeds[c] = new TargetSeed { Layer = _L, Pos = _T - 1, Direction = dir };
         }
         var jac = new float[(long)C * K];
-        Backward(seeds, new float[(long)C * _sources.Count], new double[C], readouts, jac);
+        Backward(seeds, new float[(long)C * _sources.Count], new double[C], [.. readouts], jac);
         return jac;
     }
 
-    /// <summary>A latent read out of the backward at mlp_out of (Layer, Pos) along its decoder direction (C).</summary>
-    readonly record struct LatentReadout(int Layer, int Pos, float[] Direction);
+    /// <summary>A latent (column <c>Column</c> of the Jacobian) read out of the backward at mlp_out of (Layer, Pos) along its decoder direction (C) into that layer.</summary>
+    readonly record struct LatentReadout(int Layer, int Pos, float[] Direction, int Column);
 
     /// <summary>
     /// Where a target's backward starts: a direction (C) at one position, entering either at resid_mid of a layer through
@@ -559,7 +622,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                     {
                         for (int p = p0; p < p1; p++)
                         {
-                            int s0 = _featStart[layer * T + p], k = _featStart[layer * T + p + 1] - s0;
+                            var writers = _readoutSources[layer * T + p];
+                            int k = writers.Length;
                             var m = _readout[layer * T + p];
                             var res = new float[n * (k + 2)];
                             fixed (float* pm = m, pr = res)
@@ -567,7 +631,9 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                             int errIdx = _nFeatures + layer * T + p;
                             for (int t = 0; t < n; t++)
                             {
-                                res.AsSpan(t * (k + 2), k).CopyTo(rows.AsSpan((int)((long)t * S + s0), k));
+                                // a cross-layer feature is read out at every layer it writes: its row value sums over them
+                                // (each source appears once per (layer, position), and each position's sources are its own)
+                                for (int r = 0; r < k; r++) rows[(long)t * S + writers[r]] += res[t * (k + 2) + r];
                                 rows[(long)t * S + errIdx] = res[t * (k + 2) + k];
                                 biasPos[p * Nt + t] += res[t * (k + 2) + k + 1];
                             }
@@ -584,7 +650,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                         var lr = latents[k];
                         if (lr.Layer != l) continue;
                         for (int t = 0; t < nPost; t++)
-                            latentGrads[(long)t * latents.Length + k] = TensorPrimitives.Dot(g.AsSpan((int)(t * TC + lr.Pos * C), C), lr.Direction);
+                            latentGrads[(long)t * (latentGrads.Length / Nt) + lr.Column] += TensorPrimitives.Dot(g.AsSpan((int)(t * TC + lr.Pos * C), C), lr.Direction);
                     }
 
                 // ---- into the transcoder's input: the skip path (g·W_skip) and the feature targets of this layer ----

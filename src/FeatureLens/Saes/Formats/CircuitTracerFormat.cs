@@ -18,8 +18,12 @@ namespace FeatureLens.Saes.Formats;
 /// negative JumpReLU thresholds (circuit-tracer then lets negative pre-activations through; FeatureLens's JumpReLU is
 /// ReLU'd). FeatureLens's TopK keeps the k largest pre-activations that are positive; circuit-tracer's keeps the k largest
 /// whatever their sign, which differs only for tokens with fewer than k positive pre-activations.</para>
-/// <para>Cross-layer transcoders (<c>model_kind: cross_layer_transcoder</c>) are refused: each feature writes to every
-/// later layer, which one <see cref="Sae"/> (one input hook, one output hook) cannot represent.</para>
+/// <para>Cross-layer transcoders (<c>model_kind: cross_layer_transcoder</c>, circuit-tracer's <c>load_clt</c> layout) load with
+/// <see cref="LoadCrossLayer"/> into a <see cref="CrossLayerTranscoder"/>: <c>W_enc_{i}.safetensors</c> for every layer i from 0
+/// (W_enc_{i} [d_transcoder, d_model], b_enc_{i} [d_transcoder], b_dec_{i} [d_model] — the output bias of layer i's
+/// reconstruction — and, for JumpReLU, threshold_{i} [d_transcoder]; ReLU otherwise) and <c>W_dec_{i}.safetensors</c>
+/// (W_dec_{i} [d_transcoder, n_layers − i, d_model]: slice k is what layer i's features write into layer i + k). The per-SAE
+/// loaders (<see cref="LoadAll"/>, <see cref="LoadFile"/>) refuse them: one <see cref="Sae"/> cannot write several layers.</para>
 /// </summary>
 public static class CircuitTracerFormat
 {
@@ -66,7 +70,7 @@ public static class CircuitTracerFormat
             : throw new InvalidDataException($"{cfgPath}: field '{key}' is missing");
         string kind = Need("model_kind");
         if (kind == "cross_layer_transcoder")
-            throw new InvalidDataException($"{cfgPath}: model_kind cross_layer_transcoder is not supported: each CLT feature writes to every later layer's MLP output, which a single-hook SAE cannot represent; per-layer transcoder sets (transcoder_set) are");
+            throw new InvalidDataException($"{cfgPath}: model_kind cross_layer_transcoder: each CLT feature writes to every later layer's MLP output, which a single-hook SAE cannot represent; load it as a whole (CircuitTracerFormat.LoadCrossLayer, or --transcoders DIR of graph, qk, intervene and feature-links)");
         if (kind != "transcoder_set") throw new InvalidDataException($"{cfgPath}: model_kind '{kind}' is unknown (expected transcoder_set)");
         string input = Hook(Need("feature_input_hook"), "feature_input_hook", cfgPath);
         string outputHook = Hook(Need("feature_output_hook"), "feature_output_hook", cfgPath);
@@ -159,6 +163,188 @@ public static class CircuitTracerFormat
             throw new InvalidDataException($"{file}: tensor '{threshold}' has negative thresholds; circuit-tracer then passes negative pre-activations, which FeatureLens's (ReLU'd) JumpReLU does not");
         return sae;
     }
+
+    // ───────────────────────────── cross-layer transcoders ─────────────────────────────
+
+    static readonly Regex EncoderFile = new(@"^W_enc_(\d+)\.safetensors$", RegexOptions.CultureInvariant);
+
+    /// <summary>True when <paramref name="dir"/> holds a circuit-tracer config.yaml with <c>model_kind: cross_layer_transcoder</c>.</summary>
+    public static bool IsCrossLayerFolder(string dir)
+    {
+        string cfg = Path.Combine(dir, ConfigFile);
+        return File.Exists(cfg) && SimpleYaml.Read(cfg).Scalars.GetValueOrDefault("model_kind") == "cross_layer_transcoder";
+    }
+
+    /// <summary>
+    /// Loads a circuit-tracer cross-layer transcoder folder (config.yaml + W_enc_{i} / W_dec_{i} safetensors files, see the
+    /// class remarks). Every tensor's presence, shape and finiteness is checked; a problem names the file and tensor.
+    /// </summary>
+    public static CrossLayerTranscoder LoadCrossLayer(string dir)
+    {
+        dir = Path.GetFullPath(dir);
+        string cfgPath = Path.Combine(dir, ConfigFile);
+        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"{dir}: no {ConfigFile} (a circuit-tracer cross-layer transcoder folder has one with model_kind: cross_layer_transcoder)", cfgPath);
+        var yaml = SimpleYaml.Read(cfgPath);
+        string kind = yaml.Scalars.GetValueOrDefault("model_kind") ?? throw new InvalidDataException($"{cfgPath}: field 'model_kind' is missing");
+        if (kind != "cross_layer_transcoder") throw new InvalidDataException($"{cfgPath}: model_kind is '{kind}', expected cross_layer_transcoder");
+        string Need(string key) => yaml.Scalars.TryGetValue(key, out var v) && !string.IsNullOrEmpty(v) ? v
+            : throw new InvalidDataException($"{cfgPath}: field '{key}' is missing");
+        string input = Hook(Need("feature_input_hook"), "feature_input_hook", cfgPath);
+        string output = Hook(Need("feature_output_hook"), "feature_output_hook", cfgPath);
+        string? activation = yaml.Scalars.GetValueOrDefault("activation");
+        if (activation is not null and not ("relu" or "jump_relu" or "jumprelu"))
+            throw new InvalidDataException($"{cfgPath}: field 'activation' is '{activation}', expected relu or jump_relu (circuit-tracer's cross-layer transcoders have no other)");
+
+        var layers = Directory.GetFiles(dir).Select(f => EncoderFile.Match(Path.GetFileName(f))).Where(m => m.Success)
+            .Select(m => int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToHashSet();
+        if (layers.Count == 0) throw new InvalidDataException($"{dir}: no W_enc_0.safetensors (a cross-layer transcoder has W_enc_{{i}}.safetensors and W_dec_{{i}}.safetensors per layer)");
+        int L = layers.Count;
+        for (int i = 0; i < L; i++)
+            if (!layers.Contains(i)) throw new InvalidDataException($"{dir}: W_enc_{i}.safetensors is missing (found {L} W_enc_*.safetensors files; every layer from 0 needs one)");
+
+        var saes = new Sae[L];
+        var later = new float[]?[L][];
+        int dTc = 0, dModel = 0;
+        bool jump = false;
+        for (int i = 0; i < L; i++)
+        {
+            string encPath = Path.Combine(dir, $"W_enc_{i}.safetensors");
+            float[] wEnc, bEnc, bDec;
+            float[]? threshold = null;
+            using (var enc = SafetensorsFile.Open(encPath))
+            {
+                string wName = $"W_enc_{i}";
+                if (!enc.Contains(wName)) throw new InvalidDataException($"{encPath}: tensor '{wName}' is missing");
+                var shape = enc.Entry(wName).Shape;
+                if (i == 0)
+                {
+                    if (shape is not [int d0, int c0] || d0 <= 0 || c0 <= 0)
+                        throw new InvalidDataException($"{encPath}: tensor '{wName}' has shape [{string.Join(", ", shape)}], expected [d_transcoder, d_model]");
+                    dTc = d0; dModel = c0;
+                    jump = enc.Contains("threshold_0");
+                    if (activation is "jump_relu" or "jumprelu" && !jump) throw new InvalidDataException($"{encPath}: {ConfigFile} says jump_relu but tensor 'threshold_0' is missing");
+                    if (activation is "relu" && jump) throw new InvalidDataException($"{encPath}: {ConfigFile} says relu but the file has a JumpReLU tensor 'threshold_0'");
+                }
+                wEnc = ReadChecked(enc, wName, [dTc, dModel], "[d_transcoder, d_model]");
+                bEnc = ReadChecked(enc, $"b_enc_{i}", [dTc], "[d_transcoder]");
+                bDec = ReadChecked(enc, $"b_dec_{i}", [dModel], "[d_model]");
+                if (jump)
+                {
+                    threshold = ReadChecked(enc, $"threshold_{i}", [dTc], "[d_transcoder] (layer 0 has a threshold, so every layer needs one)");
+                    if (threshold.Any(t => t < 0))
+                        throw new InvalidDataException($"{encPath}: tensor 'threshold_{i}' has negative thresholds; circuit-tracer then passes negative pre-activations, which FeatureLens's (ReLU'd) JumpReLU does not");
+                }
+            }
+            string decPath = Path.Combine(dir, $"W_dec_{i}.safetensors");
+            if (!File.Exists(decPath)) throw new InvalidDataException($"{dir}: W_dec_{i}.safetensors is missing (layer {i}'s decoder, tensor 'W_dec_{i}' [d_transcoder {dTc}, {L - i}, d_model {dModel}])");
+            float[] wDec;
+            using (var dec = SafetensorsFile.Open(decPath))
+                wDec = ReadChecked(dec, $"W_dec_{i}", [dTc, L - i, dModel], $"[d_transcoder, n_layers − {i}, d_model] (n_layers = {L} W_enc files)");
+
+            // W_enc is [d_transcoder, d_model] (pre = x·W_encᵀ + b_enc): Sae keeps (d_model, d_transcoder)
+            var wEncT = new float[wEnc.Length];
+            for (int f = 0; f < dTc; f++)
+                for (int c = 0; c < dModel; c++) wEncT[(long)c * dTc + f] = wEnc[(long)f * dModel + c];
+            // W_dec_i[:, k, :] → one (d_transcoder, d_model) matrix per target layer i + k
+            var slices = new float[L - i][];
+            for (int k = 0; k < L - i; k++)
+            {
+                var m = slices[k] = new float[(long)dTc * dModel];
+                for (int f = 0; f < dTc; f++)
+                    Array.Copy(wDec, ((long)f * (L - i) + k) * dModel, m, (long)f * dModel, dModel);
+            }
+            var cfg = new SaeConfig
+            {
+                Architecture = jump ? SaeArchitecture.JumpReluTranscoder : SaeArchitecture.Transcoder,
+                DIn = dModel, DSae = dTc, DOut = dModel, ApplyBDecToInput = false, Format = "circuit-tracer cross-layer transcoder",
+                Metadata = new SaeMetadata { HookName = $"blocks.{i}.{input}", HookNameOut = $"blocks.{i}.{output}", ModelName = yaml.Scalars.GetValueOrDefault("model_name") },
+            };
+            saes[i] = new Sae(cfg, wEncT, bEnc, slices[0], bDec, threshold) { SourcePath = encPath };
+            later[i] = slices[1..];
+        }
+        return new CrossLayerTranscoder(saes, later) { SourcePath = dir };
+    }
+
+    static float[] ReadChecked(SafetensorsFile f, string name, int[] shape, string expected)
+    {
+        if (!f.Contains(name)) throw new InvalidDataException($"{f.Location}: tensor '{name}' is missing (expected {expected} = [{string.Join(", ", shape)}])");
+        var e = f.Entry(name);
+        if (!e.Shape.SequenceEqual(shape))
+            throw new InvalidDataException($"{f.Location}: tensor '{name}' has shape [{string.Join(", ", e.Shape)}], expected {expected} = [{string.Join(", ", shape)}]");
+        if (e.DType is not (Runtime.Tensors.DType.F32 or Runtime.Tensors.DType.F16 or Runtime.Tensors.DType.BF16 or Runtime.Tensors.DType.F64))
+            throw new InvalidDataException($"{f.Location}: tensor '{name}' has dtype {Runtime.Tensors.DTypeInfo.SafetensorsName(e.DType)}, expected a float type (F32, F16, BF16 or F64)");
+        var data = f.ReadF32(name).Data;
+        for (long k = 0; k < data.Length; k++)
+            if (!float.IsFinite(data[k])) throw new InvalidDataException($"{f.Location}: tensor '{name}' has a non-finite value ({data[k]}) at flat index {k}");
+        return data;
+    }
+
+    /// <summary>
+    /// Writes <paramref name="clt"/> as a circuit-tracer cross-layer transcoder folder (config.yaml, W_enc_{i}.safetensors,
+    /// W_dec_{i}.safetensors; float32), each file through a temporary file moved into place. Every layer must be a ReLU or
+    /// JumpReLU transcoder of one width without skip path, rescaling or input normalisation, reading blocks.i.X and writing
+    /// blocks.i.Y for the same X and Y (one of the hooks circuit-tracer names); layers without a decoder into a later layer get
+    /// zeros there.
+    /// </summary>
+    public static void SaveCrossLayer(CrossLayerTranscoder clt, string dir, string? modelName = null)
+    {
+        ArgumentNullException.ThrowIfNull(clt);
+        ArgumentException.ThrowIfNullOrEmpty(dir);
+        int L = clt.NLayers;
+        var first = clt.Layers[0];
+        int dTc = first.DSae, dModel = first.DIn;
+        bool jump = first.Config.HasThreshold;
+        string Suffix(string hook, int layer, string what)
+        {
+            string prefix = $"blocks.{layer}.";
+            if (!hook.StartsWith(prefix, StringComparison.Ordinal)) throw new ArgumentException($"layer {layer}: {what} '{hook}' is not a hook of block {layer}");
+            return hook[prefix.Length..];
+        }
+        string input = Suffix(first.Config.HookName, 0, "input hook"), output = Suffix(first.Config.OutputHookName, 0, "output hook");
+        for (int i = 0; i < L; i++)
+        {
+            var c = clt.Layers[i].Config;
+            if (c.Architecture != (jump ? SaeArchitecture.JumpReluTranscoder : SaeArchitecture.Transcoder))
+                throw new ArgumentException($"layer {i}: architecture '{SaeConfig.ArchitectureName(c.Architecture)}'; circuit-tracer's cross-layer format holds {(jump ? "jumprelu_transcoder" : "transcoder")} layers only (as layer 0)");
+            if (c.DSae != dTc || c.DIn != dModel || c.DOut != dModel) throw new ArgumentException($"layer {i}: d_in {c.DIn}, d_sae {c.DSae}, d_out {c.DOut}; expected {dModel}, {dTc}, {dModel} as layer 0");
+            if (c.ApplyBDecToInput || c.RescaleActsByDecoderNorm || c.Normalization != ActivationNormalization.None)
+                throw new ArgumentException($"layer {i}: b_dec at the input, decoder-norm rescaling and input normalisation have no place in circuit-tracer's cross-layer format");
+            if (Suffix(c.HookName, i, "input hook") != input || Suffix(c.OutputHookName, i, "output hook") != output)
+                throw new ArgumentException($"layer {i}: reads '{c.HookName}' and writes '{c.OutputHookName}'; every layer must use blocks.{i}.{input} → blocks.{i}.{output} as layer 0");
+        }
+        string? ctIn = HookMap.FirstOrDefault(kv => kv.Value == input).Key, ctOut = HookMap.FirstOrDefault(kv => kv.Value == output).Key;
+        if (ctIn is null || ctOut is null) throw new ArgumentException($"hooks '{input}' → '{output}' have no circuit-tracer name (expected one of {string.Join(", ", HookMap.Keys)})");
+        Directory.CreateDirectory(dir);
+        for (int i = 0; i < L; i++)
+        {
+            var sae = clt.Layers[i];
+            var wEnc = new float[(long)dTc * dModel];   // [d_transcoder, d_model]
+            for (int c = 0; c < dModel; c++)
+                for (int f = 0; f < dTc; f++) wEnc[(long)f * dModel + c] = sae.WEnc[(long)c * dTc + f];
+            var enc = new SafetensorsWriter();
+            AddF32(enc, $"W_enc_{i}", wEnc, dTc, dModel);
+            AddF32(enc, $"b_enc_{i}", sae.BEnc, dTc);
+            AddF32(enc, $"b_dec_{i}", sae.BDec, dModel);
+            if (jump) AddF32(enc, $"threshold_{i}", sae.Threshold!, dTc);
+            enc.Write(Path.Combine(dir, $"W_enc_{i}.safetensors"));
+            var wDec = new float[(long)dTc * (L - i) * dModel];   // [d_transcoder, n_layers − i, d_model]
+            for (int k = 0; k < L - i; k++)
+                if (clt.Decoder(i, i + k) is { } m)
+                    for (int f = 0; f < dTc; f++) Array.Copy(m, (long)f * dModel, wDec, ((long)f * (L - i) + k) * dModel, dModel);
+            var dec = new SafetensorsWriter();
+            AddF32(dec, $"W_dec_{i}", wDec, dTc, L - i, dModel);
+            dec.Write(Path.Combine(dir, $"W_dec_{i}.safetensors"));
+        }
+        var yaml = new System.Text.StringBuilder();
+        yaml.Append("model_kind: cross_layer_transcoder\n");
+        if (modelName != null) yaml.Append(CultureInfo.InvariantCulture, $"model_name: \"{modelName}\"\n");
+        yaml.Append(CultureInfo.InvariantCulture, $"feature_input_hook: \"{ctIn}\"\nfeature_output_hook: \"{ctOut}\"\n");
+        yaml.Append(jump ? "activation: jump_relu\n" : "activation: relu\n");
+        SaeWriter.WriteAtomically(Path.Combine(dir, ConfigFile), yaml.ToString());
+    }
+
+    static void AddF32(SafetensorsWriter w, string name, float[] data, params int[] shape) =>
+        w.AddStreamed(name, Runtime.Tensors.DType.F32, shape, s => s.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan())));
 
     /// <summary>The flat YAML circuit-tracer's configs use: "key: value" scalars and "key:" followed by "- item" lists.</summary>
     sealed class SimpleYaml
