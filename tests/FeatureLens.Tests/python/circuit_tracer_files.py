@@ -31,7 +31,7 @@ def main():
     names = []
     for layer in range(n_layers):
         w_enc = torch.randn(d_tc, d_model, generator=g) / d_model ** 0.5
-        b_enc = torch.randn(d_tc, generator=g) * 0.1 + (0.5 if act == "topk" else 0.0)
+        b_enc = torch.randn(d_tc, generator=g) * 0.1 + (2.5 if act == "topk" else 0.0)
         w_dec = torch.randn(d_tc, d_model, generator=g) * 0.2
         b_dec = torch.randn(d_model, generator=g) * 0.1
         tensors = {"W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec}
@@ -50,6 +50,18 @@ def main():
         t = {nm: v.float() for nm, v in tensors.items() if nm != "k"}
         x = torch.randn(7, d_model, generator=g)
         pre = F.linear(x, t["W_enc"], t["b_enc"])
+        if act == "topk":
+            # no near-tie at the k-th largest (float32 rounding of another GEMM must not change which latents are kept), and
+            # k positive pre-activations: circuit-tracer keeps a negative one among the top k, FeatureLens's TopK does not
+            # (the documented difference), so the file's values stay where both agree
+            for _ in range(1000):
+                top = torch.topk(pre, k=k + 1, dim=-1).values
+                if bool(((top[:, k - 1] - top[:, k]) > 1e-3).all()) and bool((top[:, k - 1] > 1e-3).all()):
+                    break
+            else:
+                raise SystemExit(f"seed {seed}: no inputs without a near-tie or a negative top-{k} pre-activation")
+                x = torch.randn(7, d_model, generator=g)
+                pre = F.linear(x, t["W_enc"], t["b_enc"])
         if act == "relu":
             acts = F.relu(pre)
         elif act == "jump_relu":
