@@ -230,9 +230,7 @@ public static class CorpusScan
     static long ProcessBlock(SqliteConnection db, SaeSet set, ScanSettings settings, ScanAccumulator[] acc, int bos, long block, long firstWindow, List<int[]> windows)
     {
         var batch = windows.ToArray();
-        var sw = System.Diagnostics.Stopwatch.StartNew();
         var acts = FeatureTracker.RunLatents(set, batch);
-        Console.Error.WriteLine($"TIMING forward {sw.ElapsedMilliseconds}"); sw.Restart();
         int B = batch.Length, T = batch.Max(w => w.Length), C = settings.Context;
         var skips = batch.Select(w => w.Select(t => t == bos).ToArray()).ToArray();
         long counted = skips.Sum(s => (long)s.Count(x => !x));
@@ -242,7 +240,6 @@ public static class CorpusScan
             for (int b = 0; b < B; b++)
                 acc[s].AddWindow(new ReadOnlySpan<float>(acts[s], b * T * d, batch[b].Length * d), batch[b].Length, (firstWindow + b) * C, skips[b]);
         });
-        Console.Error.WriteLine($"TIMING acc {sw.ElapsedMilliseconds}"); sw.Restart();
         var sample = new List<(long Window, byte[] Data)>();
         for (int b = 0; b < B; b++)
             if (firstWindow + b < settings.PartnerWindows)
@@ -272,7 +269,6 @@ public static class CorpusScan
             cmd.ExecuteNonQuery();
         }
         tx.Commit();
-        Console.Error.WriteLine($"TIMING db {sw.ElapsedMilliseconds}");
         return counted;
     }
 
