@@ -23,9 +23,21 @@ public class ScanCliTests
         var saes = ScanTestData.Saes(rng, dSae: 24);
         var dirs = ScanTestData.SaveSaes(saes, tmp.File("saes"));
         string db = tmp.File("f.sqlite");
-        var r = CliTests.Run(ScanArgs(dirs, corpus, db));
+        string prompts = Path.Combine(TestPaths.RepoRoot, "data", "prompts", "stories260K-labelled.jsonl");
+        var r = CliTests.Run(ScanArgs(dirs, corpus, db, "--label-prompts", prompts));
         Assert.True(r.ExitCode == 0, r.Stderr);
         Assert.Contains("scanned", r.Text, StringComparison.Ordinal);
+        // labels computed from the prompt set are stored and searchable
+        using (var c = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={db};Mode=ReadOnly;Pooling=False"))
+        {
+            c.Open();
+            using var cmd = c.CreateCommand();
+            cmd.CommandText = "SELECT (SELECT count(*) FROM labels), (SELECT count(*) FROM label_search WHERE label_search MATCH 'dialogue OR animals OR nature OR food')";
+            using var rd = cmd.ExecuteReader();
+            rd.Read();
+            Assert.True(rd.GetInt64(0) > 0, "no labels stored");
+            Assert.True(rd.GetInt64(1) > 0, "the FTS5 label index finds nothing");
+        }
         // the most frequent latent of the first SAE
         int feature;
         using (var store = FeatureStore.Open(db))
@@ -42,6 +54,7 @@ public class ScanCliTests
         Assert.True(root.GetProperty("frequency").GetDouble() > 0);
         Assert.True(root.GetProperty("max").GetDouble() > 0);
         Assert.True(root.GetProperty("mean").GetDouble() > 0);
+        Assert.False(string.IsNullOrEmpty(root.GetProperty("label").GetProperty("label").GetString()));
         foreach (var list in new[] { "top", "quantiles" })
         {
             Assert.True(root.GetProperty(list).GetArrayLength() > 0, list);
