@@ -276,7 +276,7 @@ function renderExample(box, e, max) {
     const a = e.values[i] || 0;
     const span = document.createElement('span');
     span.className = 'tok' + (i === e.pos ? ' fire' : '');
-    span.textContent = tokenText(e.text[i], i);
+    span.textContent = e.text[i] === '<0x0A>' ? '↵' : tokenText(e.text[i], i);   // llama2.c's newline byte token
     span.dataset.i = String(i);
     span.dataset.act = String(a);
     span.title = `token ${i} ${JSON.stringify(e.text[i])} (id ${e.tokens[i]}): ${a.toFixed(3)}`;
