@@ -28,6 +28,7 @@ public static class Program
             ScanCommand.Build(),
             ScanCommand.Merge(),
             ScanCommand.Feature(),
+            ExportCommand.Build(),
             LabelsCommand.Build(),
             DownloadCommand.Build(),
             ServeCommand.Build(),

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using FeatureLens.Analysis;
+using FeatureLens.Database;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Hosting;
@@ -25,6 +26,11 @@ namespace FeatureLens.Web;
 /// GET  /api/graphs/progress?set=                   the graph being computed for the set: phase, rows done of total
 /// GET  /api/graphs/{id}?nodeThreshold=&amp;edgeThreshold=  the graph re-pruned (<see cref="GraphView"/>)
 /// POST /api/graphs/{id}/qparams {pinnedIds, supernodes}  → saved into the file's qParams
+/// GET  /api/databases                              the feature databases (serve --db) and their SAEs (<see cref="DatabasesResponse"/>)
+/// GET  /api/databases/features?db=&amp;sae=&amp;sort=frequency|max|label|feature&amp;order=&amp;page=&amp;size=&amp;label=&amp;token=
+///                                                  → a page of the SAE's features (<see cref="FeaturePage"/>)
+/// GET  /api/databases/feature?db=&amp;sae=&amp;feature=     → the feature's dashboard (<see cref="FeatureDashboard"/>)
+/// GET  /api/databases/export?db=&amp;sae=&amp;features=1,2|all → SAEDashboard / Neuronpedia batch JSON, as a download
 /// </code>
 /// Errors are JSON <c>{"error": "..."}</c>: 400 for bad input, 404 for unknown routes, 413 for oversize text or bodies.
 /// </summary>
@@ -47,7 +53,7 @@ public static class TrackerApp
         ThreadPool.GetMinThreads(out int workers, out int io);
         ThreadPool.SetMinThreads(Math.Max(workers, 4 * Environment.ProcessorCount + 4), io);
         ArgumentNullException.ThrowIfNull(options);
-        if (options.Sets.Count == 0) throw new ArgumentException("the tracker needs at least one model + SAE set");
+        if (options.Sets.Count == 0 && options.Databases.Count == 0) throw new ArgumentException("the app needs at least one model + SAE set or one feature database");
         var dup = options.Sets.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
         if (dup != null) throw new ArgumentException($"two SAE sets are named '{dup.Key}'; give each a different name");
         if (options.MaxTextChars <= 0) throw new ArgumentException("MaxTextChars must be positive");
@@ -56,7 +62,7 @@ public static class TrackerApp
         if (options.MaxGraphFeatureNodes < 1) throw new ArgumentException("MaxGraphFeatureNodes must be at least 1");
 
         string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
-        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "js/views/features.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
             if (!File.Exists(Path.Combine(webRoot, needed)))
                 throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
 
@@ -78,8 +84,11 @@ public static class TrackerApp
         builder.Services.AddSingleton(tracker);
         builder.Services.AddSingleton(new CircuitService(tracker));
         builder.Services.AddSingleton(new GraphService(tracker, options));
+        var featureService = new FeatureService(options.Databases);
+        builder.Services.AddSingleton(featureService);
 
         var app = builder.Build();
+        app.Lifetime.ApplicationStopped.Register(featureService.Dispose);
         app.UseExceptionHandler(errorApp => errorApp.Run(WriteError));
         app.UseStatusCodePages(async ctx =>
         {
@@ -129,8 +138,36 @@ public static class TrackerApp
             Results.Json(s.Load(id, QueryDouble(ctx, "nodeThreshold"), QueryDouble(ctx, "edgeThreshold")), Json));
         api.MapPost("/graphs/{id}/qparams", async (string id, HttpContext ctx, GraphService s) =>
             Results.Json(s.SaveQParams(id, await ReadBody<GraphQParamsRequest>(ctx)), Json));
+        api.MapGet("/databases", (FeatureService s) => Results.Json(s.List(), Json));
+        api.MapGet("/databases/features", (HttpContext ctx, FeatureService s) =>
+        {
+            var q = ctx.Request.Query;
+            var query = new FeatureQuery
+            {
+                Sort = q.TryGetValue("sort", out var sort) && !string.IsNullOrEmpty(sort) ? sort.ToString() : "frequency",
+                Order = q["order"], Page = QueryInt(ctx, "page") ?? 0, PageSize = QueryInt(ctx, "size") ?? 50,
+                Label = string.IsNullOrWhiteSpace(q["label"]) ? null : q["label"].ToString(),
+                Token = string.IsNullOrEmpty(q["token"]) ? null : q["token"].ToString(),
+            };
+            return Results.Json(s.Page(q["db"], q["sae"], query), Json);
+        });
+        api.MapGet("/databases/feature", (HttpContext ctx, FeatureService s) =>
+            Results.Json(s.Dashboard(ctx.Request.Query["db"], ctx.Request.Query["sae"], QueryInt(ctx, "feature") ?? throw new ApiException(400, "feature is missing: give the feature index")), Json));
+        api.MapGet("/databases/export", (HttpContext ctx, FeatureService s) =>
+        {
+            var (batch, fileName) = s.Export(ctx.Request.Query["db"], ctx.Request.Query["sae"], ctx.Request.Query["features"]);
+            ctx.Response.Headers.ContentDisposition = new System.Net.Mime.ContentDisposition { FileName = fileName, DispositionType = "attachment" }.ToString();
+            return Results.Text(batch.ToJsonString(), "application/json");
+        });
         api.Map("/{**rest}", (HttpContext ctx) => Results.Json(new ApiError($"no API endpoint {ctx.Request.Method} {ctx.Request.Path}"), Json, statusCode: 404));
         return app;
+    }
+
+    static int? QueryInt(HttpContext ctx, string name)
+    {
+        if (!ctx.Request.Query.TryGetValue(name, out var v) || string.IsNullOrEmpty(v)) return null;
+        return int.TryParse(v, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out int i) ? i
+            : throw new ApiException(400, $"{name} '{v}' is not an integer");
     }
 
     static double? QueryDouble(HttpContext ctx, string name)

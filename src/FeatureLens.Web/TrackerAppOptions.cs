@@ -27,8 +27,10 @@ public sealed record TrackerSet
 /// <summary>What the tracker app serves and how it listens.</summary>
 public sealed record TrackerAppOptions
 {
-    /// <summary>The model + SAE sets the user chooses between; the first is the default.</summary>
-    public required IReadOnlyList<TrackerSet> Sets { get; init; }
+    /// <summary>The model + SAE sets the user chooses between; the first is the default (none when only databases are served).</summary>
+    public IReadOnlyList<TrackerSet> Sets { get; init; } = [];
+    /// <summary>Feature databases (featurelens scan) whose feature pages the app serves; each is named by its file name without the extension.</summary>
+    public IReadOnlyList<string> Databases { get; init; } = [];
     /// <summary>Addresses to listen on; port 0 picks a free port (read it from <c>app.Urls</c> after start).</summary>
     public IReadOnlyList<string> Urls { get; init; } = ["http://127.0.0.1:8600"];
     /// <summary>Longest prompt accepted, in characters (longer gets 413).</summary>

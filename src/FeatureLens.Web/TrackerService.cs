@@ -114,6 +114,7 @@ internal sealed class TrackerService(TrackerAppOptions options)
     /// <summary>The set named <paramref name="name"/> (the first when none is named) and the lock its requests take.</summary>
     internal (TrackerSet Set, object Gate) FindSet(string? name)
     {
+        if (options.Sets.Count == 0) throw new ApiException(400, "this server has no model + SAE sets (it serves feature databases only; start it with --model and --sae to use the tracker)");
         if (string.IsNullOrWhiteSpace(name)) return _sets[options.Sets[0].Name];
         return _sets.TryGetValue(name, out var s) ? s
             : throw new ApiException(400, $"unknown set '{name}' (this server has: {string.Join(", ", Listed.Select(x => x.Name))})");

@@ -6,22 +6,24 @@
 
 import { $, clearError, registerView, showView } from './js/api.js';
 import { circuits } from './js/views/circuits.js';
+import { features } from './js/views/features.js';
 import { graph } from './js/views/graph.js';
 import { tracker } from './js/views/tracker.js';
 
 /** The page's views, started in this order. A new view (circuits, graph, features, steering, clusters) is one module
  *  under js/views/ exporting { name, start } and one entry here; start() wires its controls and loads its data. */
-const VIEWS = [tracker, circuits, graph];
+const VIEWS = [tracker, circuits, graph, features];
 
 $('error-close').addEventListener('click', clearError);
 for (const view of VIEWS) registerView(view);
 for (const tab of document.querySelectorAll('.tabs [data-view]')) {
   tab.addEventListener('click', () => {
-    showView(tab.dataset.view);
     history.replaceState(null, '', tab.dataset.view === VIEWS[0].name ? location.pathname + location.search : `#${tab.dataset.view}`);
+    showView(tab.dataset.view);
   });
 }
-const viewOfHash = () => (VIEWS.find(v => `#${v.name}` === location.hash) || VIEWS[0]).name;
+// a view's own place follows its name after a slash (#features/DB/SAE/FEATURE); the view reads it in shown()
+const viewOfHash = () => (VIEWS.find(v => `#${v.name}` === location.hash.split('/')[0]) || VIEWS[0]).name;
 window.addEventListener('hashchange', () => showView(viewOfHash()));
 showView(viewOfHash());
 for (const view of VIEWS) view.start();

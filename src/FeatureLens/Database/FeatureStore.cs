@@ -73,6 +73,51 @@ public sealed record FeatureDashboard
     [JsonPropertyName("label")] public DashboardLabel? Label { get; init; }
 }
 
+/// <summary>One row of a feature browser page: the feature table's statistics and the label (null when unlabelled).</summary>
+public sealed record FeatureRow(
+    [property: JsonPropertyName("feature")] int Feature,
+    [property: JsonPropertyName("count")] long Count,
+    [property: JsonPropertyName("frequency")] double Frequency,
+    [property: JsonPropertyName("max")] double Max,
+    [property: JsonPropertyName("mean")] double Mean,
+    [property: JsonPropertyName("mean_active")] double MeanActive,
+    [property: JsonPropertyName("label")] string? Label,
+    [property: JsonPropertyName("f1")] double? F1,
+    [property: JsonPropertyName("specialization")] double? Specialization);
+
+/// <summary>What the feature browser asks for: a sort, a page, and optional label and token filters (both must hold).</summary>
+public sealed record FeatureQuery
+{
+    /// <summary>frequency | max | label | feature.</summary>
+    public string Sort { get; init; } = "frequency";
+    /// <summary>desc | asc; null: descending for frequency and max, ascending for label and feature.</summary>
+    public string? Order { get; init; }
+    /// <summary>0-based page number.</summary>
+    public int Page { get; init; }
+    /// <summary>Rows per page (1..<see cref="FeatureStore.MaxPageSize"/>).</summary>
+    public int PageSize { get; init; } = 50;
+    /// <summary>Words the label must contain (each as a word prefix, any case; SQLite FTS5 over the labels).</summary>
+    public string? Label { get; init; }
+    /// <summary>A token's text (" Lily"): only features one of whose top examples fires on that token.</summary>
+    public string? Token { get; init; }
+}
+
+/// <summary>A token of the vocabulary a token search matched.</summary>
+public sealed record VocabToken(
+    [property: JsonPropertyName("token")] int Token,
+    [property: JsonPropertyName("text")] string Text);
+
+/// <summary>A page of the feature browser: the rows, how many features match in all, and the tokens a token search matched.</summary>
+public sealed record FeaturePage(
+    [property: JsonPropertyName("sae")] string Sae,
+    [property: JsonPropertyName("sort")] string Sort,
+    [property: JsonPropertyName("order")] string Order,
+    [property: JsonPropertyName("page")] int Page,
+    [property: JsonPropertyName("page_size")] int PageSize,
+    [property: JsonPropertyName("total")] long Total,
+    [property: JsonPropertyName("matched_tokens")] VocabToken[]? MatchedTokens,
+    [property: JsonPropertyName("rows")] FeatureRow[] Rows);
+
 /// <summary>An SAE of a feature database.</summary>
 public sealed record StoreSae(int Index, string Hook, string Name, int DSae, string Architecture);
 
@@ -159,6 +204,121 @@ public sealed class FeatureStore : IDisposable
                 _vocab = [.. v];
             }
             return (uint)id < (uint)_vocab.Length ? _vocab[id] : "";
+        }
+    }
+
+    /// <summary>The largest page the feature browser serves.</summary>
+    public const int MaxPageSize = 500;
+
+    /// <summary>The sort keys of <see cref="Features"/>.</summary>
+    public static readonly IReadOnlyList<string> SortKeys = ["frequency", "max", "label", "feature"];
+
+    /// <summary>
+    /// A page of <paramref name="sae"/>'s features for the browser: sorted by frequency, max, label (unlabelled last) or
+    /// index, ties by index; filtered by label words (FTS5 prefix match, every word) and by a token the top examples
+    /// fire on (<see cref="FindTokens"/>). Bad sort keys, orders, pages and empty searches are ArgumentExceptions.
+    /// </summary>
+    public FeaturePage Features(StoreSae sae, FeatureQuery query)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        string sort = (query.Sort ?? "frequency").Trim().ToLowerInvariant();
+        if (!SortKeys.Contains(sort)) throw new ArgumentException($"sort must be one of {string.Join(", ", SortKeys)} (got '{query.Sort}')");
+        string order = query.Order?.Trim().ToLowerInvariant() is { Length: > 0 } o ? o : sort is "frequency" or "max" ? "desc" : "asc";
+        if (order is not ("asc" or "desc")) throw new ArgumentException($"order must be asc or desc (got '{query.Order}')");
+        if (query.PageSize is < 1 or > MaxPageSize) throw new ArgumentException($"page size must be between 1 and {MaxPageSize} (got {query.PageSize})");
+        if (query.Page < 0) throw new ArgumentException($"page must be 0 or more (got {query.Page})");
+        var where = new List<string> { "f.sae = $s" };
+        string? match = null;
+        if (query.Label != null)
+        {
+            var words = System.Text.RegularExpressions.Regex.Matches(query.Label, @"[\p{L}\p{N}]+").Select(m => m.Value).ToList();
+            if (words.Count == 0) throw new ArgumentException($"label search '{query.Label}' has no words to look for");
+            match = string.Join(" ", words.Select(w => "\"" + w + "\"*"));
+            where.Add("f.feature IN (SELECT feature FROM label_search WHERE label_search MATCH $q AND sae = $s)");
+        }
+        VocabToken[]? matched = null;
+        if (query.Token != null)
+        {
+            if (query.Token.Length == 0) throw new ArgumentException("token search is empty: give a token's text, e.g. ' Lily'");
+            matched = FindTokens(query.Token);
+            where.Add(matched.Length == 0 ? "0" : $"f.feature IN (SELECT feature FROM example_tokens WHERE sae = $s AND token_id IN ({string.Join(",", matched.Select(t => t.Token.ToString(CultureInfo.InvariantCulture)))}))");
+        }
+        string dir = order == "desc" ? "DESC" : "ASC";
+        string orderBy = sort switch
+        {
+            "frequency" => $"f.frequency {dir}, f.feature",
+            "max" => $"f.max {dir}, f.feature",
+            "label" => $"l.label IS NULL, l.label COLLATE NOCASE {dir}, f.feature",
+            _ => $"f.feature {dir}",
+        };
+        string from = "FROM features f LEFT JOIN labels l ON l.sae = f.sae AND l.feature = f.feature WHERE " + string.Join(" AND ", where);
+        lock (_gate)
+        {
+            void Bind(SqliteCommand c)
+            {
+                c.Parameters.AddWithValue("$s", sae.Index);
+                if (match != null) c.Parameters.AddWithValue("$q", match);
+            }
+            long total;
+            using (var cmd = _db.CreateCommand())
+            {
+                cmd.CommandText = "SELECT count(*) " + from;
+                Bind(cmd);
+                total = Convert.ToInt64(cmd.ExecuteScalar(), CultureInfo.InvariantCulture);
+            }
+            long pages = Math.Max(1, (total + query.PageSize - 1) / query.PageSize);
+            if (query.Page >= pages)
+                throw new ArgumentException($"page {query.Page} is past the last page: {total} feature(s) match, {pages} page(s) of {query.PageSize} (pages count from 0)");
+            var rows = new List<FeatureRow>();
+            using (var cmd = _db.CreateCommand())
+            {
+                cmd.CommandText = "SELECT f.feature, f.count, f.frequency, f.max, f.mean, f.mean_active, l.label, l.f1, l.specialization " + from +
+                    $" ORDER BY {orderBy} LIMIT $n OFFSET $o";
+                Bind(cmd);
+                cmd.Parameters.AddWithValue("$n", query.PageSize);
+                cmd.Parameters.AddWithValue("$o", (long)query.Page * query.PageSize);
+                using var r = cmd.ExecuteReader();
+                while (r.Read())
+                    rows.Add(new FeatureRow(r.GetInt32(0), r.GetInt64(1), r.GetDouble(2), r.GetDouble(3), r.GetDouble(4), r.GetDouble(5),
+                        r.IsDBNull(6) ? null : r.GetString(6), r.IsDBNull(7) ? null : r.GetDouble(7), r.IsDBNull(8) ? null : r.GetDouble(8)));
+            }
+            return new FeaturePage(sae.Hook, sort, order, query.Page, query.PageSize, total, matched, [.. rows]);
+        }
+    }
+
+    /// <summary>
+    /// The vocabulary tokens whose text is <paramref name="text"/> exactly (" Lily"); when there are none, those whose text
+    /// equals it with leading and trailing whitespace removed on both sides ("Lily" finds " Lily" and "Lily").
+    /// </summary>
+    public VocabToken[] FindTokens(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var list = new List<VocabToken>();
+        lock (_gate)
+        {
+            foreach (string sql in new[] { "SELECT token, text FROM vocab WHERE text = $t ORDER BY token", "SELECT token, text FROM vocab WHERE trim(text, ' ' || char(9, 10, 13)) = $u ORDER BY token" })
+            {
+                using var cmd = _db.CreateCommand();
+                cmd.CommandText = sql;
+                cmd.Parameters.AddWithValue("$t", text);
+                cmd.Parameters.AddWithValue("$u", text.Trim(' ', '\t', '\n', '\r'));
+                using var r = cmd.ExecuteReader();
+                while (r.Read()) list.Add(new VocabToken(r.GetInt32(0), r.GetString(1)));
+                if (list.Count > 0) break;
+            }
+        }
+        return [.. list];
+    }
+
+    /// <summary>The scan's model as the meta table records it (name, source, architecture, n_layers, d_model, d_vocab); empty when absent.</summary>
+    public IReadOnlyDictionary<string, string> ModelInfo
+    {
+        get
+        {
+            var d = new Dictionary<string, string>();
+            if (Meta.GetValueOrDefault("model") is { } m && JsonNode.Parse(m) is JsonObject o)
+                foreach (var (k, v) in o) if (v != null) d[k] = v.ToString();
+            return d;
         }
     }
 

@@ -6,8 +6,9 @@
 
 import {
   $, PLOT_CONFIG, api, charts, clearError, colorOf, escapeHtml, fmt, labelDetails, labelText, pct, renderTokens, setReady,
-  showError, topTokens,
+  showError, showView, topTokens,
 } from '../api.js';
+import { databases, featureHash } from './features.js';
 
 const state = { sets: [], limits: null, result: null, request: null, feature: null, runSeq: 0, featureSeq: 0, cy: null, debounce: 0 };
 window.state = state;
@@ -37,6 +38,14 @@ async function start() {
   } catch (e) {
     showError(`could not load the server's SAE sets: ${e.message}`);
     setReady('error');
+    return;
+  }
+  if (state.sets.length === 0) {
+    // a server of feature databases only (serve --db): nothing to track; open the Features view
+    $('status').textContent = 'no model + SAE sets on this server (start it with --model and --sae); see the Features tab';
+    $('analyse').disabled = true;
+    setReady('1');
+    if (!location.hash) { history.replaceState(null, '', '#features'); showView('features'); }
     return;
   }
   await analyse();
@@ -347,6 +356,12 @@ async function renderFeature(d) {
     `<b>${lbl ? escapeHtml(lbl.label) : 'no label'}</b>` +
     (lbl ? ` <span title="${escapeHtml(labelDetails(lbl))}">· F1 ${fmt(lbl.f1, 2)} · specialization ${pct(lbl.specialization)} · ${escapeHtml(lbl.source)}</span>` : '') +
     ` · ${escapeHtml(d.hook)} · max ${fmt(d.max)} · mean ${fmt(d.mean)}`;
+  // a link to the feature's page in a served feature database that holds this SAE (matched by hook name)
+  const db = (await databases()).find(x => x.saes.some(s => s.hook === d.hook));
+  if (db && $('feature-panel').dataset.feature === d.id) {
+    $('feature-meta').insertAdjacentHTML('beforeend',
+      ` · <a class="dashboard-link" href="${featureHash(db.name, d.hook, d.feature)}" title="This feature's page in the feature database ${escapeHtml(db.name)}">dashboard</a>`);
+  }
   renderTokens($('feature-tokens'), d.tokens, d.perToken);
   if (state.cy) {
     state.cy.nodes().removeClass('selected');
