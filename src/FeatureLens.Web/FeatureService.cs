@@ -74,13 +74,8 @@ internal sealed class FeatureService : IDisposable
         if (s.Meta.GetValueOrDefault("corpus") is { } c && JsonNode.Parse(c) is JsonArray a)
             corpus = string.Join(", ", a.Select(x => x?["file"]?.GetValue<string>()).Where(x => x != null));
         return new DatabaseInfo(name, s.Path, s.ModelInfo, s.Tokens, s.Settings.Context, corpus,
-            [.. s.Saes.Select(x => new DatabaseSaeInfo(x.Index, x.Hook, x.Name, x.DSae, ArchitectureName(x.Architecture)))]);
+            [.. s.Saes.Select(x => new DatabaseSaeInfo(x.Index, x.Hook, x.Name, x.DSae, x.Architecture))]);
     }
-
-    /// <summary>The architecture's name (scans store the enum's number).</summary>
-    static string ArchitectureName(string stored) =>
-        int.TryParse(stored, NumberStyles.None, CultureInfo.InvariantCulture, out int i) && Enum.IsDefined((FeatureLens.Saes.SaeArchitecture)i)
-            ? ((FeatureLens.Saes.SaeArchitecture)i).ToString() : stored;
 
     /// <summary>The database named <paramref name="name"/> (the only one when none is named).</summary>
     public FeatureStore Find(string? name)

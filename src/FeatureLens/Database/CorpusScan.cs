@@ -180,7 +180,7 @@ public static class CorpusScan
                 cmd.Parameters.AddWithValue("$i", i); cmd.Parameters.AddWithValue("$h", set.Hooks[i]); cmd.Parameters.AddWithValue("$n", set.Names[i]);
                 cmd.Parameters.AddWithValue("$p", s.SourcePath ?? (i < saePaths.Count ? saePaths[i] : ""));
                 cmd.Parameters.AddWithValue("$di", s.DIn); cmd.Parameters.AddWithValue("$d", s.DSae);
-                cmd.Parameters.AddWithValue("$a", s.Config.Architecture); cmd.Parameters.AddWithValue("$f", identity.Saes[i]);
+                cmd.Parameters.AddWithValue("$a", s.Config.Architecture.ToString()); cmd.Parameters.AddWithValue("$f", identity.Saes[i]);
                 cmd.ExecuteNonQuery();
             }
         }
