@@ -387,6 +387,7 @@ def main():
     ap.add_argument("--partner-tokens", type=int, default=32768)
     ap.add_argument("--partners", type=int, default=10)
     ap.add_argument("--logit-tokens", type=int, default=10)
+    ap.add_argument("--sae-count", type=int, default=0, help="only the SAEs of the first N layers (0: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -397,6 +398,8 @@ def main():
     for name in os.listdir(args.saes):
         saes.append(TopKSae(os.path.join(args.saes, name)))
     saes.sort(key=lambda s: int(s.hook.split(".")[1]))
+    if args.sae_count > 0:
+        saes = saes[:args.sae_count]
     with open(args.windows) as f:
         spec = json.load(f)
     windows = torch.tensor(spec["windows"], dtype=torch.int64)

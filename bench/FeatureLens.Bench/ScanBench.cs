@@ -23,7 +23,8 @@ namespace FeatureLens.Bench;
 /// (bench/scan_torch.py) is PyTorch computing the same statistics from the same token windows (tokenized here, so its
 /// time has no tokenization; it keeps everything in memory and writes no database), at 1 and 2 threads, in the same run.
 /// Checksums of both (per-SAE totals; for two latents per SAE every stored statistic) are compared.
-/// Options: --tokens N (default 16384), --runs N (default 1), --partner-tokens N (default 32768), --no-torch.
+/// Options: --tokens N (default 16384), --runs N (default 1), --partner-tokens N (default 32768), --saes N (only the SAEs of
+/// layers 0..N−1, default 12: a quick agreement check), --no-torch.
 /// </summary>
 public static class ScanBench
 {
@@ -32,7 +33,7 @@ public static class ScanBench
     public static int Run(string[] args)
     {
         long tokens = 16384;
-        int runs = 1, partnerTokens = new ScanSettings().PartnerTokens;
+        int runs = 1, partnerTokens = new ScanSettings().PartnerTokens, saeCount = 12;
         bool withTorch = true;
         for (int i = 0; i < args.Length; i++)
         {
@@ -41,13 +42,14 @@ public static class ScanBench
                 case "--tokens": tokens = long.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--runs": runs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--partner-tokens": partnerTokens = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--saes": saeCount = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-torch": withTorch = false; break;
                 default:
-                    Console.Error.WriteLine($"scan bench: unknown option '{args[i]}' (expected --tokens N, --runs N, --partner-tokens N, --no-torch)");
+                    Console.Error.WriteLine($"scan bench: unknown option '{args[i]}' (expected --tokens N, --runs N, --partner-tokens N, --saes N, --no-torch)");
                     return 2;
             }
         }
-        if (runs < 1 || tokens < Context) { Console.Error.WriteLine($"scan bench: --runs must be ≥ 1 and --tokens ≥ {Context}"); return 2; }
+        if (runs < 1 || tokens < Context || saeCount < 1 || saeCount > 12) { Console.Error.WriteLine($"scan bench: --runs must be ≥ 1, --tokens ≥ {Context}, --saes in [1, 12]"); return 2; }
 
         string root = BenchSupport.RepoRoot(), models = BenchSupport.ModelsDir();
         string folder = Path.Combine(models, "gpt2-small-f32");
@@ -83,7 +85,8 @@ public static class ScanBench
                         "--threads", t.ToString(CultureInfo.InvariantCulture), "--runs", runs.ToString(CultureInfo.InvariantCulture),
                         "--block-windows", settings.BlockWindows.ToString(CultureInfo.InvariantCulture), "--top", settings.TopExamples.ToString(CultureInfo.InvariantCulture),
                         "--per-bin", settings.IntervalExamples.ToString(CultureInfo.InvariantCulture), "--partner-tokens", partnerTokens.ToString(CultureInfo.InvariantCulture),
-                        "--partners", settings.Partners.ToString(CultureInfo.InvariantCulture), "--logit-tokens", settings.LogitTokens.ToString(CultureInfo.InvariantCulture));
+                        "--partners", settings.Partners.ToString(CultureInfo.InvariantCulture), "--logit-tokens", settings.LogitTokens.ToString(CultureInfo.InvariantCulture),
+                        "--sae-count", saeCount.ToString(CultureInfo.InvariantCulture));
                     Console.Error.WriteLine($"  PyTorch {t} thread(s): {torch[t].GetProperty("median_s").GetDouble():F1} s (runs {string.Join(", ", torch[t].GetProperty("runs").EnumerateArray().Select(x => x.GetDouble().ToString("F1", CultureInfo.InvariantCulture)))}), peak RSS {torch[t].GetProperty("peak_rss_gib").GetDouble():F2} GiB");
                 }
                 catch (Exception e) { AnsiConsole.MarkupLineInterpolated($"[yellow]PyTorch at {t} thread(s) skipped: {e.Message}[/]"); }
@@ -92,7 +95,7 @@ public static class ScanBench
         // ---- ours: the whole CorpusScan.Run into a fresh database each run ----
         using var watchdog = RssWatchdog.Start(20, "scan");
         using var model = HookedTransformer.Load(folder, tokDir);
-        var saePaths = Enumerable.Range(0, c.NLayers).Select(l => Path.Combine(saeDir, $"blocks.{l}.hook_resid_post")).ToList();
+        var saePaths = Enumerable.Range(0, saeCount).Select(l => Path.Combine(saeDir, $"blocks.{l}.hook_resid_post")).ToList();
         var set = new SaeSet(model, saePaths.Select(SaeLoader.Load));
         string work = Directory.CreateTempSubdirectory("featurelens-scanbench-").FullName;
         string db = Path.Combine(work, "scan.sqlite");
@@ -114,19 +117,19 @@ public static class ScanBench
                     $"commit {tm.Commit:F1}, logit lens {tm.LogitLens:F1}, finalize (features, partners, indexes) {tm.Finalize:F1} s");
             }
             dbBytes = new FileInfo(db).Length;
-            double forward = ForwardOnly(model, windows, settings.BlockWindows);
+            double forward = ForwardOnly(model, windows, settings.BlockWindows, saeCount);
             double oursS = BenchSupport.Median(samples);
             double oursPeakRss = BenchSupport.PeakRssGiB();
             Console.Error.WriteLine($"  ours: the model's forward alone (no SAEs) takes {forward:F1} s of 'model + encode'");
 
             // ---- agreement ----
-            var (checks, ok) = torch.Count > 0 ? Compare(db, torch.Values.First()) : ([], true);
+            var (checks, ok) = torch.Count > 0 ? Compare(db, torch.Values.First(), saeCount) : ([], true);
 
             // ---- table ----
             string version = torch.Count > 0 ? torch.Values.First().GetProperty("torch").GetString() ?? "" : "";
             var med = Median(timings);
             var table = new Table().Border(TableBorder.Rounded)
-                .Title($"Corpus scan, GPT-2-small shape, 12 TopK SAEs (768 → 24576, k 32), context {Context}, {counted:N0} tokens of WikiText-2 ({windows.Length} windows, {settings.BlockWindows} per block), " +
+                .Title($"Corpus scan, GPT-2-small shape, {saeCount} TopK SAEs (768 → 24576, k 32), context {Context}, {counted:N0} tokens of WikiText-2 ({windows.Length} windows, {settings.BlockWindows} per block), " +
                        $"top {settings.TopExamples}, {settings.IntervalExamples} per sampling bin, partners over {Math.Min(partnerTokens, tokens):N0} tokens, logit lens {settings.LogitTokens}: whole scan (median of {runs})")
                 .AddColumn("implementation").AddColumn(new TableColumn("s / scan").RightAligned()).AddColumn(new TableColumn("tokens/s").RightAligned())
                 .AddColumn(new TableColumn("FeatureLens ÷ this (speed)").RightAligned()).AddColumn(new TableColumn("peak RSS (GiB)").RightAligned());
@@ -177,16 +180,16 @@ public static class ScanBench
         return dir;
     }
 
-    /// <summary>Seconds of the model's forward alone over the scan's blocks (to block 11, the resid_post hooks cached).</summary>
-    static double ForwardOnly(HookedTransformer model, int[][] windows, int blockWindows)
+    /// <summary>Seconds of the model's forward alone over the scan's blocks (to the last SAE's block, its resid_post hooks cached).</summary>
+    static double ForwardOnly(HookedTransformer model, int[][] windows, int blockWindows, int layers)
     {
-        var hooks = Enumerable.Range(0, model.Config.NLayers).Select(l => $"blocks.{l}.hook_resid_post").ToHashSet(StringComparer.Ordinal);
+        var hooks = Enumerable.Range(0, layers).Select(l => $"blocks.{l}.hook_resid_post").ToHashSet(StringComparer.Ordinal);
         var sw = Stopwatch.StartNew();
         for (int i = 0; i < windows.Length; i += blockWindows)
         {
             var batch = windows[i..Math.Min(windows.Length, i + blockWindows)];
             using var cache = new ActivationCache { Lengths = batch.Select(b => b.Length).ToArray() };
-            model.Run(batch, new RunOptions { CacheFilter = hooks.Contains, Cache = cache, ReturnLogits = false, StopAtLayer = model.Config.NLayers });
+            model.Run(batch, new RunOptions { CacheFilter = hooks.Contains, Cache = cache, ReturnLogits = false, StopAtLayer = layers });
         }
         return sw.Elapsed.TotalSeconds;
     }
@@ -194,7 +197,7 @@ public static class ScanBench
     static ScanTimings Median(List<ScanTimings> t) => t.OrderBy(x => x.ModelAndEncode + x.Accumulate + x.Commit + x.LogitLens + x.Finalize).ElementAt(t.Count / 2);
 
     /// <summary>Compares the database with the peer's checksums; returns the lines to print and whether they agree.</summary>
-    static (List<string> Lines, bool Ok) Compare(string dbPath, JsonElement peer)
+    static (List<string> Lines, bool Ok) Compare(string dbPath, JsonElement peer, int saeCount)
     {
         var lines = new List<string>();
         bool ok = true;
@@ -219,7 +222,7 @@ public static class ScanBench
             worstMax = Math.Max(worstMax, Rel(r.GetDouble(2), s.GetProperty("max").GetDouble()));
             firingDiff = Math.Max(firingDiff, Math.Abs(r.GetInt32(3) - s.GetProperty("firing").GetInt32()));
         }
-        lines.Add($"per SAE (12): firings rel. diff ≤ {worstCount:E1}, total activation ≤ {worstSum:E1}, max activation ≤ {worstMax:E1}, latents that fired differ by ≤ {firingDiff}");
+        lines.Add($"per SAE ({saeCount}): firings rel. diff ≤ {worstCount:E1}, total activation ≤ {worstSum:E1}, max activation ≤ {worstMax:E1}, latents that fired differ by ≤ {firingDiff}");
         // firings can move between latents where the 32nd and 33rd pre-activations of a token are within float rounding
         ok &= worstCount <= 1e-3 && worstSum <= 1e-3 && worstMax <= 1e-4;
 
