@@ -244,7 +244,7 @@ public static class AttributionBench
     }
 
     /// <summary>12 random TopK SAEs (k 32), one per blocks.L.hook_resid_post, written once as SAELens folders (both sides read them).</summary>
-    static void WriteSaesIfAbsent(string dir, int layers, int dIn)
+    internal static void WriteSaesIfAbsent(string dir, int layers, int dIn)
     {
         for (int l = 0; l < layers; l++)
         {

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Diagnostics;
 using System.Text.Json.Nodes;
 using FeatureLens.Analysis;
 using FeatureLens.Runtime.Tokenizers;
@@ -10,7 +11,28 @@ namespace FeatureLens.Database;
 public readonly record struct ScanProgress(long BlocksDone, long? BlocksOwned, long TokensDone, string Stage);
 
 /// <summary>What a finished scan wrote.</summary>
-public sealed record ScanSummary(string Path, long Tokens, long Blocks, long Windows, bool AlreadyComplete, bool Resumed);
+public sealed record ScanSummary(string Path, long Tokens, long Blocks, long Windows, bool AlreadyComplete, bool Resumed)
+{
+    /// <summary>Where this run's time went.</summary>
+    public ScanTimings Timings { get; init; } = new();
+}
+
+/// <summary>Wall-clock seconds of a scan's stages in this run (blocks resumed from an earlier run are not counted).</summary>
+public sealed class ScanTimings
+{
+    /// <summary>Reading and tokenizing the corpus into windows.</summary>
+    public double Tokenize { get; internal set; }
+    /// <summary>The model's forward pass to the SAE hooks and the SAE encoders, every block.</summary>
+    public double ModelAndEncode { get; internal set; }
+    /// <summary>Counts, sums, maxima, histograms, top and sampled examples (<see cref="ScanAccumulator"/>), every block.</summary>
+    public double Accumulate { get; internal set; }
+    /// <summary>Packing the partner sample and each block's SQLite transaction (windows, sample, statistics, examples).</summary>
+    public double Commit { get; internal set; }
+    /// <summary>The decoder logit lens of every latent.</summary>
+    public double LogitLens { get; internal set; }
+    /// <summary>The feature table, partners (Pearson over the sample), the token index and the search index.</summary>
+    public double Finalize { get; internal set; }
+}
 
 /// <summary>
 /// <c>featurelens scan</c>: streams a corpus through the model with every SAE, block by block, into a feature database.
@@ -86,6 +108,8 @@ public static class CorpusScan
 
         try
         {
+            var timings = new ScanTimings();
+            long tRead = Stopwatch.GetTimestamp();
             var windowBatch = new List<int[]>(settings.BlockWindows);
             long window = 0, block = 0, doneNow = doneBlocks.Count;
             long? ownedTotal = settings.Tokens > 0 ? OwnedBlocks(EstimatedBlocks(settings), shard) : null;
@@ -111,7 +135,9 @@ public static class CorpusScan
             {
                 cancel.ThrowIfCancellationRequested();
                 if (!shard.Owns(b) || doneBlocks.Contains(b)) return false;
-                tokens += ProcessBlock(db, set, settings, acc, bos, b, firstWindow, windowBatch);
+                timings.Tokenize += Stopwatch.GetElapsedTime(tRead).TotalSeconds;
+                tokens += ProcessBlock(db, set, settings, acc, bos, b, firstWindow, windowBatch, timings);
+                tRead = Stopwatch.GetTimestamp();
                 doneBlocks.Add(b);
                 return true;
             }
@@ -123,11 +149,16 @@ public static class CorpusScan
                 tx.Commit();
             }
             progress?.Report(new ScanProgress(doneNow, OwnedBlocks(block, shard), tokens, "logit lens"));
+            timings.Tokenize += Stopwatch.GetElapsedTime(tRead).TotalSeconds;
+            long tLens = Stopwatch.GetTimestamp();
             WriteLogitLens(db, set, settings, shard, cancel);
+            timings.LogitLens = Stopwatch.GetElapsedTime(tLens).TotalSeconds;
             if (whole)
             {
                 progress?.Report(new ScanProgress(doneNow, doneNow, tokens, "partners"));
+                long tFinal = Stopwatch.GetTimestamp();
                 ScanFinalize.Run(db, set.Saes.Select(s => s.DSae).ToArray(), settings, partial);
+                timings.Finalize = Stopwatch.GetElapsedTime(tFinal).TotalSeconds;
             }
             using (var tx = db.BeginTransaction())
             {
@@ -136,7 +167,7 @@ public static class CorpusScan
             }
             FeatureDatabase.Seal(db);
             FeatureDatabase.MoveIntoPlace(partial, full);
-            return new ScanSummary(full, tokens, doneNow, window, false, resumed);
+            return new ScanSummary(full, tokens, doneNow, window, false, resumed) { Timings = timings };
         }
         finally { db.Dispose(); }
     }
@@ -227,10 +258,14 @@ public static class CorpusScan
     }
 
     /// <summary>Runs one block, adds it to the accumulators and commits it; returns the tokens counted (non-BOS).</summary>
-    static long ProcessBlock(SqliteConnection db, SaeSet set, ScanSettings settings, ScanAccumulator[] acc, int bos, long block, long firstWindow, List<int[]> windows)
+    static long ProcessBlock(SqliteConnection db, SaeSet set, ScanSettings settings, ScanAccumulator[] acc, int bos, long block, long firstWindow, List<int[]> windows,
+        ScanTimings timings)
     {
         var batch = windows.ToArray();
+        long t0 = Stopwatch.GetTimestamp();
         var acts = FeatureTracker.RunLatents(set, batch);
+        long t1 = Stopwatch.GetTimestamp();
+        timings.ModelAndEncode += Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
         int B = batch.Length, T = batch.Max(w => w.Length), C = settings.Context;
         var skips = batch.Select(w => w.Select(t => t == bos).ToArray()).ToArray();
         long counted = skips.Sum(s => (long)s.Count(x => !x));
@@ -240,6 +275,8 @@ public static class CorpusScan
             for (int b = 0; b < B; b++)
                 acc[s].AddWindow(new ReadOnlySpan<float>(acts[s], b * T * d, batch[b].Length * d), batch[b].Length, (firstWindow + b) * C, skips[b]);
         });
+        long t2 = Stopwatch.GetTimestamp();
+        timings.Accumulate += Stopwatch.GetElapsedTime(t1, t2).TotalSeconds;
         var sample = new List<(long Window, byte[] Data)>();
         for (int b = 0; b < B; b++)
             if (firstWindow + b < settings.PartnerWindows)
@@ -269,6 +306,7 @@ public static class CorpusScan
             cmd.ExecuteNonQuery();
         }
         tx.Commit();
+        timings.Commit += Stopwatch.GetElapsedTime(t2).TotalSeconds;
         return counted;
     }
 

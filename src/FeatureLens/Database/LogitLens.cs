@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 using FeatureLens.Runtime.Kernels;
 using FeatureLens.Runtime.Models;
 using FeatureLens.Runtime.Tensors;
@@ -57,6 +58,8 @@ public static unsafe class LogitLens
         var dec = new float[(long)chunk * D];
         var dir = new float[(long)chunk * C];
         var logits = new float[(long)chunk * V];
+        // W_U is the right-hand side of every chunk's product: packed once, not once per chunk
+        using var unembed = Gemm.Pack(w.Unembed);
         for (int c0 = 0; c0 < latents.Count; c0 += chunk)
         {
             int n = Math.Min(chunk, latents.Count - c0);
@@ -84,7 +87,7 @@ public static unsafe class LogitLens
                     if (layerNorm) TensorPrimitives.Subtract(d, TensorPrimitives.Sum(d) / C, d);
                     TensorPrimitives.Multiply(d, gamma, d);
                 }
-                Gemm.Multiply(MatrixView.F32(pr, n, C), w.Unembed, pl, V);
+                Gemm.Multiply(MatrixView.F32(pr, n, C), unembed, pl, V);
             }
             var results = new (int, TokenValue[], TokenValue[])[n];
             Parallel.For(0, n, i =>
@@ -101,8 +104,16 @@ public static unsafe class LogitLens
     {
         k = Math.Min(k, row.Length);
         var best = new List<TokenValue>(k + 1);
+        int lanes = Vector256<float>.Count;
         for (int v = 0; v < row.Length; v++)
         {
+            // once k are kept, skip whole vectors that hold nothing better than the worst kept (NaN never enters)
+            if (best.Count == k && v % lanes == 0 && v + lanes <= row.Length)
+            {
+                var vec = Vector256.Create(row.Slice(v, lanes));
+                var worst = Vector256.Create(best[^1].Value);
+                if (!(top ? Vector256.GreaterThanAny(vec, worst) : Vector256.LessThanAny(vec, worst))) { v += lanes - 1; continue; }
+            }
             float x = top ? row[v] : -row[v];
             if (best.Count == k && !(x > (top ? best[^1].Value : -best[^1].Value))) continue;
             int i = best.Count;
