@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FeatureLens.Analysis;
+using FeatureLens.Database;
 using FeatureLens.Saes.Formats;
 using FeatureLens.Web;
 using Spectre.Console;
@@ -24,7 +25,7 @@ internal static class DemoCommand
         var tokens = new Option<long>("--tokens") { Description = "Suite: training tokens per SAE", DefaultValueFactory = _ => 2_000_000 };
         var dSae = new Option<int>("--d-sae") { Description = "Suite: latents per SAE", DefaultValueFactory = _ => 1024 };
         var k = new Option<int>("--k") { Description = "Suite: latents per token (TopK)", DefaultValueFactory = _ => 16 };
-        var cmd = new Command("demo", "Build the model's SAE suite if needed (corpus sampled from the model, one TopK SAE per layer), label the features, and serve the feature activation tracker")
+        var cmd = new Command("demo", "Build the model's SAE suite if needed (corpus sampled from the model, one TopK SAE per layer), label the features, scan the held-out corpus into a feature database, and serve the tracker and the feature dashboards")
         {
             model, tokenizer, output, prompts, host, port, documents, tokens, dSae, k,
         };
@@ -51,7 +52,26 @@ internal static class DemoCommand
             }
             else AnsiConsole.MarkupLine("no labelled prompt set found: features are served without labels (pass --prompts FILE)");
 
-            ServeCommand.Serve([new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = modelPath }], r.GetValue(host)!, r.GetValue(port));
+            // the feature database of the suite's held-out corpus: dashboards on the Features page
+            var databases = new List<string>();
+            string evalCorpus = Path.Combine(dir, "corpus-eval.jsonl");
+            if (File.Exists(evalCorpus))
+            {
+                string db = Path.Combine(dir, "features.sqlite");
+                int ctx = Math.Min(m.Config.NCtx, set.Saes.Select(s => s.Config.Metadata.ContextSize ?? 0).Where(c => c > 0).DefaultIfEmpty(128).Min());
+                var settings = new ScanSettings { Context = ctx, Tokens = 0 };
+                try { ScanCommand.RunWithProgress(set, [saesDir], [evalCorpus], settings, ShardSpec.All, db, labels, asShard: false); }
+                catch (IOException) when (File.Exists(db))
+                {
+                    // the suite was rebuilt since: the old database describes other SAEs
+                    AnsiConsole.MarkupLine($"{Markup.Escape(db)} was built from an earlier suite: scanning again");
+                    File.Delete(db);
+                    ScanCommand.RunWithProgress(set, [saesDir], [evalCorpus], settings, ShardSpec.All, db, labels, asShard: false);
+                }
+                databases.Add(db);
+            }
+
+            ServeCommand.Serve([new TrackerSet { Name = name, Set = set, Labels = labels, ModelSource = modelPath }], r.GetValue(host)!, r.GetValue(port), databases: databases);
             return 0;
         }
         return cmd;

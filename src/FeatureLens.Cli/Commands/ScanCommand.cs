@@ -55,27 +55,35 @@ internal static class ScanCommand
                 lookup = FeatureLabels.Compute(set, FeatureLabels.ReadLabelledPrompts(pp).ToList());
             }
             var corpusFiles = r.GetValue(corpus)!;
-            var watch = System.Diagnostics.Stopwatch.StartNew();
-            ScanSummary summary = null!;
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(p =>
-                {
-                    var task = p.AddTask($"scanning{(spec.Count > 1 ? $" shard {spec}" : "")}", maxValue: 1);
-                    summary = CorpusScan.Run(set, saePaths, corpusFiles, settings, spec, r.GetValue(db)!, lookup, new Progress<ScanProgress>(x =>
-                    {
-                        task.Description = $"{x.Stage}{(spec.Count > 1 ? $" (shard {spec})" : "")}: {x.TokensDone:N0} tokens";
-                        if (x.BlocksOwned is long total && total > 0) { task.MaxValue = total; task.Value = Math.Min(x.BlocksDone, total); }
-                    }), asShard: r.GetValue(shard) != null);
-                    task.Value = task.MaxValue;
-                });
-            watch.Stop();
-            if (summary.AlreadyComplete) AnsiConsole.MarkupLine($"{summary.Path.EscapeMarkup()} is already complete ({summary.Tokens:N0} tokens); nothing to do");
-            else
-                AnsiConsole.MarkupLine($"{(summary.Resumed ? "resumed and finished" : "scanned")} {summary.Tokens:N0} tokens ({summary.Blocks} blocks) in {watch.Elapsed.TotalSeconds:F1} s " +
-                    $"({summary.Tokens / Math.Max(1e-9, watch.Elapsed.TotalSeconds):F0} tokens/s) → {summary.Path.EscapeMarkup()} ({new FileInfo(summary.Path).Length / 1048576.0:F1} MiB)");
+            RunWithProgress(set, saePaths, corpusFiles, settings, spec, r.GetValue(db)!, lookup, asShard: r.GetValue(shard) != null);
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>A scan with a progress bar and a closing summary line (scan and demo).</summary>
+    internal static ScanSummary RunWithProgress(SaeSet set, IReadOnlyList<string> saePaths, IReadOnlyList<string> corpusFiles, ScanSettings settings,
+        ShardSpec spec, string db, FeatureLabelLookup? labels, bool asShard)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        ScanSummary summary = null!;
+        AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+            .Start(p =>
+            {
+                var task = p.AddTask($"scanning{(spec.Count > 1 ? $" shard {spec}" : "")}", maxValue: 1);
+                summary = CorpusScan.Run(set, saePaths, corpusFiles, settings, spec, db, labels, new Progress<ScanProgress>(x =>
+                {
+                    task.Description = $"{x.Stage}{(spec.Count > 1 ? $" (shard {spec})" : "")}: {x.TokensDone:N0} tokens";
+                    if (x.BlocksOwned is long total && total > 0) { task.MaxValue = total; task.Value = Math.Min(x.BlocksDone, total); }
+                }), asShard: asShard);
+                task.Value = task.MaxValue;
+            });
+        watch.Stop();
+        if (summary.AlreadyComplete) AnsiConsole.MarkupLine($"{summary.Path.EscapeMarkup()} is already complete ({summary.Tokens:N0} tokens); nothing to do");
+        else
+            AnsiConsole.MarkupLine($"{(summary.Resumed ? "resumed and finished" : "scanned")} {summary.Tokens:N0} tokens ({summary.Blocks} blocks) in {watch.Elapsed.TotalSeconds:F1} s " +
+                $"({summary.Tokens / Math.Max(1e-9, watch.Elapsed.TotalSeconds):F0} tokens/s) → {summary.Path.EscapeMarkup()} ({new FileInfo(summary.Path).Length / 1048576.0:F1} MiB)");
+        return summary;
     }
 
     /// <summary>scan --slurm N: forwards this command line (less the Slurm options and --db) to N shard jobs and a merge job.</summary>

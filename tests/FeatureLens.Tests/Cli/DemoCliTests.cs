@@ -33,6 +33,11 @@ public class DemoCliTests
             var resp = await http.PostAsJsonAsync("/api/track", new { set = sets.GetProperty("name").GetString(), text = "Once upon a time, Tom saw a big dog.", top = 5 });
             Assert.True(resp.IsSuccessStatusCode, await resp.Content.ReadAsStringAsync());
             Assert.True(File.Exists(Path.Combine(dir.File("suite"), "labels.csv")));
+            // the held-out corpus scanned into a feature database, served on the Features page
+            var dbs = JsonDocument.Parse(await http.GetStringAsync("/api/databases")).RootElement;
+            Assert.True(File.Exists(Path.Combine(dir.File("suite"), "features.sqlite")), "no feature database:\n" + output);
+            Assert.Contains("features", dbs.GetRawText(), StringComparison.Ordinal);
+            Assert.Contains("blocks.4.hook_resid_post", dbs.GetRawText(), StringComparison.Ordinal);
         }
         finally
         {
