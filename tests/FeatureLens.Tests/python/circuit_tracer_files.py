@@ -54,14 +54,18 @@ def main():
             # no near-tie at the k-th largest (float32 rounding of another GEMM must not change which latents are kept), and
             # k positive pre-activations: circuit-tracer keeps a negative one among the top k, FeatureLens's TopK does not
             # (the documented difference), so the file's values stay where both agree
-            for _ in range(1000):
-                top = torch.topk(pre, k=k + 1, dim=-1).values
-                if bool(((top[:, k - 1] - top[:, k]) > 1e-3).all()) and bool((top[:, k - 1] > 1e-3).all()):
-                    break
-            else:
-                raise SystemExit(f"seed {seed}: no inputs without a near-tie or a negative top-{k} pre-activation")
-                x = torch.randn(7, d_model, generator=g)
-                pre = F.linear(x, t["W_enc"], t["b_enc"])
+            rows = []
+            for _ in range(7):
+                for _ in range(10000):
+                    xi = torch.randn(1, d_model, generator=g)
+                    top = torch.topk(F.linear(xi, t["W_enc"], t["b_enc"]), k=min(k + 1, d_tc), dim=-1).values[0]
+                    if top[k - 1] > 1e-3 and (k >= d_tc or top[k - 1] - top[k] > 1e-3):
+                        rows.append(xi)
+                        break
+                else:
+                    raise SystemExit(f"seed {seed}: no input without a near-tie or a negative top-{k} pre-activation")
+            x = torch.cat(rows)
+            pre = F.linear(x, t["W_enc"], t["b_enc"])
         if act == "relu":
             acts = F.relu(pre)
         elif act == "jump_relu":
