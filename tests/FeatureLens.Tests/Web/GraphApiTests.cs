@@ -81,10 +81,13 @@ public sealed class GraphApiTests(GraphServer server, ITestOutputHelper output) 
         Assert.Equal(reference.Graph.Nodes.Count, view.GetProperty("heldNodes").GetInt32());
         AssertSame(Expected(reference.Graph, reference.Pruned), Got(view), "computed");
         // labels arrive as clerps
-        var feature = view.GetProperty("nodes").EnumerateArray().First(n => n.GetProperty("featureType").GetString() == "cross layer transcoder");
-        int layer = int.Parse(feature.GetProperty("layer").GetString()!, CultureInfo.InvariantCulture);
-        Assert.Equal(server.Labels.Get(reference.Replacement.Transcoders[layer].Config.Metadata.HookName, feature.GetProperty("latent").GetInt32())!.Label,
-            feature.GetProperty("clerp").GetString());
+        // (random thresholds can prune every feature away; the node sets were compared above, so then there is nothing to check)
+        foreach (var feature in view.GetProperty("nodes").EnumerateArray().Where(n => n.GetProperty("featureType").GetString() == "cross layer transcoder").Take(1))
+        {
+            int layer = int.Parse(feature.GetProperty("layer").GetString()!, CultureInfo.InvariantCulture);
+            Assert.Equal(server.Labels.Get(reference.Replacement.Transcoders[layer].Config.Metadata.HookName, feature.GetProperty("latent").GetInt32())!.Label,
+                feature.GetProperty("clerp").GetString());
+        }
 
         // saved in the folder, listed, and readable as a graph file
         var file = GraphJson.Read(Path.Combine(server.Folder, id + ".json"));
