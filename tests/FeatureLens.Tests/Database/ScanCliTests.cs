@@ -151,6 +151,12 @@ public class ScanCliTests
         // dashboards: an unknown SAE, a latent out of range
         Fails(["feature", "--db", m, "--sae", "blocks.7.hook_resid_post", "--feature", "0"], "has no SAE 'blocks.7.hook_resid_post'");
         Fails(["feature", "--db", m, "--sae", "blocks.0.hook_resid_post", "--feature", "16"], "outside [0, 16)");
+        // export: a latent out of range, an unknown SAE; nothing written
+        string export = tmp.File("export.json");
+        Fails(["export", "--db", m, "--sae", "blocks.0.hook_resid_post", "--features", "16", "--out", export], "outside [0, 16)", export);
+        Fails(["export", "--db", m, "--sae", "blocks.7.hook_resid_post", "--all", "--out", export], "has no SAE", export);
+        Assert.Equal(0, CliTests.Run("export", "--db", m, "--sae", "blocks.0.hook_resid_post", "--features", "1,2", "--out", export).ExitCode);
+        Assert.True(File.Exists(export));
         // bad settings
         Fails(ScanArgs(dirsA, corpus, none, "--shard", "2/2"), "--shard expects I/N", none);
         Fails([.. ScanArgs(dirsA, corpus, none)[..^2], "--db", none, "--batch", "0"], "--batch", none);
