@@ -1,6 +1,8 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
+using FeatureLens.Connections;
 using FeatureLens.Database;
 
 namespace FeatureLens.Web;
@@ -32,15 +34,25 @@ public sealed record DatabasesResponse(
 /// <summary>
 /// The feature pages' backend: the feature databases the server was given (<c>featurelens serve --db F.sqlite</c>), opened
 /// read-only once, and thin calls into <see cref="FeatureStore"/> (browse pages, dashboards) and <see cref="NeuronpediaExport"/>.
-/// A database is named by its file name without the extension.
+/// A database is named by its file name without the extension. A feature's upstream / downstream features
+/// (<see cref="FeatureConnections"/>) are computed with a model + SAE set the server holds whose fingerprints are the
+/// database's, under that set's lock, once per (feature, examples, top), and kept in memory.
 /// </summary>
 internal sealed class FeatureService : IDisposable
 {
+    public const int ConnectionExamplesMax = 64, ConnectionTopMax = 100;
+
     readonly Dictionary<string, FeatureStore> _stores = new(StringComparer.OrdinalIgnoreCase);
     readonly List<string> _order = [];
+    readonly TrackerService? _tracker;
+    readonly IReadOnlyList<TrackerSet> _sets;
+    readonly ConcurrentDictionary<(string Db, int Sae, int Feature, int Examples, int Top), Lazy<FeatureConnectionsResult>> _connections = new();
+    readonly Dictionary<(string Db, string Set), (FeatureConnections.Sources? Sources, string? Why)> _sources = [];
 
-    public FeatureService(IReadOnlyList<string> paths)
+    public FeatureService(IReadOnlyList<string> paths, TrackerService? tracker = null, IReadOnlyList<TrackerSet>? sets = null)
     {
+        _tracker = tracker;
+        _sets = sets ?? [];
         try
         {
             foreach (var p in paths)
@@ -114,5 +126,62 @@ internal sealed class FeatureService : IDisposable
         var list = features.Trim() == "all" ? Enumerable.Range(0, s.DSae).ToList() : NeuronpediaExport.ParseFeatures(features, s.DSae);
         string name = $"{Path.GetFileNameWithoutExtension(store.Path)}-{s.Hook}-{(list.Count == 1 ? list[0].ToString(CultureInfo.InvariantCulture) : $"{list.Count}-features")}.json";
         return (NeuronpediaExport.Build(store, s, list), name);
+    }
+
+    /// <summary>
+    /// The upstream and downstream features of a database feature over its top <paramref name="examples"/> examples (default 8),
+    /// the <paramref name="top"/> strongest on each side (default 10): computed once, then served from memory. 409 when the
+    /// server holds no model + SAE set the database was scanned with.
+    /// </summary>
+    public FeatureConnectionsResult Connections(string? db, string? sae, int feature, int? examples, int? top)
+    {
+        var store = Find(db);
+        var s = FindSae(store, sae);
+        if (feature < 0 || feature >= s.DSae) throw new ApiException(400, $"feature {feature} is outside [0, {s.DSae}) (d_sae of {s.Hook})");
+        int n = examples ?? 8, k = top ?? 10;
+        if (n is < 1 or > ConnectionExamplesMax) throw new ApiException(400, $"examples must be between 1 and {ConnectionExamplesMax} (got {n})");
+        if (k is < 1 or > ConnectionTopMax) throw new ApiException(400, $"top must be between 1 and {ConnectionTopMax} (got {k})");
+        var key = (store.Path, s.Index, feature, n, k);
+        var lazy = _connections.GetOrAdd(key, _ => new Lazy<FeatureConnectionsResult>(() => ComputeConnections(store, s, feature, n, k)));
+        try { return lazy.Value; }
+        catch
+        {
+            // a failure is not remembered: the next request tries again
+            _connections.TryRemove(new KeyValuePair<(string, int, int, int, int), Lazy<FeatureConnectionsResult>>(key, lazy));
+            throw;
+        }
+    }
+
+    FeatureConnectionsResult ComputeConnections(FeatureStore store, StoreSae sae, int feature, int examples, int top)
+    {
+        var why = new List<string>();
+        foreach (var set in _sets)
+        {
+            var (_, gate) = _tracker!.FindSet(set.Name);
+            lock (gate)
+            {
+                var (sources, reason) = SourcesFor(store, set);
+                if (sources == null) { why.Add($"set '{set.Name}': {reason}"); continue; }
+                if (sources.BySae[sae.Index] == null) { why.Add($"set '{set.Name}' lacks the SAE at {sae.Hook}"); continue; }
+                return FeatureConnections.Compute(store, sae, feature, sources, examples, top);
+            }
+        }
+        string name = Path.GetFileNameWithoutExtension(store.Path);
+        throw new ApiException(409, $"start serve with --model and the SAE folders to see connections: they are computed with the model and SAEs {name} was scanned with " +
+            (why.Count == 0 ? "(this server has no model loaded)" : $"({string.Join("; ", why)})"));
+    }
+
+    /// <summary>The set's SAEs paired with the database's (fingerprints checked once per database and set), or why they do not fit.</summary>
+    (FeatureConnections.Sources?, string?) SourcesFor(FeatureStore store, TrackerSet set)
+    {
+        lock (_sources)
+        {
+            if (_sources.TryGetValue((store.Path, set.Name), out var hit)) return hit;
+            (FeatureConnections.Sources?, string?) r;
+            try { r = (FeatureConnections.Match(store, set.Set.Model, set.Set.Saes), null); }
+            catch (ArgumentException e) { r = (null, e.Message); }
+            _sources[(store.Path, set.Name)] = r;
+            return r;
+        }
     }
 }

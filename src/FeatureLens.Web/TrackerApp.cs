@@ -31,6 +31,8 @@ namespace FeatureLens.Web;
 ///                                                  → a page of the SAE's features (<see cref="FeaturePage"/>)
 /// GET  /api/databases/feature?db=&amp;sae=&amp;feature=     → the feature's dashboard (<see cref="FeatureDashboard"/>)
 /// GET  /api/databases/export?db=&amp;sae=&amp;features=1,2|all → SAEDashboard / Neuronpedia batch JSON, as a download
+/// GET  /api/databases/connections?db=&amp;sae=&amp;feature=&amp;examples=&amp;top= → upstream / downstream features over the top examples
+///                                                  (<see cref="FeatureLens.Connections.FeatureConnectionsResult"/>; 409 without the database's model + SAEs)
 /// </code>
 /// Errors are JSON <c>{"error": "..."}</c>: 400 for bad input, 404 for unknown routes, 413 for oversize text or bodies.
 /// </summary>
@@ -84,7 +86,7 @@ public static class TrackerApp
         builder.Services.AddSingleton(tracker);
         builder.Services.AddSingleton(new CircuitService(tracker));
         builder.Services.AddSingleton(new GraphService(tracker, options));
-        var featureService = new FeatureService(options.Databases);
+        var featureService = new FeatureService(options.Databases, tracker, options.Sets);
         builder.Services.AddSingleton(featureService);
 
         var app = builder.Build();
@@ -153,6 +155,9 @@ public static class TrackerApp
         });
         api.MapGet("/databases/feature", (HttpContext ctx, FeatureService s) =>
             Results.Json(s.Dashboard(ctx.Request.Query["db"], ctx.Request.Query["sae"], QueryInt(ctx, "feature") ?? throw new ApiException(400, "feature is missing: give the feature index")), Json));
+        api.MapGet("/databases/connections", (HttpContext ctx, FeatureService s) =>
+            Results.Json(s.Connections(ctx.Request.Query["db"], ctx.Request.Query["sae"], QueryInt(ctx, "feature") ?? throw new ApiException(400, "feature is missing: give the feature index"),
+                QueryInt(ctx, "examples"), QueryInt(ctx, "top")), Json));
         api.MapGet("/databases/export", (HttpContext ctx, FeatureService s) =>
         {
             var (batch, fileName) = s.Export(ctx.Request.Query["db"], ctx.Request.Query["sae"], ctx.Request.Query["features"]);

@@ -1,5 +1,7 @@
 using System.CommandLine;
+using System.Text.Json;
 using FeatureLens.Analysis;
+using FeatureLens.Connections;
 using FeatureLens.Database;
 using Spectre.Console;
 
@@ -129,20 +131,75 @@ internal static class ScanCommand
         var feature = new Option<int>("--feature") { Description = "The latent index", Required = true };
         var json = new Option<string?>("--json") { Description = "Also write the whole dashboard as JSON to this file" };
         var examples = new Option<int>("--examples") { Description = "Top examples printed", DefaultValueFactory = _ => 10 };
-        var cmd = new Command("feature", "Show a feature's dashboard from a feature database: statistics, top and quantile examples, histogram, logit lens, partners, label")
+        var connections = new Option<bool>("--connections") { Description = "Also compute the feature's upstream and downstream features over its top examples (needs --model and --sae-dir)" };
+        var model = new Option<string?>("--model") { Description = "With --connections: the model the database was scanned with" };
+        var tokenizer = Cli.TokenizerOption();
+        var saeDirs = new Option<string[]>("--sae-dir") { Description = "With --connections: the SAE folders the database was scanned with (or a folder of them); repeat for several", AllowMultipleArgumentsPerToken = true };
+        var connExamples = new Option<int>("--connection-examples") { Description = "With --connections: how many of the top examples to compute them over", DefaultValueFactory = _ => 8 };
+        var top = new Option<int>("--top") { Description = "With --connections: partners listed on each side", DefaultValueFactory = _ => 10 };
+        var cmd = new Command("feature", "Show a feature's dashboard from a feature database: statistics, top and quantile examples, histogram, logit lens, partners, label; with --connections its upstream and downstream features")
         {
-            db, sae, feature, json, examples,
+            db, sae, feature, json, examples, connections, model, tokenizer, saeDirs, connExamples, top,
         };
         cmd.SetAction(r =>
         {
+            bool conn = r.GetValue(connections);
+            string? modelPath = r.GetValue(model);
+            var dirs = r.GetValue(saeDirs) ?? [];
+            if (!conn && (modelPath != null || dirs.Length > 0 || r.GetValue(tokenizer) != null))
+                throw new ArgumentException("--model, --tokenizer and --sae-dir are for --connections: add --connections");
+            if (conn && (modelPath == null || dirs.Length == 0))
+                throw new ArgumentException("--connections needs the model and the SAE folders the database was scanned with: pass --model M --sae-dir DIR...");
             using var store = FeatureStore.Open(r.GetValue(db)!);
             var s = store.Sae(r.GetValue(sae)!);
             var d = store.Dashboard(s, r.GetValue(feature));
-            if (r.GetValue(json) is string path) TrackCommand.WriteJson(path, d);
+            FeatureConnectionsResult? c = null;
+            if (conn)
+            {
+                if (r.GetValue(connExamples) < 1) throw new ArgumentException($"--connection-examples must be at least 1 (got {r.GetValue(connExamples)})");
+                if (r.GetValue(top) < 1) throw new ArgumentException($"--top must be at least 1 (got {r.GetValue(top)})");
+                using var m = Cli.LoadModel(modelPath!, r.GetValue(tokenizer));
+                var sources = FeatureConnections.Match(store, m, SaeCommand.LoadSaes(dirs));
+                c = FeatureConnections.Compute(store, s, d.Feature, sources, r.GetValue(connExamples), r.GetValue(top));
+            }
+            if (r.GetValue(json) is string path)
+            {
+                if (c == null) TrackCommand.WriteJson(path, d);
+                else
+                {
+                    var o = JsonSerializer.SerializeToNode(d, TrackCommand.Json)!.AsObject();
+                    o["upstream"] = JsonSerializer.SerializeToNode(c.Upstream, TrackCommand.Json);
+                    o["downstream"] = JsonSerializer.SerializeToNode(c.Downstream, TrackCommand.Json);
+                    o["connections"] = JsonSerializer.SerializeToNode(c, TrackCommand.Json);
+                    TrackCommand.WriteJson(path, o);
+                }
+            }
             Print(d, r.GetValue(examples));
+            if (c != null) PrintConnections(c);
             return 0;
         });
         return cmd;
+    }
+
+    static void PrintConnections(FeatureConnectionsResult c)
+    {
+        foreach (var (title, list, what) in new[]
+        {
+            ($"upstream features (gradient attribution to feature {c.Feature}@pos, zero ablation; over {c.Examples} top examples)", c.Upstream, "mean effect"),
+            ($"downstream features (exact change when feature {c.Feature} is zeroed at every position; over {c.Examples} top examples)", c.Downstream, "mean change"),
+        })
+        {
+            var t = new Table().Border(TableBorder.Rounded).AddColumns("SAE", "feature", what, "examples", "label");
+            t.Title = new TableTitle(title);
+            foreach (var p in list) t.AddRow(p.Sae.EscapeMarkup(), $"{p.Feature}", $"{p.Effect:G5}", $"{p.Fraction:P0}", (p.Label ?? "").EscapeMarkup());
+            if (list.Length == 0) t.AddRow("", "", "", "", "none");
+            AnsiConsole.Write(t);
+        }
+        if (c.UpstreamErrors.Length > 0)
+            AnsiConsole.MarkupLine(("error nodes: " + string.Join(", ", c.UpstreamErrors.Select(e => $"{e.Sae} {e.Effect:G4}")) +
+                (c.ErrorShare is double share ? $" — {share:P1} of all upstream |effect|" : "")).EscapeMarkup());
+        if (c.MissingSaes.Length > 0)
+            AnsiConsole.MarkupLine($"not loaded (no partners from them): {string.Join(", ", c.MissingSaes)}".EscapeMarkup());
     }
 
     static void Print(FeatureDashboard d, int examples)

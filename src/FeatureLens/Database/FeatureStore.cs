@@ -471,6 +471,13 @@ public sealed class FeatureStore : IDisposable
         return [.. list];
     }
 
+    /// <summary>The stored label of latent <paramref name="feature"/> of <paramref name="sae"/> (null when unlabelled).</summary>
+    public DashboardLabel? LabelOf(StoreSae sae, int feature)
+    {
+        ArgumentNullException.ThrowIfNull(sae);
+        return Label(sae, feature);
+    }
+
     DashboardLabel? Label(StoreSae sae, int feature)
     {
         lock (_gate)

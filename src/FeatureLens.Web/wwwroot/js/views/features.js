@@ -2,11 +2,15 @@
 // Two pages, chosen by the URL's hash:
 //   #features/DB/SAE          the feature browser of one SAE: a sortable, paged table with label (FTS5) and token search
 //   #features/DB/SAE/FEATURE  one feature's dashboard: top and quantile examples with highlighted tokens, the activation
-//                             histogram (Plotly), the logit lens, correlated features (links), the label and the scan
-// Requests: GET /api/databases, /api/databases/features, /api/databases/feature; the export link is /api/databases/export.
+//                             histogram (Plotly), the logit lens, correlated features (links), the label and the scan, and
+//                             its upstream / downstream features (links), computed by the server after the page shows
+// Requests: GET /api/databases, /api/databases/features, /api/databases/feature, /api/databases/connections; the export
+// link is /api/databases/export.
 //
 // For tests: <body data-features-ready="1"> once the latest page has rendered ("0" while loading, "error" when it failed);
-// window.__charts.features holds what was drawn (the page's rows, the dashboard's highlighted tokens, histogram drawn).
+// <body data-connections-ready="1"> once its upstream / downstream tables have ("0" while computing, "note" when the server
+// cannot compute them); window.__charts.features holds what was drawn (the page's rows, the dashboard's highlighted tokens,
+// histogram drawn, the connection tables' partners).
 
 import { $, PLOT_CONFIG, api, charts, clearError, escapeHtml, fmt, pct, showError, tokenText } from '../api.js';
 
@@ -15,12 +19,13 @@ const state = {
   query: { sort: 'frequency', order: '', page: 0, size: 50, label: '', token: '' }, seq: 0,
 };
 window.featuresState = state;
-charts.features = { page: null, dashboard: null, loads: 0 };
+charts.features = { page: null, dashboard: null, loads: 0, connections: null };
 
 export const features = { name: 'features', start, shown };
 
 const enc = encodeURIComponent;
 const setReady = v => { document.body.dataset.featuresReady = v; };
+const setConnectionsReady = v => { document.body.dataset.connectionsReady = v; };
 
 /** The hash of a browser page (feature undefined) or a feature page. */
 export function featureHash(db, sae, feature) {
@@ -256,7 +261,53 @@ async function renderDashboard(db, d) {
       `<td class="num">${fmt(p.r)}</td></tr>`).join('');
 
   charts.features.dashboard = { sae: d.sae, feature: d.feature, examples: d.top.length, highlighted, histogram: false };
+  loadConnections(db, d, saeName);
   await drawHistogram(d);
+}
+
+/** The upstream / downstream tables: asked for after the page shows (the server computes them once, which takes a while). */
+async function loadConnections(db, d, saeName) {
+  const seq = state.seq;
+  const note = $('fp-connections');
+  const tables = document.querySelector('#fp-conn .conn-tables');
+  for (const id of ['fp-upstream', 'fp-downstream']) $(id).querySelector('tbody').innerHTML = '';
+  tables.hidden = true;
+  charts.features.connections = null;
+  setConnectionsReady('0');
+  if (d.top.length === 0) {
+    note.textContent = 'The feature never fired in the scan: no examples to compute connections over.';
+    setConnectionsReady('note');
+    return;
+  }
+  note.innerHTML = '<span class="spinner"></span>computing upstream and downstream features over the top examples…';
+  let c;
+  try {
+    c = await api(`/api/databases/connections?${new URLSearchParams({ db, sae: d.sae, feature: String(d.feature) })}`);
+  } catch (e) {
+    if (seq !== state.seq) return;
+    note.textContent = e.message;
+    setConnectionsReady('note');
+    return;
+  }
+  if (seq !== state.seq) return;
+  const rows = list => list.map(p => `<tr><td><a class="partner" href="${featureHash(db, p.sae, p.feature)}">${escapeHtml(saeName(p.sae))} #${p.feature}</a></td>` +
+    `<td class="num">${fmt(p.effect, 4)}</td><td class="num">${pct(p.fraction)}</td>` +
+    `<td>${p.label === null ? '<span class="muted">—</span>' : escapeHtml(p.label)}</td></tr>`).join('');
+  const none = what => `<tr><td colspan="4" class="muted">${what}</td></tr>`;
+  $('fp-upstream').querySelector('tbody').innerHTML = c.upstream.length ? rows(c.upstream)
+    : none(c.upstream_saes.length ? 'no upstream latent has an effect' : 'no SAE upstream of this one');
+  $('fp-downstream').querySelector('tbody').innerHTML = c.downstream.length ? rows(c.downstream)
+    : none(c.downstream_saes.length ? 'no downstream latent changes' : 'no SAE downstream of this one');
+  const errors = c.upstream_errors.length ? ` · error nodes: ${c.upstream_errors.map(e => `${saeName(e.sae)} ${fmt(e.effect, 4)}`).join(', ')}` +
+    (c.error_share === null ? '' : ` (${pct(c.error_share)} of all upstream |effect|)`) : '';
+  const missing = c.missing_saes.length ? ` · not loaded in the server (no partners from them): ${c.missing_saes.map(saeName).join(', ')}` : '';
+  note.textContent = `over ${c.examples} top example(s)${errors}${missing}`;
+  tables.hidden = false;
+  charts.features.connections = {
+    sae: c.sae, feature: c.feature, examples: c.examples,
+    upstream: c.upstream.map(p => [p.sae, p.feature]), downstream: c.downstream.map(p => [p.sae, p.feature]),
+  };
+  setConnectionsReady('1');
 }
 
 /** One example: a window of tokens around where it fired, each token's background its activation relative to max. */
