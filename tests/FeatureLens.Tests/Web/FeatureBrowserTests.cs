@@ -136,7 +136,28 @@ public sealed class FeatureBrowserTests(FeatureDbServer server, ITestOutputHelpe
         Assert.Equal(d.Logits.Bottom.Length, await page.Locator("#fp-neg tbody tr").CountAsync());
         if (d.Label != null) Assert.Contains(d.Label.Label, await page.TextContentAsync("#fp-label"));
         Assert.Contains(store.Tokens.ToString("N0", CultureInfo.InvariantCulture), await page.TextContentAsync("#fp-meta"));
-        Assert.Contains("no connection data", await page.TextContentAsync("#fp-connections"));
+        // upstream / downstream: computed by the server (its set holds two of the three SAEs), or a note when this SAE is not loaded
+        await page.WaitForFunctionAsync("() => ['1', 'note'].includes(document.body.dataset.connectionsReady)", null, new PageWaitForFunctionOptions { Timeout = 60_000 });
+        var loaded = server.Saes.Take(2).ToList();
+        if (loaded.Any(l => l.Config.Metadata.HookName == sae.Hook))
+        {
+            Assert.Equal("1", await page.GetAttributeAsync("body", "data-connections-ready"));
+            var c = FeatureLens.Connections.FeatureConnections.Compute(store, sae, feature, FeatureLens.Connections.FeatureConnections.Match(store, FeatureLens.Tests.Analysis.AnalysisTestData.Model, loaded));
+            foreach (var (table, list) in new[] { ("#fp-upstream", c.Upstream), ("#fp-downstream", c.Downstream) })
+            {
+                var hrefs = await page.EvaluateAsync<string[]>($"[...document.querySelectorAll('{table} a.partner')].map(a => a.getAttribute('href'))");
+                Assert.Equal(list.Select(p => $"#features/{FeatureDbServer.DbName}/{Uri.EscapeDataString(p.Sae)}/{p.Feature}"), hrefs);
+                if (list.Length == 0) Assert.Contains(" of this one", await page.TextContentAsync($"{table} tbody"));
+            }
+            Assert.Contains($"over {c.Examples} top example(s)", await page.TextContentAsync("#fp-connections"));
+            Assert.Contains("not loaded in the server", await page.TextContentAsync("#fp-connections"));
+            Assert.True(c.Upstream.Length + c.Downstream.Length > 0, $"{Seed}: no partners on either side");
+        }
+        else
+        {
+            Assert.Equal("note", await page.GetAttributeAsync("body", "data-connections-ready"));
+            Assert.Contains("start serve with --model and the SAE folders to see connections", await page.TextContentAsync("#fp-connections"));
+        }
         Assert.Equal($"/api/databases/export?db={FeatureDbServer.DbName}&sae={Uri.EscapeDataString(sae.Hook)}&features={feature}",
             await page.GetAttributeAsync("#fp-export", "href"));
         await Shot(page, "feature-page.png");
