@@ -33,7 +33,7 @@ public static class ScanBench
     public static int Run(string[] args)
     {
         long tokens = 16384;
-        int runs = 1, partnerTokens = new ScanSettings().PartnerTokens, saeCount = 12;
+        int runs = 1, partnerTokens = new ScanSettings().PartnerTokens, saeCount = 12, logitTokens = new ScanSettings().LogitTokens;
         bool withTorch = true;
         for (int i = 0; i < args.Length; i++)
         {
@@ -43,9 +43,11 @@ public static class ScanBench
                 case "--runs": runs = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--partner-tokens": partnerTokens = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--saes": saeCount = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                // 0 leaves the logit lens out of both sides (for looking at the rest of the scan)
+                case "--logit-tokens": logitTokens = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-torch": withTorch = false; break;
                 default:
-                    Console.Error.WriteLine($"scan bench: unknown option '{args[i]}' (expected --tokens N, --runs N, --partner-tokens N, --saes N, --no-torch)");
+                    Console.Error.WriteLine($"scan bench: unknown option '{args[i]}' (expected --tokens N, --runs N, --partner-tokens N, --saes N, --logit-tokens N, --no-torch)");
                     return 2;
             }
         }
@@ -64,7 +66,7 @@ public static class ScanBench
         string tokDir = TokenizerFolder(root, models);
         string corpus = Path.Combine(root, "..", "shared", "corpora", "wikitext-2-raw-test.txt");
         if (!File.Exists(corpus)) { Console.Error.WriteLine($"scan bench: corpus not found at {corpus}"); return 2; }
-        var settings = new ScanSettings { Context = Context, Tokens = tokens, PartnerTokens = partnerTokens };
+        var settings = new ScanSettings { Context = Context, Tokens = tokens, PartnerTokens = partnerTokens, LogitTokens = logitTokens };
 
         // the token windows the scan reads, for the peer
         var tok = TokenizerLoader.Load(tokDir);

@@ -1,4 +1,5 @@
 using FeatureLens.Runtime.Models;
+using FeatureLens.Runtime.Tensors;
 using FeatureLens.Saes;
 
 namespace FeatureLens.Analysis;
@@ -45,16 +46,54 @@ public static class FeatureTracker
     /// </summary>
     public static float[][] RunLatents(SaeSet set, int[][] batch)
     {
-        // With the error term a spliced SAE leaves the model unchanged, so each SAE's latents are simply the encoding
-        // of the clean activation at its hook: cache the hooks (stopping after the last block needed) and encode
-        // the real (unpadded) rows — no decoding, no splice.
+        var lengths = batch.Select(b => b.Length).ToArray();
+        int B = batch.Length, T = lengths.Max(), rows = lengths.Sum();
+        var result = new float[set.Saes.Count][];
+        HookInputs(set, batch, (i, x) =>
+        {
+            var sae = set.Saes[i];
+            var acts = new float[(long)rows * sae.DSae];
+            sae.EncodeRows(x, acts, rows);
+            var full = rows == B * T ? acts : new float[(long)B * T * sae.DSae];
+            if (!ReferenceEquals(full, acts))
+            {
+                int r = 0;
+                for (int b = 0; b < B; b++)
+                {
+                    Array.Copy(acts, (long)r * sae.DSae, full, (long)b * T * sae.DSae, (long)lengths[b] * sae.DSae);
+                    r += lengths[b];
+                }
+            }
+            result[i] = full;
+        });
+        return result;
+    }
+
+    /// <summary>
+    /// <see cref="RunLatents"/> kept sparse: each SAE's positive latents, one row per real token (sequence b's position t
+    /// is row Σ_{b′&lt;b} length(b′) + t) — the same values, without the dense (B, T, d_sae) arrays.
+    /// </summary>
+    public static SparseActivations[] RunSparseLatents(SaeSet set, int[][] batch)
+    {
+        int rows = batch.Sum(b => b.Length);
+        var result = new SparseActivations[set.Saes.Count];
+        HookInputs(set, batch, (i, x) => result[i] = set.Saes[i].EncodeSparse(new Tensor([rows, set.Saes[i].DIn], x)));
+        return result;
+    }
+
+    /// <summary>
+    /// With the error term a spliced SAE leaves the model unchanged, so each SAE's latents are simply the encoding of the
+    /// clean activation at its hook: one forward pass caching the hooks (stopping after the last block needed), then each
+    /// SAE's input — its hook's real (unpadded) rows, (Σ lengths, d_in) — handed to <paramref name="use"/>.
+    /// </summary>
+    static void HookInputs(SaeSet set, int[][] batch, Action<int, float[]> use)
+    {
         var hooks = new HashSet<string>(set.Hooks, StringComparer.Ordinal);
         var lengths = batch.Select(b => b.Length).ToArray();
         var cache = new ActivationCache { Lengths = lengths };
         int? stop = set.Layers.All(l => l >= 0) ? set.Layers.Max() + 1 : null;
         set.Model.Run(batch, new RunOptions { CacheFilter = hooks.Contains, Cache = cache, ReturnLogits = false, StopAtLayer = stop });
         int B = batch.Length, T = lengths.Max(), rows = lengths.Sum();
-        var result = new float[set.Saes.Count][];
         for (int i = 0; i < set.Saes.Count; i++)
         {
             var sae = set.Saes[i];
@@ -69,21 +108,8 @@ public static class FeatureTracker
             for (int b = 0; b < B; b++)
                 for (int t = 0; t < lengths[b]; t++, r++)
                     Array.Copy(act.Data, ((long)b * T + t) * inner + (head is int h ? (long)h * d : 0), x, (long)r * d, d);
-            var acts = new float[(long)rows * sae.DSae];
-            sae.EncodeRows(x, acts, rows);
-            var full = rows == B * T ? acts : new float[(long)B * T * sae.DSae];
-            if (!ReferenceEquals(full, acts))
-            {
-                r = 0;
-                for (int b = 0; b < B; b++)
-                {
-                    Array.Copy(acts, (long)r * sae.DSae, full, (long)b * T * sae.DSae, (long)lengths[b] * sae.DSae);
-                    r += lengths[b];
-                }
-            }
-            result[i] = full;
+            use(i, x);
         }
-        return result;
     }
 
     static TrackResult Track(SaeSet set, int[] tokens, TrackOptions? options, FeatureLabelLookup? labels, string? text)

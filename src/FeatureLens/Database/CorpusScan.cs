@@ -263,24 +263,25 @@ public static class CorpusScan
     {
         var batch = windows.ToArray();
         long t0 = Stopwatch.GetTimestamp();
-        var acts = FeatureTracker.RunLatents(set, batch);
+        var acts = FeatureTracker.RunSparseLatents(set, batch);
         long t1 = Stopwatch.GetTimestamp();
         timings.ModelAndEncode += Stopwatch.GetElapsedTime(t0, t1).TotalSeconds;
-        int B = batch.Length, T = batch.Max(w => w.Length), C = settings.Context;
+        int B = batch.Length, C = settings.Context;
+        var row0 = new int[B];
+        for (int b = 1; b < B; b++) row0[b] = row0[b - 1] + batch[b - 1].Length;
         var skips = batch.Select(w => w.Select(t => t == bos).ToArray()).ToArray();
         long counted = skips.Sum(s => (long)s.Count(x => !x));
         Parallel.For(0, acc.Length, s =>
         {
-            int d = set.Saes[s].DSae;
             for (int b = 0; b < B; b++)
-                acc[s].AddWindow(new ReadOnlySpan<float>(acts[s], b * T * d, batch[b].Length * d), batch[b].Length, (firstWindow + b) * C, skips[b]);
+                acc[s].AddWindow(acts[s], row0[b], batch[b].Length, (firstWindow + b) * C, skips[b]);
         });
         long t2 = Stopwatch.GetTimestamp();
         timings.Accumulate += Stopwatch.GetElapsedTime(t1, t2).TotalSeconds;
         var sample = new List<(long Window, byte[] Data)>();
         for (int b = 0; b < B; b++)
             if (firstWindow + b < settings.PartnerWindows)
-                sample.Add((firstWindow + b, ScanStore.PackSampleWindow(acts, set.Saes.Select(s => s.DSae).ToArray(), b, T, batch[b].Length, skips[b])));
+                sample.Add((firstWindow + b, ScanStore.PackSampleWindow(acts, row0[b], batch[b].Length, skips[b])));
 
         using var tx = db.BeginTransaction();
         using (var cmd = db.CreateCommand())

@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 
+using FeatureLens.Saes;
+
 namespace FeatureLens.Database;
 
 /// <summary>
@@ -32,24 +34,7 @@ internal sealed class ScanExample
         return c != 0 ? c : a.Token.CompareTo(b.Token);
     }
 
-    /// <summary>Packs the nonzero entries of a window's activations (one per position) as (uint16, float32) pairs.</summary>
-    public static byte[] PackValues(ReadOnlySpan<float> window)
-    {
-        int n = 0;
-        foreach (float v in window) if (v != 0) n++;
-        var b = new byte[n * 6];
-        int o = 0;
-        for (int p = 0; p < window.Length; p++)
-        {
-            if (window[p] == 0) continue;
-            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(o), (ushort)p);
-            BinaryPrimitives.WriteSingleLittleEndian(b.AsSpan(o + 2), window[p]);
-            o += 6;
-        }
-        return b;
-    }
-
-    /// <summary>The window's activations (length <paramref name="length"/>) from <see cref="PackValues"/>'s bytes.</summary>
+    /// <summary>The window's activations (length <paramref name="length"/>) from <see cref="Values"/>' bytes.</summary>
     public static float[] UnpackValues(byte[] b, int length, string where)
     {
         if (b.Length % 6 != 0) throw new InvalidDataException($"{where}: example values blob of {b.Length} bytes is not a list of (uint16, float32) pairs");
@@ -91,42 +76,75 @@ internal sealed class ScanAccumulator
         _dirty = new bool[dSae];
     }
 
+    // the window being added, transposed: its entries sorted by (latent, position), for capturing a latent's values
+    long[] _keys = new long[1024];
+    float[] _vals = new float[1024];
+    int _entries;
+
     /// <summary>
-    /// Adds one window's activations of this SAE: <paramref name="acts"/> (T, d_sae) row-major for the window's
-    /// <paramref name="length"/> positions; positions in <paramref name="skip"/> (BOS) are not counted.
-    /// <paramref name="firstToken"/> is the stream index of the window's position 0.
+    /// Adds one window's activations of this SAE: rows [<paramref name="row0"/>, row0 + <paramref name="length"/>) of
+    /// <paramref name="acts"/> are the window's positions; positions in <paramref name="skip"/> (BOS) are not counted.
+    /// <paramref name="firstToken"/> is the stream index of the window's position 0. Latents are visited position by
+    /// position, each position's in increasing latent order.
     /// </summary>
-    public void AddWindow(ReadOnlySpan<float> acts, int length, long firstToken, ReadOnlySpan<bool> skip)
+    public void AddWindow(SparseActivations acts, int row0, int length, long firstToken, ReadOnlySpan<bool> skip)
     {
-        int d = DSae;
+        if (length > ushort.MaxValue + 1) throw new ArgumentOutOfRangeException(nameof(length), $"a window of {length} positions is longer than examples can hold");
+        int e0 = acts.RowStart[row0], e1 = acts.RowStart[row0 + length];
+        _entries = e1 - e0;
+        if (_keys.Length < _entries) { _keys = new long[_entries]; _vals = new float[_entries]; }
+        for (int t = 0; t < length; t++)
+            for (int e = acts.RowStart[row0 + t]; e < acts.RowStart[row0 + t + 1]; e++)
+            {
+                _keys[e - e0] = ((long)acts.Index[e] << 16) | (uint)t;
+                _vals[e - e0] = acts.Value[e];
+            }
+        Array.Sort(_keys, _vals, 0, _entries);
         for (int t = 0; t < length; t++)
         {
             if (skip[t]) continue;
-            var row = acts.Slice(t * d, d);
-            for (int j = 0; j < d; j++)
+            long token = firstToken + t;
+            var idx = acts.RowIndices(row0 + t);
+            var val = acts.RowValues(row0 + t);
+            for (int i = 0; i < idx.Length; i++)
             {
-                float x = row[j];
+                float x = val[i];
                 if (!(x > 0)) continue;
+                int j = idx[i];
                 Count[j]++;
                 Sum[j] += ScanBins.Fixed(x);
                 if (x > Max[j]) Max[j] = x;
                 int bin = ScanBins.Bin(x);
                 (Hist[j] ??= new long[ScanBins.Bins])[bin]++;
-                long token = firstToken + t;
-                OfferTop(j, x, token, acts, length);
-                OfferSample(j, x, token, ScanBins.SamplingBin(bin), acts, length);
+                OfferTop(j, x, token);
+                OfferSample(j, x, token, ScanBins.SamplingBin(bin));
             }
         }
     }
 
-    byte[] Capture(int j, ReadOnlySpan<float> acts, int length)
+    /// <summary>Latent j's nonzero values over the window being added, packed as <see cref="ScanExample.Values"/>.</summary>
+    byte[] Capture(int j)
     {
-        Span<float> col = length <= 1024 ? stackalloc float[length] : new float[length];
-        for (int t = 0; t < length; t++) col[t] = acts[t * DSae + j];
-        return ScanExample.PackValues(col);
+        long first = (long)j << 16;
+        int lo = 0, hi = _entries;
+        while (lo < hi) { int mid = (lo + hi) >>> 1; if (_keys[mid] < first) lo = mid + 1; else hi = mid; }
+        int end = lo;
+        while (end < _entries && _keys[end] >> 16 == j) end++;
+        int n = 0;
+        for (int e = lo; e < end; e++) if (_vals[e] != 0) n++;
+        var b = new byte[n * 6];
+        int o = 0;
+        for (int e = lo; e < end; e++)
+        {
+            if (_vals[e] == 0) continue;
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(o), (ushort)(_keys[e] & 0xFFFF));
+            BinaryPrimitives.WriteSingleLittleEndian(b.AsSpan(o + 2), _vals[e]);
+            o += 6;
+        }
+        return b;
     }
 
-    void OfferTop(int j, float x, long token, ReadOnlySpan<float> acts, int length)
+    void OfferTop(int j, float x, long token)
     {
         var list = Top[j] ??= new List<ScanExample>(TopK);
         if (list.Count == TopK)
@@ -135,11 +153,11 @@ internal sealed class ScanAccumulator
             // a later token with an equal activation ranks below every kept one
             if (!(x > worst.Activation)) return;
         }
-        var e = new ScanExample { Activation = x, Token = token, Priority = 0, Bin = -1, Values = Capture(j, acts, length) };
+        var e = new ScanExample { Activation = x, Token = token, Priority = 0, Bin = -1, Values = Capture(j) };
         Insert(j, list, e, TopK);
     }
 
-    void OfferSample(int j, float x, long token, int sbin, ReadOnlySpan<float> acts, int length)
+    void OfferSample(int j, float x, long token, int sbin)
     {
         var list = Samples[j] ??= [];
         ulong pri = ScanBins.Priority(SaeIndex, j, token);
@@ -151,7 +169,7 @@ internal sealed class ScanAccumulator
             if (worst == null || ScanExample.SampleOrder(worst, e) < 0) worst = e;
         }
         if (inBin == PerBin && pri >= worst!.Priority) return; // equal priority: the earlier token is kept
-        var ex = new ScanExample { Activation = x, Token = token, Priority = pri, Bin = sbin, Values = Capture(j, acts, length) };
+        var ex = new ScanExample { Activation = x, Token = token, Priority = pri, Bin = sbin, Values = Capture(j) };
         if (inBin == PerBin) Drop(j, list, worst!);
         list.Add(ex);
         MarkDirty(j);
@@ -184,14 +202,24 @@ internal sealed class ScanAccumulator
     {
         var deleted = new List<(int, int, long)>(_dropped);
         _dropped.Clear();
+        // both in key order (feature, bin, token): the database's B-tree is then walked once, not at random
+        deleted.Sort();
+        _dirtyList.Sort();
         var inserted = new List<(int, ScanExample)>();
+        var byKey = Comparer<(int, ScanExample)>.Create((a, b) =>
+        {
+            int c = a.Item2.Bin.CompareTo(b.Item2.Bin);
+            return c != 0 ? c : a.Item2.Token.CompareTo(b.Item2.Token);
+        });
         foreach (int j in _dirtyList)
         {
             _dirty[j] = false;
+            int from = inserted.Count;
             foreach (var list in new[] { Top[j], Samples[j] })
                 if (list != null)
                     foreach (var e in list)
                         if (!e.Stored) { e.Stored = true; inserted.Add((j, e)); }
+            inserted.Sort(from, inserted.Count - from, byKey);
         }
         _dirtyList.Clear();
         return (deleted, inserted);

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using FeatureLens.Saes;
 using Microsoft.Data.Sqlite;
 
 namespace FeatureLens.Database;
@@ -51,27 +52,14 @@ internal static class ScanStore
             var ps = cmd.Parameters.Add("$s", SqliteType.Integer); var pd = cmd.Parameters.Add("$d", SqliteType.Blob);
             for (int s = 0; s < acc.Length; s++) { ps.Value = s; pd.Value = blobs[s]; cmd.ExecuteNonQuery(); }
         }
-        using var del = db.CreateCommand();
-        del.Transaction = tx;
-        del.CommandText = "DELETE FROM examples WHERE sae = $s AND feature = $f AND bin = $b AND token = $t";
-        var ds = del.Parameters.Add("$s", SqliteType.Integer); var df = del.Parameters.Add("$f", SqliteType.Integer);
-        var db_ = del.Parameters.Add("$b", SqliteType.Integer); var dt = del.Parameters.Add("$t", SqliteType.Integer);
-        using var ins = db.CreateCommand();
-        ins.Transaction = tx;
-        ins.CommandText = "INSERT INTO examples(sae, feature, bin, token, activation, priority, vals) VALUES($s, $f, $b, $t, $a, $p, $v)";
-        var s_ = ins.Parameters.Add("$s", SqliteType.Integer); var f_ = ins.Parameters.Add("$f", SqliteType.Integer);
-        var b_ = ins.Parameters.Add("$b", SqliteType.Integer); var t_ = ins.Parameters.Add("$t", SqliteType.Integer);
-        var a_ = ins.Parameters.Add("$a", SqliteType.Real); var p_ = ins.Parameters.Add("$p", SqliteType.Integer); var v_ = ins.Parameters.Add("$v", SqliteType.Blob);
+        using var del = new SqliteRows(db, "DELETE FROM examples WHERE sae = ?1 AND feature = ?2 AND bin = ?3 AND token = ?4");
+        using var ins = new SqliteRows(db, "INSERT INTO examples(sae, feature, bin, token, activation, priority, vals) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
         for (int s = 0; s < acc.Length; s++)
         {
             var (deleted, inserted) = acc[s].TakeChanges();
-            foreach (var (f, bin, token) in deleted) { ds.Value = s; df.Value = f; db_.Value = bin; dt.Value = token; del.ExecuteNonQuery(); }
+            foreach (var (f, bin, token) in deleted) del.Set(1, s).Set(2, f).Set(3, bin).Set(4, token).Run();
             foreach (var (f, e) in inserted)
-            {
-                s_.Value = s; f_.Value = f; b_.Value = e.Bin; t_.Value = e.Token; a_.Value = (double)e.Activation;
-                p_.Value = unchecked((long)e.Priority); v_.Value = e.Values;
-                ins.ExecuteNonQuery();
-            }
+                ins.Set(1, s).Set(2, f).Set(3, e.Bin).Set(4, e.Token).Set(5, (double)e.Activation).Set(6, unchecked((long)e.Priority)).Set(7, e.Values).Run();
         }
     }
 
@@ -79,7 +67,7 @@ internal static class ScanStore
     /// One window's active latents for the partner sample: per position a uint16 count (0xFFFF: BOS, not counted), then
     /// that many (uint16 SAE, int32 latent, float32 value) entries.
     /// </summary>
-    public static byte[] PackSampleWindow(float[][] acts, int[] dSae, int b, int T, int length, bool[] skip)
+    public static byte[] PackSampleWindow(SparseActivations[] acts, int row0, int length, bool[] skip)
     {
         using var ms = new MemoryStream();
         Span<byte> buf = stackalloc byte[10];
@@ -87,22 +75,19 @@ internal static class ScanStore
         {
             if (skip[t]) { BinaryPrimitives.WriteUInt16LittleEndian(buf, 0xFFFF); ms.Write(buf[..2]); continue; }
             int n = 0;
-            for (int s = 0; s < acts.Length; s++)
-            {
-                var row = new ReadOnlySpan<float>(acts[s], (b * T + t) * dSae[s], dSae[s]);
-                foreach (float v in row) if (v > 0) n++;
-            }
+            foreach (var a in acts)
+                foreach (float v in a.RowValues(row0 + t)) if (v > 0) n++;
             if (n >= 0xFFFF) throw new InvalidOperationException($"{n} active latents at one position: more than the partner sample's format holds");
             BinaryPrimitives.WriteUInt16LittleEndian(buf, (ushort)n); ms.Write(buf[..2]);
             for (int s = 0; s < acts.Length; s++)
             {
-                var row = new ReadOnlySpan<float>(acts[s], (b * T + t) * dSae[s], dSae[s]);
-                for (int j = 0; j < row.Length; j++)
+                var idx = acts[s].RowIndices(row0 + t); var val = acts[s].RowValues(row0 + t);
+                for (int i = 0; i < idx.Length; i++)
                 {
-                    if (!(row[j] > 0)) continue;
+                    if (!(val[i] > 0)) continue;
                     BinaryPrimitives.WriteUInt16LittleEndian(buf, (ushort)s);
-                    BinaryPrimitives.WriteInt32LittleEndian(buf[2..], j);
-                    BinaryPrimitives.WriteSingleLittleEndian(buf[6..], row[j]);
+                    BinaryPrimitives.WriteInt32LittleEndian(buf[2..], idx[i]);
+                    BinaryPrimitives.WriteSingleLittleEndian(buf[6..], val[i]);
                     ms.Write(buf);
                 }
             }
@@ -126,7 +111,9 @@ internal static class ScanStore
                 int s = BinaryPrimitives.ReadUInt16LittleEndian(data.AsSpan(o));
                 int j = BinaryPrimitives.ReadInt32LittleEndian(data.AsSpan(o + 2));
                 if (s >= dSae.Length || (uint)j >= (uint)dSae[s]) throw new InvalidDataException($"{where}: partner sample names SAE {s} latent {j}, outside the database's SAEs");
-                row[i] = (saeOffset[s] + j, BinaryPrimitives.ReadSingleLittleEndian(data.AsSpan(o + 6)));
+                float v = BinaryPrimitives.ReadSingleLittleEndian(data.AsSpan(o + 6));
+                if (!(v > 0) || !float.IsFinite(v)) throw new InvalidDataException($"{where}: partner sample holds activation {v} for SAE {s} latent {j}; only positive, finite activations are sampled");
+                row[i] = (saeOffset[s] + j, v);
             }
             rows.Add(row);
         }

@@ -400,8 +400,9 @@ public sealed class Sae
         int block = Math.Max(1, Math.Min(blockRows, n));
         bool gated = Config.Architecture == SaeArchitecture.Gated;
         var saeIn = new float[(long)block * DIn];
-        var pre = new float[(long)block * dSae];
-        var gate = gated ? new float[(long)block * dSae] : null;
+        // the pre-activation blocks come from the pool: a scan encodes block after block with every SAE
+        var pre = BufferPool.Rent(checked(block * dSae));
+        var gate = gated ? BufferPool.Rent(checked(block * dSae)) : null;
         var rowIndex = new int[n][]; var rowValue = new float[n][];
         for (int r0 = 0; r0 < n; r0 += block)
         {
@@ -437,6 +438,8 @@ public sealed class Sae
                 }
             }
         }
+        BufferPool.Return(pre);
+        if (gate != null) BufferPool.Return(gate);
         var rowStart = new int[n + 1];
         for (int r = 0; r < n; r++) rowStart[r + 1] = rowStart[r] + rowIndex[r].Length;
         var index = new int[rowStart[n]]; var value = new float[rowStart[n]];
