@@ -17,6 +17,8 @@ public static class Program
             GraphCommand.Build(),
             QkCommand.Build(),
             InterveneCommand.Build(),
+            SteerCommand.Build(),
+            SteeringVectorCommand.Build(),
             FeatureLinksCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),

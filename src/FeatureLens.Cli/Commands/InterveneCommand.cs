@@ -64,7 +64,7 @@ internal static class InterveneCommand
 
 
     /// <summary>A token id, or a text that the tokenizer encodes to exactly one token.</summary>
-    static int ParseToken(HookedTransformer m, string s)
+    internal static int ParseToken(HookedTransformer m, string s)
     {
         int V = m.Config.VocabSize;
         if (int.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out int id))

@@ -12,6 +12,15 @@ public sealed record SamplingOptions(float Temperature = 0f, float TopP = 1f, in
     }
 }
 
+/// <summary>Per-step callbacks of <see cref="Generation.Generate(HookedTransformer, int[], int, SamplingOptions, GenerationStep?)"/>.</summary>
+public sealed class GenerationStep
+{
+    /// <summary>Given the absolute position of the step's first row (the KV cache's length), the hooks and splices of that pass (its KV cache is ignored).</summary>
+    public Func<int, RunOptions>? Options { get; init; }
+    /// <summary>Called with the step index and a copy of the last row's logits (V), before the next token is picked.</summary>
+    public Action<int, float[]>? OnLogits { get; init; }
+}
+
 /// <summary>Autoregressive generation with a KV cache.</summary>
 public static class Generation
 {
@@ -19,7 +28,15 @@ public static class Generation
     /// Yields up to <paramref name="maxNewTokens"/> tokens after <paramref name="prompt"/>. Stops early at
     /// the end-of-sequence token, or at BOS (a new document), like llama2.c.
     /// </summary>
-    public static IEnumerable<int> Generate(this HookedTransformer model, int[] prompt, int maxNewTokens, SamplingOptions sampling)
+    public static IEnumerable<int> Generate(this HookedTransformer model, int[] prompt, int maxNewTokens, SamplingOptions sampling) =>
+        Generate(model, prompt, maxNewTokens, sampling, null);
+
+    /// <summary>
+    /// <see cref="Generate(HookedTransformer, int[], int, SamplingOptions)"/> with per-step hooks (steering):
+    /// <paramref name="step"/> gives each incremental forward pass its hooks and splices (it is told the absolute
+    /// position of the pass's first row) and sees the logits of the last row before the next token is picked.
+    /// </summary>
+    public static IEnumerable<int> Generate(this HookedTransformer model, int[] prompt, int maxNewTokens, SamplingOptions sampling, GenerationStep? step)
     {
         sampling.Validate();
         if (prompt.Length == 0) throw new ArgumentException("the prompt is empty: pass at least one token (e.g. BOS)");
@@ -27,10 +44,10 @@ public static class Generation
         var cfg = model.Config;
         int capacity = Math.Min(cfg.NCtx, prompt.Length + maxNewTokens);
         if (prompt.Length > capacity) throw new ArgumentException($"the prompt has {prompt.Length} tokens but the model's context is {cfg.NCtx}");
-        return Iterate(model, prompt, maxNewTokens, sampling, capacity);
+        return Iterate(model, prompt, maxNewTokens, sampling, capacity, step);
     }
 
-    static IEnumerable<int> Iterate(HookedTransformer model, int[] prompt, int maxNewTokens, SamplingOptions sampling, int capacity)
+    static IEnumerable<int> Iterate(HookedTransformer model, int[] prompt, int maxNewTokens, SamplingOptions sampling, int capacity, GenerationStep? step)
     {
         var cfg = model.Config;
         var kv = new KvCache(cfg, 1, capacity);
@@ -38,8 +55,11 @@ public static class Generation
         int[] input = prompt;
         for (int i = 0; i < maxNewTokens && kv.Length + input.Length <= capacity; i++)
         {
-            var logits = model.Run([input], new RunOptions { KvCache = kv })!;
+            var options = step?.Options?.Invoke(kv.Length);
+            var logits = model.Run([input], options == null ? new RunOptions { KvCache = kv }
+                : new RunOptions { KvCache = kv, Hooks = options.Hooks, Splices = options.Splices })!;
             var last = logits.Data.AsSpan((input.Length - 1) * cfg.VocabSize, cfg.VocabSize);
+            step?.OnLogits?.Invoke(i, last.ToArray());
             int next = sampling.Temperature == 0 ? ArgMax(last) : Sample(last, sampling, rng);
             if (next == cfg.EosTokenId || next == cfg.BosTokenId) yield break;
             yield return next;
