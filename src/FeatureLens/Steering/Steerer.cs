@@ -122,14 +122,17 @@ public sealed class Steerer
                 if (SteeringSpec.Covers(Positions, offset + t, promptLength)) acts.Data[((long)b * T + t) * d + latent] = value;
     }
 
-    /// <summary>Generates after <paramref name="prompt"/> with the KV cache, steered at <paramref name="strength"/> (null: the baseline).</summary>
-    public SteeredGeneration Generate(int[] prompt, float? strength, int maxNewTokens, SamplingOptions sampling)
+    /// <summary>
+    /// Generates after <paramref name="prompt"/> with the KV cache, steered at <paramref name="strength"/> (null: the baseline);
+    /// <paramref name="onLogits"/> sees each step's last-row logits.
+    /// </summary>
+    public SteeredGeneration Generate(int[] prompt, float? strength, int maxNewTokens, SamplingOptions sampling, Action<int, float[]>? onLogits = null)
     {
         float[]? first = null;
         var step = new GenerationStep
         {
             Options = pos => PassOptions(strength, pos, prompt.Length),
-            OnLogits = (i, logits) => { if (i == 0) first = logits; },
+            OnLogits = (i, logits) => { if (i == 0) first = logits; onLogits?.Invoke(i, logits); },
         };
         var tokens = Model.Generate(prompt, maxNewTokens, sampling, step).ToArray();
         first ??= NextTokenLogits(prompt, strength);   // max new tokens 0
