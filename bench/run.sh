@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark (GEMM, GPT-2-small forward, Llama-7B-shaped bf16, SAE encode/training, tracker API,
 # attribution patching with SAEs (forward + backward), the backward's memory on the Llama-7B shape, attribution graphs,
-# the corpus scan into a feature database)
+# the corpus scan into a feature database, steered vs plain generation)
 # against PyTorch (where there is a peer) in the same run.
 # As root it first installs the peer: Debian's python3-torch with OpenBLAS (libopenblas0-pthread).
 # Needs ~14 GB of disk for the synthetic Llama-7B folder (written once into bench/models/).
@@ -14,6 +14,6 @@ bench() { dotnet run -c Release --project "$root/bench/FeatureLens.Bench" -- "$@
 case "${1:-all}" in
   # the tracker runs as the server does (`featurelens serve` uses the server GC, see FeatureLens.Cli.csproj)
   tracker) DOTNET_gcServer=1 bench "$@" ;;
-  all) bench gemm && bench forward && bench llama7b && bench sae && DOTNET_gcServer=1 bench tracker && bench attribution && bench grad7b && bench graph && bench scan ;;
+  all) bench gemm && bench forward && bench llama7b && bench sae && DOTNET_gcServer=1 bench tracker && bench attribution && bench grad7b && bench graph && bench scan && bench steering ;;
   *) bench "$@" ;;
 esac

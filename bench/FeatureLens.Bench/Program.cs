@@ -15,6 +15,7 @@ switch (args.Length > 0 ? args[0] : "")
     case "grad7b": return Grad7bBench.Run(args[1..]);
     case "graph": return GraphBench.Run(args[1..]);
     case "scan": return ScanBench.Run(args[1..]);
+    case "steering": return SteeringBench.Run(args[1..]);
     case "all":
         int rc = GemmBench.Run([]);
         rc |= ForwardBench.Run([]);
@@ -25,8 +26,9 @@ switch (args.Length > 0 ? args[0] : "")
         rc |= Grad7bBench.Run([]);
         rc |= GraphBench.Run([]);
         rc |= ScanBench.Run([]);
+        rc |= SteeringBench.Run([]);
         return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--no-torch] | all");
+        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--no-torch] | steering [--runs N] [--tokens N] [--gpt2] | all");
         return 2;
 }
