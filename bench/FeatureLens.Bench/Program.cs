@@ -15,6 +15,7 @@ switch (args.Length > 0 ? args[0] : "")
     case "grad7b": return Grad7bBench.Run(args[1..]);
     case "graph": return GraphBench.Run(args[1..]);
     case "scan": return ScanBench.Run(args[1..]);
+    case "cluster": return ClusterBench.Run(args[1..]);
     case "all":
         int rc = GemmBench.Run([]);
         rc |= ForwardBench.Run([]);
@@ -27,6 +28,6 @@ switch (args.Length > 0 ? args[0] : "")
         rc |= ScanBench.Run([]);
         return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--no-torch] | all");
+        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--no-torch] | cluster [--layers L] [--latents N] [--d-model C] [--hierarchical] | all");
         return 2;
 }

@@ -18,6 +18,7 @@ public static class Program
             QkCommand.Build(),
             InterveneCommand.Build(),
             FeatureLinksCommand.Build(),
+            ClusterCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),
