@@ -14,6 +14,6 @@ bench() { dotnet run -c Release --project "$root/bench/FeatureLens.Bench" -- "$@
 case "${1:-all}" in
   # the tracker runs as the server does (`featurelens serve` uses the server GC, see FeatureLens.Cli.csproj)
   tracker) DOTNET_gcServer=1 bench "$@" ;;
-  all) bench gemm && bench forward && bench llama7b && bench sae && DOTNET_gcServer=1 bench tracker && bench attribution && bench grad7b && bench graph && bench scan && bench steering ;;
+  all) bench gemm && bench forward && bench llama7b && bench sae && DOTNET_gcServer=1 bench tracker && bench attribution && bench grad7b && bench graph && bench scan && bench steering && bench cluster ;;
   *) bench "$@" ;;
 esac

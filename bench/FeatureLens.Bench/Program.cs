@@ -16,6 +16,7 @@ switch (args.Length > 0 ? args[0] : "")
     case "graph": return GraphBench.Run(args[1..]);
     case "scan": return ScanBench.Run(args[1..]);
     case "steering": return SteeringBench.Run(args[1..]);
+    case "cluster": return ClusterBench.Run(args[1..]);
     case "all":
         int rc = GemmBench.Run([]);
         rc |= ForwardBench.Run([]);
@@ -27,8 +28,9 @@ switch (args.Length > 0 ? args[0] : "")
         rc |= GraphBench.Run([]);
         rc |= ScanBench.Run([]);
         rc |= SteeringBench.Run([]);
+        rc |= ClusterBench.Run([]);
         return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--no-torch] | steering [--runs N] [--tokens N] [--gpt2] | all");
+        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--logit-tokens N] [--no-torch] | steering [--runs N] [--tokens N] [--gpt2] | cluster [--layers L] [--latents N] [--d-model C] [--hierarchical] | all");
         return 2;
 }

@@ -20,6 +20,7 @@ public static class Program
             SteerCommand.Build(),
             SteeringVectorCommand.Build(),
             FeatureLinksCommand.Build(),
+            ClusterCommand.Build(),
             PatchCommand.Build(),
             TokenizeCommand.Build(),
             InspectCommand.Build(),

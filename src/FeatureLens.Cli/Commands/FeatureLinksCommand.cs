@@ -113,7 +113,7 @@ internal static class FeatureLinksCommand
         throw new ArgumentException($"--feature '{s}': expected LAYER:LATENT, e.g. 2:17");
     }
 
-    static List<int[]> ReadPrompts(string path, HookedTransformer m, bool bos)
+    internal static List<int[]> ReadPrompts(string path, HookedTransformer m, bool bos)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"--prompts {path}: no such file");
         var list = new List<int[]>();
