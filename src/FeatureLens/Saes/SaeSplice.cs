@@ -103,8 +103,11 @@ public sealed class SaeSplice : IHookSplice
             bool anyFunctions = false;
 
             var x0 = ctx.HasFunctions(s._in) ? (float[])x.Clone() : x;   // the input before hook functions edit it
+            var gathered = x;
             x = FireRows(ctx, s._in, x, n, sae.DIn, B, T, ref anyFunctions);
-            var saeIn = new float[(long)n * sae.DIn];
+            // (n, width) working rows come from the pool and go back to it when no hook saw them: a forward pass with 12
+            // SAEs would otherwise take hundreds of megabytes of fresh memory per pass (each first touch a page fault)
+            var saeIn = BufferPool.Rent(checked(n * sae.DIn));
             var norm = sae.Preprocess(x, saeIn, n);
             // (n, d_sae) blocks are hundreds of megabytes: every entry is written, so skip zeroing them; the
             // pre-activations go back to the pool unless the cache kept them
@@ -112,18 +115,21 @@ public sealed class SaeSplice : IHookSplice
             var pre = keepPre ? GC.AllocateUninitializedArray<float>(checked(n * sae.DSae)) : ArrayPool<float>.Shared.Rent(checked(n * sae.DSae));
             var gate = sae.Config.Architecture == SaeArchitecture.Gated ? GC.AllocateUninitializedArray<float>(checked(n * sae.DSae)) : null;
             sae.PreActivations(saeIn, pre.AsSpan(0, n * sae.DSae), n, gate);
+            BufferPool.Return(saeIn);
             var firedPre = FireRows(ctx, s._pre, pre, n, sae.DSae, B, T, ref anyFunctions);
             var acts = BufferPool.Rent(checked(n * sae.DSae));
             sae.Activate(firedPre.AsSpan(0, n * sae.DSae), acts, n, gate);
             if (!keepPre) ArrayPool<float>.Shared.Return(pre);
             acts = FireRows(ctx, s._post, acts, n, sae.DSae, B, T, ref anyFunctions);
             if (ctx.Recording) { _acts = acts; _norm = norm; _n = n; _actsCached = ctx.IsActive(s._post); }
-            var recons = new float[(long)n * sae.DOut];
-            sae.DecodeRaw(acts, recons, n);
+            var reconsRows = BufferPool.Rent(checked(n * sae.DOut));
+            sae.DecodeRaw(acts, reconsRows, n);
             if (!ctx.Recording && !ctx.IsActive(s._post)) BufferPool.Return(acts);   // nobody else holds it
-            recons = FireRows(ctx, s._recons, recons, n, sae.DOut, B, T, ref anyFunctions);
-            var output = new float[(long)n * sae.DOut];
+            var recons = FireRows(ctx, s._recons, reconsRows, n, sae.DOut, B, T, ref anyFunctions);
+            var outputRows = BufferPool.Rent(checked(n * sae.DOut));
+            var output = outputRows;
             sae.Postprocess(recons, output, n, norm, x);
+            if (Private(ctx, s._recons, n, B, T)) BufferPool.Return(reconsRows);
 
             if (s.UseErrorTerm)
             {
@@ -139,14 +145,24 @@ public sealed class SaeSplice : IHookSplice
                     sae.DecodeRaw(a0, r0, n);
                     sae.Postprocess(r0, clean, n, n0, x0);
                 }
-                var error = new float[(long)n * sae.DOut];
-                TensorPrimitives.Subtract(actual, clean, error);
-                error = FireRows(ctx, s._error, error, n, sae.DOut, B, T, ref anyFunctions);
+                var errorRows = BufferPool.Rent(checked(n * sae.DOut));
+                TensorPrimitives.Subtract(actual, clean, errorRows);
+                BufferPool.Return(actual);
+                var error = FireRows(ctx, s._error, errorRows, n, sae.DOut, B, T, ref anyFunctions);
                 TensorPrimitives.Add(output, error, output);
+                if (Private(ctx, s._error, n, B, T)) BufferPool.Return(errorRows);
             }
             output = FireRows(ctx, s._out, output, n, sae.DOut, B, T, ref anyFunctions);
             s.Scatter(ctx, act, output, sae.DOut);
+            if (Private(ctx, s._out, n, B, T)) BufferPool.Return(outputRows);
+            if (Private(ctx, s._in, n, B, T)) BufferPool.Return(gathered);
         }
+
+        /// <summary>
+        /// True when no hook saw <paramref name="name"/>'s rows: the hook is neither cached nor hooked, or the rows were
+        /// expanded to [B, T, width] (a copy) before it fired. Such rows can go back to the pool.
+        /// </summary>
+        static bool Private(SpliceContext ctx, string name, int n, int B, int T) => !ctx.IsActive(name) || n != B * T;
 
         /// <summary>
         /// The gradient g of the splice's output: fires the gradients of hook_sae_output, hook_sae_error (= g), hook_sae_recons,
@@ -163,13 +179,18 @@ public sealed class SaeSplice : IHookSplice
             var acts = _acts ?? throw new InvalidOperationException($"SAE at '{s.OutputHook}': backward without a recorded forward");
             int B = grad.Shape[0], T = grad.Shape[1], n = _n;
             bool edited = false;
-            var g = s.Gather(ctx, grad, sae.DOut, out _);
-            g = FireRows(ctx, s._out, g, n, sae.DOut, B, T, ref edited);
-            float[]? gError = null;
-            if (s.UseErrorTerm) gError = FireRows(ctx, s._error, (float[])g.Clone(), n, sae.DOut, B, T, ref edited);
-            var dRecons = new float[(long)n * sae.DOut];
-            sae.PostprocessBackward(g, dRecons, n, _norm);
-            dRecons = FireRows(ctx, s._recons, dRecons, n, sae.DOut, B, T, ref edited);
+            var gRows = s.Gather(ctx, grad, sae.DOut, out _);
+            var g = FireRows(ctx, s._out, gRows, n, sae.DOut, B, T, ref edited);
+            float[]? gError = null, gErrorRows = null;
+            if (s.UseErrorTerm)
+            {
+                gErrorRows = BufferPool.Rent(checked(n * sae.DOut));
+                g.AsSpan(0, n * sae.DOut).CopyTo(gErrorRows);
+                gError = FireRows(ctx, s._error, gErrorRows, n, sae.DOut, B, T, ref edited);
+            }
+            var dReconsRows = BufferPool.Rent(checked(n * sae.DOut));
+            sae.PostprocessBackward(g, dReconsRows, n, _norm);
+            var dRecons = FireRows(ctx, s._recons, dReconsRows, n, sae.DOut, B, T, ref edited);
             var dActs = BufferPool.Rent(checked(n * sae.DSae));   // every entry is written below
             if (ctx.ActiveLatentGradients != null && ctx.ActiveLatentGradients.TryGetValue(s._post, out var extra))
                 sae.DecodeBackward(dRecons, dActs, n, ActiveLatents(ctx, acts, extra, n, B, T));
@@ -207,9 +228,14 @@ public sealed class SaeSplice : IHookSplice
             }
             else
             {
-                s.Scatter(ctx, grad, new float[(long)n * sae.DOut], sae.DOut);
+                var zeros = BufferPool.RentZeroed(checked(n * sae.DOut));
+                s.Scatter(ctx, grad, zeros, sae.DOut);
+                BufferPool.Return(zeros);
                 _pendingInput = dIn;
             }
+            if (Private(ctx, s._out, n, B, T)) BufferPool.Return(gRows);
+            if (gErrorRows != null && Private(ctx, s._error, n, B, T)) BufferPool.Return(gErrorRows);
+            if (Private(ctx, s._recons, n, B, T)) BufferPool.Return(dReconsRows);
             // buffers nobody holds go back to the pool: the gradient unless cached, the latents unless the forward cached them
             if (!ctx.IsActive(s._post)) BufferPool.Return(dActs);
             if (!_actsCached) BufferPool.Return(acts);
@@ -262,6 +288,7 @@ public sealed class SaeSplice : IHookSplice
             var current = s.Gather(ctx, grad, s.Sae.DIn, out _);
             TensorPrimitives.Add(current, dIn, current);
             s.Scatter(ctx, grad, current, s.Sae.DIn);
+            BufferPool.Return(current);
         }
 
         static float[] FireRows(SpliceContext ctx, string name, float[] rows, int n, int width, int B, int T, ref bool anyFunctions)
@@ -285,7 +312,7 @@ public sealed class SaeSplice : IHookSplice
         var lengths = ctx.Lengths.Length == B ? ctx.Lengths : Enumerable.Repeat(T, B).ToArray();
         n = 0;
         for (int b = 0; b < B; b++) n += Math.Min(lengths[b], T);
-        var rows = new float[(long)n * width];
+        var rows = BufferPool.Rent(checked(n * width));   // every entry is written below
         int? head = Sae.Config.Metadata.HookHeadIndex;
         int r = 0;
         for (int b = 0; b < B; b++)
