@@ -19,6 +19,7 @@ public static class Program
             InterveneCommand.Build(),
             SteerCommand.Build(),
             SteeringVectorCommand.Build(),
+            CompareVectorCommand.Build(),
             FeatureLinksCommand.Build(),
             ClusterCommand.Build(),
             PatchCommand.Build(),

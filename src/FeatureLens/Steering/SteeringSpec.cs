@@ -58,11 +58,16 @@ public static class SteeringSpec
         string source = term[..at], hook = term[(at + 1)..eq].Trim();
         if (hook.Length == 0) throw new ArgumentException($"{option} '{term}': the hook is empty");
         float scale = ParseNumber(option, term, term[(eq + 1)..]);
+        var (file, name) = ParseVectorSource(source);
+        return (file, name, hook, scale);
+    }
+
+    /// <summary>"FILE[:NAME]": FILE:NAME unless the whole text names a file (a path may itself hold ':').</summary>
+    public static (string File, string? Name) ParseVectorSource(string source)
+    {
         int colon = source.LastIndexOf(':');
-        // FILE:NAME unless the whole text names a file (a path may itself hold ':')
-        if (colon > 0 && !File.Exists(source) && colon < source.Length - 1)
-            return (source[..colon], source[(colon + 1)..], hook, scale);
-        return (source, null, hook, scale);
+        if (colon > 0 && !File.Exists(source) && colon < source.Length - 1) return (source[..colon], source[(colon + 1)..]);
+        return (source, null);
     }
 
     /// <summary>"a,b,c" → finite numbers.</summary>
