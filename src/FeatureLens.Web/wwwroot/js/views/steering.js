@@ -98,6 +98,14 @@ export function steerFeature({ set, hook, feature }) {
   showView('steering');
 }
 
+/** Removes a term; its feature stops being watched unless another term steers it. */
+function removeTerm(index) {
+  const [gone] = state.terms.splice(index, 1);
+  if (!state.terms.some(t => sameFeature(t, gone))) state.watch = state.watch.filter(w => !sameFeature(w, gone));
+  renderTerms();
+  renderWatch();
+}
+
 function renderTerms() {
   const body = $('steer-terms').querySelector('tbody');
   body.innerHTML = state.terms.map((t, i) =>
@@ -111,7 +119,7 @@ function renderTerms() {
     const t = state.terms[Number(tr.dataset.index)];
     tr.querySelector('.term-kind').addEventListener('change', e => { t.kind = e.target.value; });
     tr.querySelector('.term-value').addEventListener('input', e => { t.value = e.target.value.trim(); });
-    tr.querySelector('.term-remove').addEventListener('click', () => { state.terms.splice(Number(tr.dataset.index), 1); renderTerms(); });
+    tr.querySelector('.term-remove').addEventListener('click', () => removeTerm(Number(tr.dataset.index)));
   }
   $('steer-terms').dataset.rows = String(state.terms.length);
   $('steer-terms').hidden = state.terms.length === 0;
