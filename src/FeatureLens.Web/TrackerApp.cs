@@ -21,6 +21,9 @@ namespace FeatureLens.Web;
 /// POST /api/predictions {set, text, top}           → the top next-token predictions after the text (the Circuits view's metric picker)
 /// POST /api/attribute {set, clean, corrupt | ablation: "zero", metric, method: gradient|ig, steps, top}
 ///                                                  → node effects of the set's SAEs on the metric (<see cref="AttributeResponse"/>)
+/// POST /api/steer {set, prompt, features: [{hook, latent, strength}], clamps: [{hook, latent, value}], strengths, positions,
+///                  maxNewTokens, temperature, topP, seed, watch: [{hook, latent}], logits, topFeatures}
+///                                                  → baseline and steered continuations (<see cref="SteerResponse"/>)
 /// GET  /api/graphs                                 the saved graph files of the graphs folder (<see cref="GraphListResponse"/>)
 /// POST /api/graphs {set, prompt, maxFeatureNodes, nodeThreshold, edgeThreshold} → a new attribution graph, saved (<see cref="GraphView"/>)
 /// GET  /api/graphs/progress?set=                   the graph being computed for the set: phase, rows done of total
@@ -64,7 +67,7 @@ public static class TrackerApp
         if (options.MaxGraphFeatureNodes < 1) throw new ArgumentException("MaxGraphFeatureNodes must be at least 1");
 
         string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
-        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "js/views/features.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "js/views/features.js", "js/views/steering.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
             if (!File.Exists(Path.Combine(webRoot, needed)))
                 throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
 
@@ -86,6 +89,7 @@ public static class TrackerApp
         builder.Services.AddSingleton(tracker);
         builder.Services.AddSingleton(new CircuitService(tracker));
         builder.Services.AddSingleton(new GraphService(tracker, options));
+        builder.Services.AddSingleton(new SteeringService(tracker));
         var featureService = new FeatureService(options.Databases, tracker, options.Sets);
         builder.Services.AddSingleton(featureService);
 
@@ -132,6 +136,8 @@ public static class TrackerApp
             Results.Json(s.Predictions(await ReadBody<PredictionsRequest>(ctx)), Json));
         api.MapPost("/attribute", async (HttpContext ctx, CircuitService s) =>
             Results.Json(s.Attribute(await ReadBody<AttributeRequest>(ctx)), Json));
+        api.MapPost("/steer", async (HttpContext ctx, SteeringService s) =>
+            Results.Json(s.Steer(await ReadBody<SteerRequest>(ctx)), Json));
         api.MapGet("/graphs", (GraphService s) => Results.Json(s.List(), Json));
         api.MapPost("/graphs", async (HttpContext ctx, GraphService s) =>
             Results.Json(s.Compute(await ReadBody<GraphComputeRequest>(ctx), ctx.RequestAborted), Json));

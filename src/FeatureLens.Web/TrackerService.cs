@@ -120,7 +120,7 @@ internal sealed class TrackerService(TrackerAppOptions options)
             : throw new ApiException(400, $"unknown set '{name}' (this server has: {string.Join(", ", Listed.Select(x => x.Name))})");
     }
 
-    static int FindSae(TrackerSet set, string name)
+    internal static int FindSae(TrackerSet set, string name)
     {
         for (int i = 0; i < set.Set.Saes.Count; i++)
             if (string.Equals(set.Set.Names[i], name, StringComparison.OrdinalIgnoreCase) || set.Set.Hooks[i] == name) return i;

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text;
 using System.Text.Json;
 using FeatureLens.Database;
 using FeatureLens.Runtime.Models;
@@ -94,13 +93,7 @@ internal static class SteerCommand
                 var steerer = new Steerer(m, additions, clamps, where);
 
                 var watched = (r.GetValue(logit) ?? []).Select(t => InterveneCommand.ParseToken(m, t)).ToList();
-                int promptBytes = tok.DecodeBytes(promptIds).Length;
-                string Continuation(int[] ids)
-                {
-                    var bytes = tok.DecodeBytes(promptIds.Concat(ids).ToArray());
-                    return Encoding.UTF8.GetString(bytes, promptBytes, bytes.Length - promptBytes);
-                }
-                var o = new SweepOptions(watched, top > 0 ? splices : [], top, tok.TokenText, Continuation);
+                var o = new SweepOptions(watched, top > 0 ? splices : [], top, tok.TokenText, SteeringSweep.ContinuationText(tok, promptIds));
                 var result = SteeringSweep.Run(steerer, promptIds, ks, r.GetValue(maxNew), sampling, o);
                 Report(result, steerer);
                 if (output != null)

@@ -153,19 +153,36 @@ public sealed class Steerer
     /// </summary>
     public double[][] MeanLatents(int[] sequence, int promptLength, float? strength, IReadOnlyList<SaeSplice> observe)
     {
-        var names = observe.Select(s => s.ActsPostHook).ToHashSet(StringComparer.Ordinal);
-        using var cache = new ActivationCache { Lengths = [sequence.Length] };
-        Model.Run([sequence], PassOptions(strength, 0, promptLength, observe, names.Contains, cache));
+        var acts = Latents(sequence, promptLength, strength, observe);
+        int T = sequence.Length;
         var means = new double[observe.Count][];
         for (int s = 0; s < observe.Count; s++)
         {
-            var acts = cache[observe[s].ActsPostHook];   // (1, T, d_sae)
-            int T = acts.Shape[1], d = acts.Shape[2];
+            int d = acts[s].Length / T;
             var m = means[s] = new double[d];
             for (int t = 0; t < T; t++)
-                for (int j = 0; j < d; j++) m[j] += acts.Data[(long)t * d + j];
+                for (int j = 0; j < d; j++) m[j] += acts[s][(long)t * d + j];
             for (int j = 0; j < d; j++) m[j] /= T;
         }
         return means;
+    }
+
+    /// <summary>
+    /// Each observed SAE's latent activations (T × d_sae, row-major: position t, latent j at t·d_sae + j; its
+    /// <c>hook_sae_acts_post</c>, clamps applied) at every position of <paramref name="sequence"/> in one pass steered at
+    /// <paramref name="strength"/> (null: unsteered), positions counted from the prompt's length.
+    /// </summary>
+    public float[][] Latents(int[] sequence, int promptLength, float? strength, IReadOnlyList<SaeSplice> observe)
+    {
+        var names = observe.Select(s => s.ActsPostHook).ToHashSet(StringComparer.Ordinal);
+        using var cache = new ActivationCache { Lengths = [sequence.Length] };
+        Model.Run([sequence], PassOptions(strength, 0, promptLength, observe, names.Contains, cache));
+        var acts = new float[observe.Count][];
+        for (int s = 0; s < observe.Count; s++)
+        {
+            var a = cache[observe[s].ActsPostHook];   // (1, T, d_sae)
+            acts[s] = a.Data.AsSpan(0, a.Shape[1] * a.Shape[2]).ToArray();
+        }
+        return acts;
     }
 }

@@ -85,6 +85,20 @@ public static class SteeringSweep
             new SteeringContinuation(baseline.Tokens, o.ContinuationText(baseline.Tokens)), [.. steered]);
     }
 
+    /// <summary>
+    /// The text of generated ids after <paramref name="prompt"/>: the UTF-8 bytes of prompt + ids past the prompt's own bytes
+    /// (so a character split across the boundary is decoded whole).
+    /// </summary>
+    public static Func<int[], string> ContinuationText(Runtime.Tokenizers.ITokenizer tokenizer, int[] prompt)
+    {
+        int promptBytes = tokenizer.DecodeBytes(prompt).Length;
+        return ids =>
+        {
+            var bytes = tokenizer.DecodeBytes(prompt.Concat(ids).ToArray());
+            return System.Text.Encoding.UTF8.GetString(bytes, promptBytes, bytes.Length - promptBytes);
+        };
+    }
+
     /// <summary>The <paramref name="k"/> latents whose mean changed most (ties: lower index first).</summary>
     public static IEnumerable<FeatureChange> TopChanges(string hook, double[] baseline, double[] steered, int k) =>
         Enumerable.Range(0, baseline.Length).OrderByDescending(j => Math.Abs(steered[j] - baseline[j])).ThenBy(j => j).Take(k)

@@ -9,6 +9,7 @@ import {
   showError, showView, topTokens,
 } from '../api.js';
 import { databases, featureHash } from './features.js';
+import { steerFeature } from './steering.js';
 
 const state = { sets: [], limits: null, result: null, request: null, feature: null, runSeq: 0, featureSeq: 0, cy: null, debounce: 0 };
 window.state = state;
@@ -28,6 +29,9 @@ async function start() {
   $('rank-by').addEventListener('change', () => { $('token-index-label').hidden = $('rank-by').value !== 'atToken'; scheduleAnalyse(); });
   $('token-index').addEventListener('change', scheduleAnalyse);
   $('set').addEventListener('change', () => { showSetInfo(); analyse(); });
+  $('feature-steer').addEventListener('click', () => {
+    if (state.feature) steerFeature({ set: state.feature.set, hook: state.feature.hook, feature: state.feature.feature });
+  });
   showControlValues();
   try {
     const info = await api('/api/sets');
@@ -351,6 +355,7 @@ async function renderFeature(d) {
   panel.dataset.sae = d.sae;
   panel.dataset.featureIndex = String(d.feature);
   $('feature-title').textContent = d.id;
+  $('feature-steer').disabled = false;
   const lbl = d.label;
   $('feature-meta').innerHTML =
     `<b>${lbl ? escapeHtml(lbl.label) : 'no label'}</b>` +
