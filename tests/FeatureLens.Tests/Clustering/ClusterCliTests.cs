@@ -150,8 +150,8 @@ public sealed class ClusterCliTests(ITestOutputHelper output) : IDisposable
             (["--model", Stories, "--transcoders", dir], "give exactly one of --prompts F.jsonl or --weights"),
             (["--model", Stories, "--transcoders", dir, "--weights", "--prompts", badPrompts], "give exactly one of --prompts F.jsonl or --weights"),
             (["--model", Stories, "--transcoders", dir, "--weights", "--method", "kmeans"], "kmeans"),
-            (["--model", Stories, "--transcoders", dir, "--weights", "--cut", "k=0"], "at least one cluster"),
-            (["--model", Stories, "--transcoders", dir, "--weights", "--cut", "3.5"], "a cosine distance lies in [0, 2]"),
+            (["--model", Stories, "--transcoders", dir, "--weights", "--cut", "k=0"], "--cut 'k=0': expected"),
+            (["--model", Stories, "--transcoders", dir, "--weights", "--cut", "3.5"], "cosine distance"),
             (["--model", Stories, "--transcoders", dir, "--prompts", badPrompts], "\"tokens\" must be a list of integer ids"),
             (["--model", Stories, "--transcoders", dir, "--prompts", Path.Combine(_dir.Path, "missing.jsonl")], "no such file"),
             (["--graph", o + ".g", "--layers", "0-1"], "--graph needs --clusters"),
@@ -162,7 +162,7 @@ public sealed class ClusterCliTests(ITestOutputHelper output) : IDisposable
         {
             var r = CliTests.Run(["cluster", .. args, "--out", o]);
             Assert.True(r.ExitCode == 1, $"{string.Join(" ", args)}: exit {r.ExitCode}, {r.Stderr}{r.Text}");
-            Assert.Contains(message, r.Stderr, StringComparison.Ordinal);
+            Assert.True(r.Stderr.Contains(message, StringComparison.Ordinal), $"{string.Join(" ", args)}: expected '{message}' in: {r.Stderr}");
             Assert.False(File.Exists(o), $"{string.Join(" ", args)} wrote {o}");
             Assert.Empty(Directory.GetFiles(_dir.Path, "out.json*"));
         }
