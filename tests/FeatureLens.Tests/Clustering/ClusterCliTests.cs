@@ -166,6 +166,13 @@ public sealed class ClusterCliTests(ITestOutputHelper output) : IDisposable
             Assert.False(File.Exists(o), $"{string.Join(" ", args)} wrote {o}");
             Assert.Empty(Directory.GetFiles(_dir.Path, "out.json*"));
         }
+        // serve: a missing or bad clusters file stops it before it listens
+        var serve = CliTests.Run("serve", "--clusters", Path.Combine(_dir.Path, "none.json"), "--port", "0");
+        Assert.Equal(1, serve.ExitCode);
+        Assert.Contains("--clusters: " + Path.Combine(_dir.Path, "none.json") + ": no such clusters file", serve.Stderr, StringComparison.Ordinal);
+        serve = CliTests.Run("serve", "--clusters", notClusters, "--port", "0");
+        Assert.Equal(1, serve.ExitCode);
+        Assert.Contains(notClusters + ": 'schema' is not", serve.Stderr, StringComparison.Ordinal);
         var missing = CliTests.Run("cluster", "--model", Stories, "--transcoders", dir, "--weights", "--out", Path.Combine(_dir.Path, "nowhere", "x.json"));
         Assert.Equal(1, missing.ExitCode);
         Assert.Contains("does not exist", missing.Stderr, StringComparison.Ordinal);

@@ -46,6 +46,21 @@ public sealed class ClusterBrowserTests(ClusterServer server, ITestOutputHelper 
         // links exactly for the layers the database was scanned with
         int expectedLinks = clusters.SelectMany(c => c.GetProperty("members").EnumerateArray().Take(60)).Count(i => features[i.GetInt32()].Layer < 2);
         Assert.Equal(expectedLinks, drawn.GetProperty("links").GetInt32());
+        // the dendrogram's leaves left to right are the library's leaf order; truncated to the last m merges, the leaves are
+        // the subtrees below them, in the same left-to-right order
+        var merges = data.GetProperty("dendrogram").EnumerateArray().Select(r => new Merge(r[0].GetInt32(), r[1].GetInt32(), r[2].GetDouble(), r[3].GetInt32())).ToArray();
+        var leafIds = await page.EvaluateAsync<int[]>("() => Array.from(document.getElementById('cluster-dendrogram').data[1].customdata)");
+        Assert.Equal(FeatureClustering.LeafOrder(merges, n), leafIds);
+        int m = Random.Shared.Next(1, n - 1);
+        var truncated = await page.EvaluateAsync<JsonElement>(
+            "async ([m]) => { const v = await import('./js/views/clusters.js'); const d = window.clustersState.data; const r = v.dendrogramLines(d.dendrogram, d.features.length, m); return { leaves: r.leaves.map(l => l.id), segments: r.xs.filter(x => x === null).length, merges: r.merges }; }",
+            new object[] { m });
+        var expectedLeaves = new List<int>();
+        void Walk(int id) { if (id >= n + (n - 1 - m)) { Walk(merges[id - n].A); Walk(merges[id - n].B); } else expectedLeaves.Add(id); }
+        Walk(n + n - 2);
+        Assert.Equal(expectedLeaves, truncated.GetProperty("leaves").EnumerateArray().Select(x => x.GetInt32()));
+        Assert.Equal(m, truncated.GetProperty("segments").GetInt32());
+        Assert.Equal(m, truncated.GetProperty("merges").GetInt32());
         await page.ScreenshotAsync(new() { Path = Path.Combine(BrowserSession.Screenshots, "clusters.png"), FullPage = true });
 
         // a member without a database shows its label
