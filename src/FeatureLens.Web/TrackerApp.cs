@@ -36,6 +36,8 @@ namespace FeatureLens.Web;
 /// GET  /api/databases/export?db=&amp;sae=&amp;features=1,2|all → SAEDashboard / Neuronpedia batch JSON, as a download
 /// GET  /api/databases/connections?db=&amp;sae=&amp;feature=&amp;examples=&amp;top= → upstream / downstream features over the top examples
 ///                                                  (<see cref="FeatureLens.Connections.FeatureConnectionsResult"/>; 409 without the database's model + SAEs)
+/// GET  /api/clusters                               the clusters files (serve --clusters) (<see cref="ClusterListResponse"/>)
+/// GET  /api/clusters/{id}                          one clusters file's JSON as it is on disk
 /// </code>
 /// Errors are JSON <c>{"error": "..."}</c>: 400 for bad input, 404 for unknown routes, 413 for oversize text or bodies.
 /// </summary>
@@ -58,7 +60,8 @@ public static class TrackerApp
         ThreadPool.GetMinThreads(out int workers, out int io);
         ThreadPool.SetMinThreads(Math.Max(workers, 4 * Environment.ProcessorCount + 4), io);
         ArgumentNullException.ThrowIfNull(options);
-        if (options.Sets.Count == 0 && options.Databases.Count == 0) throw new ArgumentException("the app needs at least one model + SAE set or one feature database");
+        if (options.Sets.Count == 0 && options.Databases.Count == 0 && options.Clusters.Count == 0)
+            throw new ArgumentException("the app needs at least one model + SAE set, feature database or clusters file");
         var dup = options.Sets.GroupBy(s => s.Name, StringComparer.OrdinalIgnoreCase).FirstOrDefault(g => g.Count() > 1);
         if (dup != null) throw new ArgumentException($"two SAE sets are named '{dup.Key}'; give each a different name");
         if (options.MaxTextChars <= 0) throw new ArgumentException("MaxTextChars must be positive");
@@ -67,7 +70,7 @@ public static class TrackerApp
         if (options.MaxGraphFeatureNodes < 1) throw new ArgumentException("MaxGraphFeatureNodes must be at least 1");
 
         string webRoot = options.WebRoot ?? Path.Combine(AppContext.BaseDirectory, "wwwroot");
-        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "js/views/features.js", "js/views/steering.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
+        foreach (string needed in new[] { "index.html", "app.js", "js/api.js", "js/views/tracker.js", "js/views/circuits.js", "js/views/graph.js", "js/views/features.js", "js/views/steering.js", "js/views/clusters.js", "app.css", "lib/plotly.min.js", "lib/cytoscape.min.js" })
             if (!File.Exists(Path.Combine(webRoot, needed)))
                 throw new FileNotFoundException($"the web app's file {needed} is missing under {webRoot}: build src/FeatureLens.Web (its build runs npm install and copies the browser bundles)");
 
@@ -90,6 +93,7 @@ public static class TrackerApp
         builder.Services.AddSingleton(new CircuitService(tracker));
         builder.Services.AddSingleton(new GraphService(tracker, options));
         builder.Services.AddSingleton(new SteeringService(tracker));
+        builder.Services.AddSingleton(new ClusterService(options.Clusters));
         var featureService = new FeatureService(options.Databases, tracker, options.Sets);
         builder.Services.AddSingleton(featureService);
 
@@ -170,6 +174,8 @@ public static class TrackerApp
             ctx.Response.Headers.ContentDisposition = new System.Net.Mime.ContentDisposition { FileName = fileName, DispositionType = "attachment" }.ToString();
             return Results.Text(batch.ToJsonString(), "application/json");
         });
+        api.MapGet("/clusters", (ClusterService s) => Results.Json(s.List(), Json));
+        api.MapGet("/clusters/{id}", (string id, ClusterService s) => Results.Text(s.Get(id), "application/json"));
         api.Map("/{**rest}", (HttpContext ctx) => Results.Json(new ApiError($"no API endpoint {ctx.Request.Method} {ctx.Request.Path}"), Json, statusCode: 404));
         return app;
     }

@@ -31,6 +31,8 @@ public sealed record TrackerAppOptions
     public IReadOnlyList<TrackerSet> Sets { get; init; } = [];
     /// <summary>Feature databases (featurelens scan) whose feature pages the app serves; each is named by its file name without the extension.</summary>
     public IReadOnlyList<string> Databases { get; init; } = [];
+    /// <summary>Clusters files (featurelens cluster --out) the cluster view shows; each is named by its file name without the extension.</summary>
+    public IReadOnlyList<string> Clusters { get; init; } = [];
     /// <summary>Addresses to listen on; port 0 picks a free port (read it from <c>app.Urls</c> after start).</summary>
     public IReadOnlyList<string> Urls { get; init; } = ["http://127.0.0.1:8600"];
     /// <summary>Longest prompt accepted, in characters (longer gets 413).</summary>

@@ -35,10 +35,11 @@ internal static class ServeCommand
         var host = new Option<string>("--host") { Description = "Address to listen on (default 127.0.0.1: this machine only)", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "Port to listen on", DefaultValueFactory = _ => 8600 };
         var dbs = new Option<string[]>("--db") { Description = "A feature database (featurelens scan) to browse on the Features page; repeat for several. With only --db, no model is needed", AllowMultipleArgumentsPerToken = true };
+        var clusters = new Option<string[]>("--clusters") { Description = "A clusters file (featurelens cluster --out) for the Clusters page; repeat for several", AllowMultipleArgumentsPerToken = true };
         var maxText = new Option<int>("--max-text") { Description = "Longest prompt accepted, in characters", DefaultValueFactory = _ => 4000 };
         var cmd = new Command("serve", "Serve the feature activation tracker: a web page and JSON API showing which SAE features fire at every layer, their evolution and cross-layer correlations")
         {
-            model, tokenizer, sae, transcoders, labels, name, config, graphs, dbs, host, port, maxText,
+            model, tokenizer, sae, transcoders, labels, name, config, graphs, dbs, clusters, host, port, maxText,
         };
         cmd.SetAction(r =>
         {
@@ -57,14 +58,17 @@ internal static class ServeCommand
             if (r.GetValue(config) is string configPath) specs.AddRange(ReadConfig(configPath));
             var databases = r.GetValue(dbs) ?? [];
             foreach (var d in databases) if (!File.Exists(d)) throw new FileNotFoundException($"--db: {d}: no such feature database");
-            if (specs.Count == 0 && databases.Length == 0) throw new ArgumentException("nothing to serve: pass --model PATH --sae DIR..., --config FILE, or --db F.sqlite");
+            var clusterFiles = r.GetValue(clusters) ?? [];
+            foreach (var c in clusterFiles) if (!File.Exists(c)) throw new FileNotFoundException($"--clusters: {c}: no such clusters file");
+            if (specs.Count == 0 && databases.Length == 0 && clusterFiles.Length == 0)
+                throw new ArgumentException("nothing to serve: pass --model PATH --sae DIR..., --config FILE, --db F.sqlite or --clusters FILE");
             int p = r.GetValue(port);
 
             var models = new List<HookedTransformer>();
             try
             {
                 var sets = specs.Select(spec => LoadSet(spec, models)).ToList();
-                Serve(sets, r.GetValue(host)!, p, r.GetValue(maxText), graphsDir, databases);
+                Serve(sets, r.GetValue(host)!, p, r.GetValue(maxText), graphsDir, databases, clusterFiles);
                 return 0;
             }
             finally
@@ -76,16 +80,18 @@ internal static class ServeCommand
     }
 
     /// <summary>Runs the tracker on <paramref name="sets"/> until Ctrl-C / SIGTERM (the web host handles both).</summary>
-    public static void Serve(IReadOnlyList<TrackerSet> sets, string host, int port, int maxText = 4000, string? graphsFolder = null, IReadOnlyList<string>? databases = null)
+    public static void Serve(IReadOnlyList<TrackerSet> sets, string host, int port, int maxText = 4000, string? graphsFolder = null, IReadOnlyList<string>? databases = null,
+        IReadOnlyList<string>? clusters = null)
     {
         if (port is < 0 or > 65535) throw new ArgumentException($"--port must be 0..65535 (got {port})");
         string url = $"http://{(host.Contains(':') && !host.StartsWith('[') ? $"[{host}]" : host)}:{port}";
-        var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = maxText, GraphsFolder = graphsFolder, Databases = databases ?? [] });
+        var app = TrackerApp.Build(new TrackerAppOptions { Sets = sets, Urls = [url], MaxTextChars = maxText, GraphsFolder = graphsFolder, Databases = databases ?? [], Clusters = clusters ?? [] });
         app.StartAsync().GetAwaiter().GetResult();
         foreach (var s in sets)
             Console.WriteLine($"{s.Name}: {s.ModelSource} with {s.Set.Saes.Count} SAE(s) ({string.Join(", ", s.Set.Names)}), {s.Labels?.Count ?? 0} labels" +
                 (s.Transcoders is { Count: > 0 } t ? $", {t.Count} transcoders (attribution graphs)" : ""));
         foreach (var d in databases ?? []) Console.WriteLine($"feature database: {Path.GetFullPath(d)} (Features page)");
+        foreach (var c in clusters ?? []) Console.WriteLine($"clusters: {Path.GetFullPath(c)} (Clusters page)");
         foreach (var u in app.Urls) Console.WriteLine($"FeatureLens tracker listening on {u}  (Ctrl-C stops)");
         app.WaitForShutdownAsync().GetAwaiter().GetResult();
         app.DisposeAsync().AsTask().GetAwaiter().GetResult();

@@ -6,6 +6,7 @@
 
 import { $, clearError, registerView, showView } from './js/api.js';
 import { circuits } from './js/views/circuits.js';
+import { clusters } from './js/views/clusters.js';
 import { features } from './js/views/features.js';
 import { graph } from './js/views/graph.js';
 import { steering } from './js/views/steering.js';
@@ -13,7 +14,7 @@ import { tracker } from './js/views/tracker.js';
 
 /** The page's views, started in this order. A new view (circuits, graph, features, steering, clusters) is one module
  *  under js/views/ exporting { name, start } and one entry here; start() wires its controls and loads its data. */
-const VIEWS = [tracker, circuits, graph, features, steering];
+const VIEWS = [tracker, circuits, graph, features, steering, clusters];
 
 $('error-close').addEventListener('click', clearError);
 for (const view of VIEWS) registerView(view);
