@@ -1,6 +1,9 @@
 using System.Text.Json;
 using FeatureLens.Clustering;
+using FeatureLens.Analysis;
 using FeatureLens.Connections.Graphs;
+using FeatureLens.Database;
+using FeatureLens.Tests.Database;
 using FeatureLens.Runtime.Models;
 using FeatureLens.Saes;
 using FeatureLens.Saes.Formats;
@@ -79,6 +82,61 @@ public sealed class ClusterCliTests(ITestOutputHelper output) : IDisposable
         for (int a = 0; a < h; a++)
             for (int b = 0; b < h; b++)
                 Assert.True(Math.Abs(expected.Heatmap[a * h + b] - cos[a][b].GetDouble()) <= 1e-5, $"heatmap[{a},{b}] {cos[a][b]} vs {expected.Heatmap[a * h + b]} ({ctx})");
+    }
+
+    [Fact]
+    public void DbGivesEachFeatureItsLabelAndTopTokensFromTheDatabase()
+    {
+        int seed = Random.Shared.Next();
+        var rng = new Random(seed);
+        output.WriteLine($"seed {seed}");
+        using var model = HookedTransformer.Load(Stories);
+        var (dir, saes) = WriteTranscoders(rng, model);
+        var clt = ReplacementModel.OrderByLayer(model, saes);
+        // a feature database over the first two layers' transcoders, with labels for some of their features
+        var scanned = clt.Layers.Take(2).ToList();
+        var set = ScanTestData.Set(scanned);
+        string csv = Path.Combine(_dir.Path, "labels.csv");
+        var lines = new List<string> { "hook,feature,label" };
+        foreach (var t in scanned)
+            for (int j = 0; j < t.DSae; j++)
+                if (rng.NextDouble() < 0.5) lines.Add($"{t.Config.Metadata.HookName},{j},word{rng.Next(5)} {j}");
+        File.WriteAllLines(csv, lines);
+        string db = Path.Combine(_dir.Path, "features.sqlite");
+        CorpusScan.Run(set, [], [ScanTestData.Corpus(rng, _dir.Path, documents: 30)], ScanTestData.Settings(rng) with { Tokens = 1000 }, ShardSpec.All, db,
+            labels: FeatureLabels.Load(csv, set));
+
+        string outPath = Path.Combine(_dir.Path, "withdb.json");
+        var r = CliTests.Run("cluster", "--model", Stories, "--transcoders", dir, "--weights", "--cut", $"k={rng.Next(2, 5)}", "--db", db, "--out", outPath);
+        Assert.True(r.ExitCode == 0, r.Stderr + r.Text);
+        using var store = FeatureStore.Open(db);
+        using var doc = JsonDocument.Parse(File.ReadAllText(outPath));
+        var hooks = clt.Layers.Select(t => t.Config.Metadata.HookName).ToList();
+        int labelled = 0, withTokens = 0, index = -1;
+        // top tokens are looked up for the first 8 members of each cluster (what a card shows)
+        var shown = doc.RootElement.GetProperty("clusters").EnumerateArray()
+            .SelectMany(c => c.GetProperty("members").EnumerateArray().Select(x => x.GetInt32()).Take(8)).ToHashSet();
+        foreach (var f in doc.RootElement.GetProperty("features").EnumerateArray())
+        {
+            index++;
+            int layer = f.GetProperty("layer").GetInt32(), latent = f.GetProperty("latent").GetInt32();
+            var sae = store.Saes.FirstOrDefault(x => x.Hook == hooks[layer]);
+            string? label = f.GetProperty("label").ValueKind == JsonValueKind.Null ? null : f.GetProperty("label").GetString();
+            // labels: the database's, for the scanned layers only
+            Assert.Equal(sae != null ? store.LabelOf(sae, latent)?.Label : null, label);
+            if (label != null) labelled++;
+            bool hasTokens = f.TryGetProperty("top_tokens", out var tokens);
+            Assert.True(hasTokens == (sae != null && shown.Contains(index)), $"feature {layer}:{latent}: top tokens {(hasTokens ? "present" : "missing")}");
+            if (hasTokens)
+            {
+                var top = store.Dashboard(sae!, latent).Top;
+                var expected = top.Where(e => e.Pos < e.Text.Length).Select(e => e.Text[e.Pos]).Distinct().Take(5);
+                Assert.Equal(expected, tokens.EnumerateArray().Select(x => x.GetString()!));
+                withTokens++;
+            }
+        }
+        Assert.True(labelled > 0, "no feature got the database's label");
+        Assert.True(withTokens > 0, "no feature got top tokens from the database");
     }
 
     [Fact]
