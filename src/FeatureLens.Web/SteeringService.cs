@@ -5,7 +5,11 @@ using FeatureLens.Steering;
 
 namespace FeatureLens.Web;
 
-/// <summary>A feature addition: <see cref="Strength"/> × W_dec[<see cref="Latent"/>] of the set's SAE at <see cref="Hook"/> (its hook or its name).</summary>
+/// <summary>
+/// A feature addition: <see cref="Strength"/> × W_dec[<see cref="Latent"/>] of the set's SAE at <see cref="Hook"/> (its hook or
+/// its name), or of one of the set's served transcoders (a graph's feature node): <see cref="Hook"/> then names the hook it reads
+/// or the hook it writes, its short name ("L0 ln2.normalized") or the graph's layer label ("L0"); it is added at the hook it writes.
+/// </summary>
 public sealed record SteerFeatureTerm(string? Hook, int? Latent, double? Strength);
 
 /// <summary>A clamp: latent <see cref="Latent"/> of the SAE at <see cref="Hook"/>, spliced with its error term, set to <see cref="Value"/>.</summary>
@@ -29,7 +33,7 @@ public sealed record SteerRequest(string? Set, string? Prompt, IReadOnlyList<Ste
 /// <summary>What is added at a hook: its label, the hook and the scale at strength 1.</summary>
 public sealed record SteerAdditionInfo(string Label, string Hook, float Scale);
 
-/// <summary>A watched latent: its activation at every position of the baseline sequence and of each steered one (prompt + generated).</summary>
+/// <summary>A watched latent (of an SAE of the set or of a served transcoder): its activation at every position of the baseline sequence and of each steered one (prompt + generated).</summary>
 public sealed record SteerWatched(string Hook, string Sae, int SaeIndex, int Latent, FeatureLabel? Label, float[] Baseline, float[][] Steered);
 
 /// <summary>/api/steer: the library's <see cref="SteeringResult"/> and, for the page, token texts and the watched latents.</summary>
@@ -53,7 +57,9 @@ public sealed record SteerResponse
 /// <summary>
 /// The steering panel's work: builds a <see cref="Steerer"/> from the request over the set's SAEs and runs
 /// <see cref="SteeringSweep.Run"/>; the watched latents per token come from <see cref="Steerer.Latents"/> on the same sequences.
-/// Requests take the set's lock, as the tracker's do.
+/// Requests take the set's lock, as the tracker's do. Terms may also name the set's served transcoders (<see cref="TrackerSet.Transcoders"/>,
+/// the graph's feature nodes): they are steered, clamped and watched by the same code, indexed after the set's SAEs
+/// (<see cref="Steerable"/>); the most changed latents (topFeatures) stay those of the set's SAEs.
 /// </summary>
 internal sealed class SteeringService(TrackerService tracker)
 {
@@ -95,8 +101,9 @@ internal sealed class SteeringService(TrackerService tracker)
         var watchTerms = req.Watch ?? [];
         if (watchTerms.Count > MaxWatch) throw new ApiException(400, $"watch: at most {MaxWatch} latents (got {watchTerms.Count})");
 
-        // one splice (with the error term) per SAE, shared by its clamps and by the observation of its latents
-        var splices = s.Saes.Select(sae => new SaeSplice(sae, useErrorTerm: true)).ToArray();
+        // one splice (with the error term) per SAE and served transcoder, shared by its clamps and by the observation of its latents
+        var (saes, hooks, names) = Steerable(set);
+        var splices = saes.Select(sae => new SaeSplice(sae, useErrorTerm: true)).ToArray();
         var additions = new List<SteeringAddition>();
         for (int i = 0; i < features.Count; i++)
         {
@@ -105,7 +112,7 @@ internal sealed class SteeringService(TrackerService tracker)
             var (sae, latent) = Latent(set, field, f.Hook, f.Latent);
             double strength = f.Strength ?? 1;
             if (!double.IsFinite(strength)) throw new ApiException(400, $"{field}.strength is {strength}: give a finite number");
-            additions.Add(Library(field, () => Steerer.Feature(s.Saes[sae], latent, (float)strength)));
+            additions.Add(Library(field, () => Steerer.Feature(saes[sae], latent, (float)strength)));
         }
         var clamps = new List<SteeringClamp>();
         for (int i = 0; i < clampTerms.Count; i++)
@@ -115,7 +122,7 @@ internal sealed class SteeringService(TrackerService tracker)
             var (sae, latent) = Latent(set, field, c.Hook, c.Latent);
             if (c.Value is not double value) throw new ApiException(400, $"{field}.value is missing: give the value to clamp the latent to");
             if (!double.IsFinite(value)) throw new ApiException(400, $"{field}.value is {value}: give a finite number");
-            clamps.Add(new SteeringClamp(splices[sae], latent, (float)value, $"{s.Hooks[sae]}:{latent}"));
+            clamps.Add(new SteeringClamp(splices[sae], latent, (float)value, $"{hooks[sae]}:{latent}"));
         }
         var watch = new List<(int Sae, int Latent)>();
         for (int i = 0; i < watchTerms.Count; i++)
@@ -130,7 +137,7 @@ internal sealed class SteeringService(TrackerService tracker)
         lock (gate)
         {
             var steerer = Library("features", () => new Steerer(model, additions, clamps, positions));
-            var options = new SweepOptions([.. logits], top > 0 ? splices : [], top, tok.TokenText, SteeringSweep.ContinuationText(tok, ids));
+            var options = new SweepOptions([.. logits], top > 0 ? splices[..s.Saes.Count] : [], top, tok.TokenText, SteeringSweep.ContinuationText(tok, ids));
             var ks = strengths.Select(k => (float)k).ToArray();
             var result = SteeringSweep.Run(steerer, ids, ks, maxNew, sampling, options);
             var observed = watch.Select(w => w.Sae).Distinct().ToList();
@@ -142,7 +149,7 @@ internal sealed class SteeringService(TrackerService tracker)
             float[] Column(float[][] acts, int sae, int latent, int length)
             {
                 var a = acts[observed.IndexOf(sae)];
-                int d = s.Saes[sae].DSae;
+                int d = saes[sae].DSae;
                 return Enumerable.Range(0, length).Select(t => a[(long)t * d + latent]).ToArray();
             }
             return new SteerResponse
@@ -154,23 +161,71 @@ internal sealed class SteeringService(TrackerService tracker)
                 Result = result,
                 BaselineTokens = [.. result.Baseline.Tokens.Select(tok.TokenText)],
                 SteeredTokens = [.. result.Steered.Select(st => st.Tokens.Select(tok.TokenText).ToArray())],
-                Watch = [.. watch.Select(w => new SteerWatched(s.Hooks[w.Sae], s.Names[w.Sae], w.Sae, w.Latent, set.Labels?.Get(s.Hooks[w.Sae], w.Latent),
+                Watch = [.. watch.Select(w => new SteerWatched(hooks[w.Sae], names[w.Sae], w.Sae, w.Latent, set.Labels?.Get(hooks[w.Sae], w.Latent),
                     Column(baseActs, w.Sae, w.Latent, ids.Length + result.Baseline.Tokens.Length),
                     [.. result.Steered.Select((st, i) => Column(steeredActs[i], w.Sae, w.Latent, ids.Length + st.Tokens.Length))]))],
             };
         }
     }
 
-    /// <summary>The SAE named or hooked at <paramref name="hook"/> and a latent inside its width; errors name <paramref name="field"/>.</summary>
+    /// <summary>
+    /// What terms may name: the set's SAEs (their indices as in the set), then its served transcoders that are not among them
+    /// (named by the hook each reads, "L0 ln2.normalized transcoder").
+    /// </summary>
+    static (IReadOnlyList<Sae> Saes, IReadOnlyList<string> Hooks, IReadOnlyList<string> Names) Steerable(TrackerSet set)
+    {
+        var s = set.Set;
+        var extra = (set.Transcoders ?? []).Where(t => !s.Saes.Contains(t)).ToList();
+        return ([.. s.Saes, .. extra], [.. s.Hooks, .. extra.Select(t => t.Config.HookName)],
+            [.. s.Names, .. extra.Select(t => SaeSet.ShortName(t.Config.HookName) + " transcoder")]);
+    }
+
+    /// <summary>
+    /// The served transcoder <paramref name="hook"/> names (the hook it reads or writes, its short name or the graph's layer
+    /// label "L3"), as an index of <see cref="Steerable"/>; -1 when none does.
+    /// </summary>
+    static int FindTranscoder(TrackerSet set, string hook)
+    {
+        if (set.Transcoders is not { Count: > 0 } tcs) return -1;
+        var s = set.Set;
+        var extra = tcs.Where(t => !s.Saes.Contains(t)).ToList();
+        foreach (var t in tcs)
+        {
+            string input = t.Config.HookName;
+            int layer = SaeSet.LayerOf(input);
+            if (input == hook || t.Config.Metadata.HookNameOut == hook || string.Equals(SaeSet.ShortName(input), hook, StringComparison.OrdinalIgnoreCase)
+                || string.Equals(SaeSet.ShortName(input) + " transcoder", hook, StringComparison.OrdinalIgnoreCase)
+                || (layer >= 0 && string.Equals($"L{layer}", hook, StringComparison.OrdinalIgnoreCase)))
+            {
+                int own = s.Saes.ToList().IndexOf(t);
+                return own >= 0 ? own : s.Saes.Count + extra.IndexOf(t);
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// The SAE named or hooked at <paramref name="hook"/> (else the served transcoder it names, <see cref="FindTranscoder"/>) and a
+    /// latent inside its width, as indices of <see cref="Steerable"/>; errors name <paramref name="field"/>.
+    /// </summary>
     static (int Sae, int Latent) Latent(TrackerSet set, string field, string? hook, int? latent)
     {
         if (string.IsNullOrWhiteSpace(hook)) throw new ApiException(400, $"{field}.hook is missing: give the SAE's hook (e.g. {set.Set.Hooks[0]}) or its name");
         int sae;
         try { sae = TrackerService.FindSae(set, hook.Trim()); }
-        catch (ApiException e) { throw new ApiException(400, $"{field}.hook: {e.Message}"); }
+        catch (ApiException e)
+        {
+            sae = FindTranscoder(set, hook.Trim());
+            if (sae < 0)
+            {
+                string served = set.Transcoders is { Count: > 0 } tcs ? $"; or a served transcoder by the hook it reads or writes ({string.Join(", ", tcs.Select(t => t.Config.HookName))})" : "";
+                throw new ApiException(400, $"{field}.hook: {e.Message}{served}");
+            }
+        }
         if (latent is not int i) throw new ApiException(400, $"{field}.latent is missing: give the latent's index");
-        int d = set.Set.Saes[sae].DSae;
-        if (i < 0 || i >= d) throw new ApiException(400, $"{field}.latent: {set.Set.Names[sae]} has no latent {i} (its latents are 0..{d - 1})");
+        var (saes, _, names) = Steerable(set);
+        int d = saes[sae].DSae;
+        if (i < 0 || i >= d) throw new ApiException(400, $"{field}.latent: {names[sae]} has no latent {i} (its latents are 0..{d - 1})");
         return (sae, i);
     }
 

@@ -26,6 +26,8 @@ public sealed class GraphServer : IAsyncLifetime, IDisposable
     public HookedTransformer Model { get; private set; } = null!;
     HookedTransformer plainModel = null!;
     public IReadOnlyList<Sae> Transcoders { get; private set; } = null!;
+    /// <summary>The SAE set of <see cref="SetName"/> (its resid SAE; the transcoders are served beside it).</summary>
+    public SaeSet Set { get; private set; } = null!;
     public FeatureLabelLookup Labels { get; } = new();
     /// <summary>The graph of the saved files (unpruned).</summary>
     public AttributionGraph SavedGraph { get; private set; } = null!;
@@ -48,6 +50,7 @@ public sealed class GraphServer : IAsyncLifetime, IDisposable
         var sae = SaeTestData.Random(rng, SaeArchitecture.TopK, 64, 128, "blocks.2.hook_resid_post", k: 8);
         var plainSae = SaeTestData.Random(rng, SaeArchitecture.TopK, 64, 128, "blocks.1.hook_resid_post", k: 8);
 
+        Set = new SaeSet(Model, [sae]);
         var run = GraphRun.Compute(Model, Transcoders, Encode(SavedPrompt), new GraphRunOptions { MaxFeatureNodes = SavedMaxFeatures, Prune = false }, Labels);
         SavedGraph = run.Graph;
         run.Write(Path.Combine(Folder, UnprunedId + ".json"));
@@ -57,7 +60,7 @@ public sealed class GraphServer : IAsyncLifetime, IDisposable
         {
             Sets =
             [
-                new TrackerSet { Name = SetName, Set = new SaeSet(Model, [sae]), Labels = Labels, ModelSource = TrackerServer.ModelPath, Transcoders = Transcoders },
+                new TrackerSet { Name = SetName, Set = Set, Labels = Labels, ModelSource = TrackerServer.ModelPath, Transcoders = Transcoders },
                 new TrackerSet { Name = PlainSet, Set = new SaeSet(plainModel, [plainSae]), ModelSource = TrackerServer.ModelPath },
             ],
             Urls = ["http://127.0.0.1:0"],

@@ -205,3 +205,91 @@ public sealed class SteeringApiTests(TrackerServer server) : IDisposable
         AssertError(await Post(new { set = "nope", prompt, features = new[] { Feature(3) } }), "unknown set 'nope'");
     }
 }
+
+/// <summary>
+/// /api/steer with a graph's feature: a served transcoder's latent named in the graph's set (by the hook the transcoder reads,
+/// the hook it writes or the graph's layer label) is steered exactly as <see cref="SteeringSweep"/> with
+/// <see cref="Steerer.Feature"/> of that transcoder (added at the hook it writes), and watched through its own splice.
+/// </summary>
+[Collection(GraphServerCollection.Name)]
+public sealed class SteeringTranscoderApiTests(GraphServer server) : IDisposable
+{
+    readonly HttpClient http = new() { BaseAddress = new Uri(server.Url), Timeout = TimeSpan.FromSeconds(120) };
+
+    public void Dispose() => http.Dispose();
+
+    async Task<(HttpStatusCode Status, JsonElement Body)> Post(object body)
+    {
+        using var resp = await http.PostAsJsonAsync("/api/steer", body);
+        string text = await resp.Content.ReadAsStringAsync();
+        return (resp.StatusCode, JsonDocument.Parse(text).RootElement.Clone());
+    }
+
+    static int[] Ints(JsonElement e) => [.. e.EnumerateArray().Select(x => x.GetInt32())];
+    static float[] Floats(JsonElement e) => [.. e.EnumerateArray().Select(x => x.GetSingle())];
+
+    [Fact]
+    public async Task ATranscoderFeatureIsSteeredAsTheLibraryDoesWithThatTranscoder()
+    {
+        int seed = Random.Shared.Next();
+        var rng = new Random(seed);
+        string Why = $"test seed {seed}, server seed {server.Seed}";
+        var tc = server.Transcoders[rng.Next(server.Transcoders.Count)];
+        int layer = SaeSet.LayerOf(tc.Config.HookName), latent = rng.Next(tc.DSae);
+        float strength = (float)(2 + 6 * rng.NextDouble());
+        string[] names = [tc.Config.HookName, tc.Config.Metadata.HookNameOut!, $"L{layer}"];
+        string name = names[rng.Next(names.Length)];
+        string prompt = SteeringApiTests.Prompt(rng);
+        float[] strengths = [1f, (float)Math.Round(0.5 + 2 * rng.NextDouble(), 2)];
+        int maxNew = 4 + rng.Next(6), top = 1 + rng.Next(4);
+
+        var r = await Post(new
+        {
+            set = GraphServer.SetName, prompt, features = new[] { new { hook = name, latent, strength } }, strengths, maxNewTokens = maxNew,
+            watch = new[] { new { hook = name, latent } }, topFeatures = top,
+        });
+        Assert.True(r.Status == HttpStatusCode.OK, $"{Why}: {name}: {r.Body}");
+        var b = r.Body;
+
+        var model = server.Model;
+        var tok = model.Tokenizer!;
+        var set = server.Set;
+        var ids = FeatureTracker.Encode(set, prompt);
+        var steerer = new Steerer(model, [Steerer.Feature(tc, latent, strength)], []);
+        var expected = SteeringSweep.Run(steerer, ids, strengths, maxNew, new SamplingOptions(0f, 1f, 0),
+            new SweepOptions([], [.. set.Saes.Select(s => new SaeSplice(s, useErrorTerm: true))], top, tok.TokenText, SteeringSweep.ContinuationText(tok, ids)));
+        var res = b.GetProperty("result");
+        Assert.Equal(expected.Baseline.Tokens, Ints(res.GetProperty("baseline").GetProperty("tokens")));
+        var steered = res.GetProperty("steered").EnumerateArray().ToList();
+        Assert.Equal(strengths.Length, steered.Count);
+        for (int k = 0; k < steered.Count; k++)
+        {
+            Assert.True(expected.Steered[k].Tokens.SequenceEqual(Ints(steered[k].GetProperty("tokens"))), $"{Why}: {name}: strength {strengths[k]}: tokens differ from the library's");
+            Assert.Equal(expected.Steered[k].Text, steered[k].GetProperty("text").GetString());
+            Assert.Equal(expected.Steered[k].Kl, steered[k].GetProperty("kl").GetDouble(), 1e-9);
+            Assert.Equal(set.Saes.Count * top, steered[k].GetProperty("features").GetArrayLength());
+        }
+        var add = b.GetProperty("additions").EnumerateArray().Single();
+        Assert.Equal($"{tc.Config.HookName}:{latent}", add.GetProperty("label").GetString());
+        Assert.Equal(tc.Config.Metadata.HookNameOut, add.GetProperty("hook").GetString());   // added at the hook it writes
+
+        // the watched transcoder latent: the Steerer's own observation through the transcoder's splice
+        var w = b.GetProperty("watch").EnumerateArray().Single();
+        Assert.Equal(tc.Config.HookName, w.GetProperty("hook").GetString());
+        Assert.Equal(server.Labels.Get(tc.Config.HookName, latent)!.Label, w.GetProperty("label").GetProperty("label").GetString());
+        var splice = new SaeSplice(tc, useErrorTerm: true);
+        float[] Column(int[] generated, float? k)
+        {
+            var acts = steerer.Latents([.. ids, .. generated], ids.Length, k, [splice])[0];
+            return [.. Enumerable.Range(0, ids.Length + generated.Length).Select(t => acts[(long)t * tc.DSae + latent])];
+        }
+        Assert.Equal(Column(expected.Baseline.Tokens, null), Floats(w.GetProperty("baseline")));
+        var ws = w.GetProperty("steered").EnumerateArray().ToList();
+        for (int k = 0; k < ws.Count; k++) Assert.Equal(Column(expected.Steered[k].Tokens, strengths[k]), Floats(ws[k]));
+
+        // a hook that names neither an SAE nor a transcoder: the 400 lists the transcoders too
+        var bad = await Post(new { set = GraphServer.SetName, prompt, features = new[] { new { hook = "blocks.0.hook_nothing", latent = 0 } } });
+        Assert.Equal(HttpStatusCode.BadRequest, bad.Status);
+        Assert.Contains("served transcoder", bad.Body.GetProperty("error").GetString()!);
+    }
+}

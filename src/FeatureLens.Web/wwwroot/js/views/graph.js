@@ -1,7 +1,7 @@
 // The Graph view: attribution graphs (featurelens graph) drawn as layer rows × prompt-position columns, embeddings at the
 // bottom and logits at the top; edges as SVG lines, width ∝ |weight|, blue positive and red negative. Hover a node for its
 // label, activation, influence and id; click it for its upstream and downstream neighbours ranked by |weight| (features open
-// in the tracker's feature panel); pin nodes and group selected nodes (shift-click) into named supernodes, saved into the
+// in the tracker's feature panel, or in the Steering tab with "Steer"); pin nodes and group selected nodes (shift-click) into named supernodes, saved into the
 // graph file's qParams (pinnedIds, supernodes as [name, id, …], as circuit-tracer's frontend reads them). The threshold
 // sliders re-prune on the server (GraphPruning.Prune): exactly for graphs computed here or saved unpruned, and within what
 // the file holds for a file saved pruned. Requests: GET /api/sets, GET/POST /api/graphs, GET /api/graphs/progress,
@@ -12,6 +12,7 @@
 // saves; window.graphState is this view's state.
 
 import { $, api, charts, clearError, colorOf, escapeHtml, fmt, showError, showView } from '../api.js';
+import { steerFeature } from './steering.js';
 import { showFeature } from './tracker.js';
 
 const state = {
@@ -379,12 +380,16 @@ function renderPanel() {
     `activation ${n.activation == null ? '—' : fmt(n.activation)} · influence ${n.influence == null ? '—' : fmt(n.influence)}` +
     (n.input == null ? '' : ` · input ${fmt(n.input)} · bias ${fmt(n.bias)}`) + '</p>' +
     `<button id="graph-pin" type="button">${pinned ? 'Unpin' : 'Pin'}</button> ` +
-    (n.kind === 'feature' ? '<button id="graph-open-feature" type="button" title="Open this transcoder feature in the tracker\'s feature panel">Open in tracker</button>' : '') +
+    (n.kind === 'feature' ? '<button id="graph-open-feature" type="button" title="Open this transcoder feature in the tracker\'s feature panel">Open in tracker</button> ' +
+      '<button id="graph-steer" type="button" title="Steer generation with this transcoder feature (added at the hook it writes) in the Steering tab">Steer</button>' : '') +
     `<h3>Upstream (${up.length})</h3><table id="graph-upstream"><tbody>${neighbourRows(up, 'source')}</tbody></table>` +
     `<h3>Downstream (${down.length})</h3><table id="graph-downstream"><tbody>${neighbourRows(down, 'target')}</tbody></table>`;
   for (const tr of panel.querySelectorAll('tr.neighbour')) tr.addEventListener('click', () => clickNode(tr.dataset.id));
   $('graph-pin').addEventListener('click', () => togglePin(n.nodeId));
-  if (n.kind === 'feature') $('graph-open-feature').addEventListener('click', () => openInTracker(n));
+  if (n.kind === 'feature') {
+    $('graph-open-feature').addEventListener('click', () => openInTracker(n));
+    $('graph-steer').addEventListener('click', () => steerNode(n));
+  }
 }
 
 /** Switches to the tracker and shows the transcoder feature there, on the graph's prompt, in the set holding the transcoders. */
@@ -398,6 +403,20 @@ async function openInTracker(n) {
   history.replaceState(null, '', location.pathname + location.search);
   await showFeature({ set: set.transcoderSet, sae: hook, feature: n.latent ?? n.feature, text: view.metadata.prompt });
   $('feature-panel').scrollIntoView({ block: 'start' });
+}
+
+/**
+ * Opens the Steering tab with the transcoder feature as a term: in the graph's set, named by the hook its transcoder reads
+ * (the server resolves it among the set's served transcoders); in the transcoders' own set when an SAE of the set reads that hook too.
+ */
+function steerNode(n) {
+  const view = state.view;
+  const setName = view.set || $('graph-set').value;
+  const set = state.sets.find(s => s.name === setName);
+  if (!set) { showError('no set with transcoders is loaded to steer this feature in'); return; }
+  const hook = view.metadata.transcoderList[Number(n.layer)];
+  const clash = set.saes.some(s => s.hook === hook) && set.transcoderSet !== set.name;
+  steerFeature({ set: clash ? set.transcoderSet : set.name, hook, feature: n.latent ?? n.feature });
 }
 
 // ---------- pins and supernodes (saved into the file's qParams) ----------

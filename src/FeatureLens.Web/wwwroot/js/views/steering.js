@@ -1,6 +1,7 @@
 // The Steering view: steer generation along SAE features and compare with the unsteered model. Features are typed as
 // HOOK:LATENT (the hook or the SAE's name, e.g. "blocks.2.hook_resid_post:17" or "L2 resid_post:17") or sent here from the
-// tracker's feature panel ("Steer" button); each is added (strength × its decoder row) or clamped (its latent set to a value).
+// tracker's feature panel or the Graph view's node panel ("Steer" buttons; a graph feature is a served transcoder's latent,
+// added at the hook the transcoder writes); each is added (strength × its decoder row) or clamped (its latent set to a value).
 // One request generates the baseline and one steered continuation per strength with the same seed, side by side with the
 // next-token KL, and draws, for every watched feature, its activation at each token of the baseline and steered sequences.
 // Request: POST /api/steer (the library's SteeringSweep).
@@ -86,7 +87,7 @@ function addWatch(w) {
 }
 
 /**
- * Called by the tracker's feature panel ("Steer"): the feature joins the steering terms (an addition at the typed strength)
+ * Called by the tracker's feature panel and the Graph view's node panel ("Steer"): the feature joins the steering terms (an addition at the typed strength)
  * and the watched features, and the Steering view opens.
  */
 export function steerFeature({ set, hook, feature }) {
