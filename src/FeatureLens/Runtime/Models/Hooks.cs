@@ -44,6 +44,10 @@ internal sealed class LayerHookNames
     public readonly string Ln1Scale, Ln1Normalized, Ln2Scale, Ln2Normalized;
     public readonly string Q, K, V, RotQ, RotK, Scores, Pattern, Z, Result;
     public readonly string MlpPre, MlpPreLinear, MlpPost;
+    /// <summary>Gemma 2's post-norms (TransformerLens: ln1_post, ln2_post).</summary>
+    public readonly string Ln1PostScale, Ln1PostNormalized, Ln2PostScale, Ln2PostNormalized;
+    /// <summary>circuit-tracer's MLP input (ln2's output, after its weight) and MLP output (before any post-norm).</summary>
+    public readonly string MlpHookIn, MlpHookOut;
 
     public LayerHookNames(int l)
     {
@@ -57,6 +61,9 @@ internal sealed class LayerHookNames
         Scores = b + "attn.hook_attn_scores"; Pattern = b + "attn.hook_pattern";
         Z = b + "attn.hook_z"; Result = b + "attn.hook_result";
         MlpPre = b + "mlp.hook_pre"; MlpPreLinear = b + "mlp.hook_pre_linear"; MlpPost = b + "mlp.hook_post";
+        Ln1PostScale = b + "ln1_post.hook_scale"; Ln1PostNormalized = b + "ln1_post.hook_normalized";
+        Ln2PostScale = b + "ln2_post.hook_scale"; Ln2PostNormalized = b + "ln2_post.hook_normalized";
+        MlpHookIn = b + "mlp.hook_in"; MlpHookOut = b + "mlp.hook_out";
     }
 }
 
@@ -66,24 +73,44 @@ public static class HookNames
     public const string Embed = "hook_embed", PosEmbed = "hook_pos_embed";
     public const string LnFinalScale = "ln_final.hook_scale", LnFinalNormalized = "ln_final.hook_normalized";
 
-    /// <summary>Every hook point of a model with this config, in the order they fire.</summary>
+    /// <summary>
+    /// Every hook point of a model with this config, in the order they fire — TransformerLens's names for each
+    /// architecture (see the README's table): GPT-2 adds hook_pos_embed; rotary models hook_rot_q/k; gated MLPs
+    /// mlp.hook_pre_linear; Gemma 2 its post-norms ln1_post/ln2_post (before hook_attn_out/hook_mlp_out); parallel
+    /// attention+MLP (GPT-NeoX) has no hook_resid_mid. circuit-tracer's mlp.hook_in / mlp.hook_out are extra names (see
+    /// <see cref="ExtraFor"/>), not in this list.
+    /// </summary>
     public static IReadOnlyList<string> For(ModelConfig cfg)
     {
         var list = new List<string> { Embed };
-        if (cfg.Architecture == Architecture.Gpt2) list.Add(PosEmbed);
-        bool llama = cfg.Architecture == Architecture.Llama;
+        if (cfg.LearnedPositions) list.Add(PosEmbed);
+        bool rope = cfg.Rope != RopeLayout.None;
         for (int l = 0; l < cfg.NLayers; l++)
         {
             var n = new LayerHookNames(l);
             list.AddRange([n.ResidPre, n.Ln1Scale, n.Ln1Normalized, n.Q, n.K, n.V]);
-            if (llama) list.AddRange([n.RotQ, n.RotK]);
-            list.AddRange([n.Scores, n.Pattern, n.Z, n.Result, n.AttnOut, n.ResidMid, n.MlpIn, n.Ln2Scale, n.Ln2Normalized, n.MlpPre]);
-            if (llama) list.Add(n.MlpPreLinear);
-            list.AddRange([n.MlpPost, n.MlpOut, n.ResidPost]);
+            if (rope) list.AddRange([n.RotQ, n.RotK]);
+            list.AddRange([n.Scores, n.Pattern, n.Z, n.Result]);
+            if (cfg.PostNorms) list.AddRange([n.Ln1PostScale, n.Ln1PostNormalized]);
+            list.Add(n.AttnOut);
+            if (!cfg.ParallelAttnMlp) list.Add(n.ResidMid);
+            list.AddRange([n.MlpIn, n.Ln2Scale, n.Ln2Normalized, n.MlpPre]);
+            if (cfg.GatedMlp) list.Add(n.MlpPreLinear);
+            list.Add(n.MlpPost);
+            if (cfg.PostNorms) list.AddRange([n.Ln2PostScale, n.Ln2PostNormalized]);
+            list.AddRange([n.MlpOut, n.ResidPost]);
         }
         list.AddRange([LnFinalScale, LnFinalNormalized]);
         return list;
     }
+
+    /// <summary>
+    /// Hook points beyond TransformerLens's: circuit-tracer's blocks.L.mlp.hook_in (the MLP's input: ln2's output after its
+    /// weight and bias, (B,T,d_model)) and blocks.L.mlp.hook_out (the MLP's output before Gemma 2's post-norm; elsewhere the
+    /// same value as hook_mlp_out, firing just before it). Valid for hooks, caches, splices and gradients.
+    /// </summary>
+    public static IReadOnlyList<string> ExtraFor(ModelConfig cfg) =>
+        Enumerable.Range(0, cfg.NLayers).SelectMany(l => { var n = new LayerHookNames(l); return new[] { n.MlpHookIn, n.MlpHookOut }; }).ToList();
 
     /// <summary>
     /// A filter from comma-separated globs ('*' matches any run of characters, '?' one), e.g.

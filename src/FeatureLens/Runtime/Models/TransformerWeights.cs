@@ -34,12 +34,16 @@ public sealed class LayerWeights
     public float[]? Bv { get; init; }
     public required MatrixView Wo { get; init; }
     public float[]? Bo { get; init; }
+    /// <summary>Gemma 2's post-attention norm (ln1_post), (1 + w) folded in; null elsewhere.</summary>
+    public float[]? Ln1PostWeight { get; init; }
     public required float[] Ln2Weight { get; init; }
     public float[]? Ln2Bias { get; init; }
-    /// <summary>GPT-2 c_fc, Llama gate_proj (its output is mlp.hook_pre).</summary>
+    /// <summary>Gemma 2's post-MLP norm (ln2_post), (1 + w) folded in; null elsewhere.</summary>
+    public float[]? Ln2PostWeight { get; init; }
+    /// <summary>GPT-2 c_fc, GPT-NeoX dense_h_to_4h, Llama/Gemma gate_proj (its output is mlp.hook_pre).</summary>
     public required MatrixView WIn { get; init; }
     public float[]? BIn { get; init; }
-    /// <summary>Llama up_proj (mlp.hook_pre_linear); null for GPT-2.</summary>
+    /// <summary>Gated MLPs' up_proj (mlp.hook_pre_linear); null for GPT-2 and GPT-NeoX.</summary>
     public MatrixView? WUp { get; init; }
     /// <summary>GPT-2 c_proj, Llama down_proj.</summary>
     public required MatrixView WOut { get; init; }
