@@ -53,7 +53,7 @@ public static unsafe class LogitLens
         if (route == null || latents.Count == 0 || k == 0) return;
         var cfg = model.Config; var w = model.Weights;
         int C = cfg.DModel, V = cfg.VocabSize, D = sae.DOut;
-        bool layerNorm = cfg.Architecture == Architecture.Gpt2;
+        bool layerNorm = cfg.LayerNorm;
         var gamma = w.FinalNormWeight;
         var dec = new float[(long)chunk * D];
         var dir = new float[(long)chunk * C];

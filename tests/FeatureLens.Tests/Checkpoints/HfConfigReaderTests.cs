@@ -147,7 +147,7 @@ public class HfConfigReaderTests
     public void Unknown_model_type_lists_the_supported_ones()
     {
         using var dir = new TempDir();
-        Fails<FormatException>(WriteConfig(dir, LlamaJson, o => o["model_type"] = "mistral"), "'model_type'", "mistral", "\"gpt2\"", "\"llama\"");
+        Fails<FormatException>(WriteConfig(dir, LlamaJson, o => o["model_type"] = "falcon"), "'model_type'", "falcon", "\"gpt2\"", "\"llama\"", "\"gemma2\"", "\"gpt_neox\"");
         Fails<FormatException>(WriteConfig(dir, LlamaJson, o => { o.Remove("model_type"); o.Remove("architectures"); }), "'model_type'", "\"gpt2\"");
     }
 
@@ -155,12 +155,13 @@ public class HfConfigReaderTests
     public void Unsupported_settings_are_refused_by_name()
     {
         using var dir = new TempDir();
-        Fails<NotSupportedException>(WriteConfig(dir, Gpt2Json, o => o["activation_function"] = "relu"), "'activation_function'", "relu");
-        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["hidden_act"] = "gelu"), "'hidden_act'");
-        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["rope_scaling"] = new JsonObject { ["type"] = "linear", ["factor"] = 2.0 }),
-            "'rope_scaling'", "linear");
-        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["head_dim"] = 64), "'head_dim'", "64");
-        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["attention_bias"] = true), "'attention_bias'");
+        Fails<NotSupportedException>(WriteConfig(dir, Gpt2Json, o => o["activation_function"] = "tanh"), "'activation_function'", "tanh");
+        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["hidden_act"] = "gelu_10"), "'hidden_act'");
+        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["rope_scaling"] = new JsonObject { ["type"] = "yarn", ["factor"] = 2.0 }),
+            "'rope_scaling'", "yarn");
+        Fails<FormatException>(WriteConfig(dir, LlamaJson, o => o["rope_scaling"] = new JsonObject { ["rope_type"] = "llama3", ["factor"] = 8.0 }),
+            "'rope_scaling.low_freq_factor'", "missing");
+        Fails<NotSupportedException>(WriteConfig(dir, LlamaJson, o => o["mlp_bias"] = true), "'mlp_bias'");
     }
 
     [Fact]

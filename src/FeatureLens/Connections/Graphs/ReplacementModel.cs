@@ -257,7 +257,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         var tc = clt.Layers.ToArray();
         _cfg = model.Config; _w = model.Weights; _clt = clt; _tc = tc; _input = input; _tokens = (int[])tokens.Clone();
         int T = _T = tokens.Length, C = _C = _cfg.DModel, L = _L = _cfg.NLayers, V = _cfg.VocabSize;
-        _layerNorm = _cfg.Architecture == Architecture.Gpt2;
+        _layerNorm = _cfg.LayerNorm;
         _rope = _cfg.Rope == RopeLayout.None ? null : new Rope(_cfg.DHead, _cfg.NCtx, _cfg.RopeTheta, _cfg.Rope);
 
         // ---- the one real forward: frozen quantities, transcoder inputs, true MLP outputs ----

@@ -77,4 +77,97 @@ public static class Activations
             dGate[i] = dOut[i] * up[i] * s * (1f + g * (1f - s));
         }
     }
+
+    // ───────────── every activation a config names ("gelu_new", "gelu", "silu", "relu", "quick_gelu") ─────────────
+
+    /// <summary>output = act(inp) for a canonical activation name (see ModelConfig.Activation).</summary>
+    public static void Apply(string act, ReadOnlySpan<float> inp, Span<float> output)
+    {
+        switch (act)
+        {
+            case "gelu_new": GeluNew(inp, output); return;
+            case "relu": TensorPrimitives.Max(inp, 0f, output); return;
+            default:
+                for (int i = 0; i < inp.Length; i++) output[i] = Value(act, inp[i]);
+                return;
+        }
+    }
+
+    /// <summary>Backward of <see cref="Apply"/>: dInp = dOut · act′(inp).</summary>
+    public static void Backward(string act, ReadOnlySpan<float> inp, ReadOnlySpan<float> dOut, Span<float> dInp)
+    {
+        if (act == "gelu_new") { GeluNewBackward(inp, dOut, dInp); return; }
+        for (int i = 0; i < inp.Length; i++) dInp[i] = dOut[i] * Derivative(act, inp[i]);
+    }
+
+    /// <summary>A gated MLP's activation: output = act(gate) · up (SwiGLU for silu, GeGLU for gelu_new).</summary>
+    public static void Gated(string act, ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> output)
+    {
+        if (act == "silu") { SwiGlu(gate, up, output); return; }
+        Apply(act, gate, output);
+        TensorPrimitives.Multiply(output, up, output);
+    }
+
+    /// <summary>Backward of <see cref="Gated"/>: dUp = dOut·act(gate), dGate = dOut·up·act′(gate).</summary>
+    public static void GatedBackward(string act, ReadOnlySpan<float> gate, ReadOnlySpan<float> up, ReadOnlySpan<float> dOut, Span<float> dGate, Span<float> dUp)
+    {
+        if (act == "silu") { SwiGluBackward(gate, up, dOut, dGate, dUp); return; }
+        Apply(act, gate, dUp);
+        TensorPrimitives.Multiply(dUp, dOut, dUp);
+        for (int i = 0; i < gate.Length; i++) dGate[i] = dOut[i] * up[i] * Derivative(act, gate[i]);
+    }
+
+    static float Value(string act, float x) => act switch
+    {
+        "gelu" => (float)(0.5 * x * Erfc(-x * InvSqrt2)),
+        "silu" => x / (1f + MathF.Exp(-x)),
+        "quick_gelu" => x / (1f + MathF.Exp(-1.702f * x)),
+        "relu" => MathF.Max(x, 0f),
+        "gelu_new" => 0.5f * x * (1f + MathF.Tanh(Sqrt2OverPi * (x + 0.044715f * x * x * x))),
+        _ => throw new ArgumentException($"unknown activation '{act}'"),
+    };
+
+    static float Derivative(string act, float x)
+    {
+        switch (act)
+        {
+            case "gelu":
+            {
+                // Φ(x) + x·φ(x)
+                double xd = x;
+                return (float)(0.5 * Erfc(-xd * InvSqrt2) + xd * Math.Exp(-0.5 * xd * xd) * InvSqrt2Pi);
+            }
+            case "silu":
+            {
+                float sg = 1f / (1f + MathF.Exp(-x));
+                return sg * (1f + x * (1f - sg));
+            }
+            case "quick_gelu":
+            {
+                float sg = 1f / (1f + MathF.Exp(-1.702f * x));
+                return sg + 1.702f * x * sg * (1f - sg);
+            }
+            case "relu": return x > 0 ? 1f : 0f;
+            case "gelu_new":
+            {
+                float th = MathF.Tanh(Sqrt2OverPi * (x + 0.044715f * x * x * x));
+                return 0.5f * (1f + th) + 0.5f * x * (1f - th * th) * Sqrt2OverPi * (1f + 3f * 0.044715f * x * x);
+            }
+            default: throw new ArgumentException($"unknown activation '{act}'");
+        }
+    }
+
+    const double InvSqrt2 = 0.70710678118654752440, InvSqrt2Pi = 0.39894228040143267794;
+
+    /// <summary>
+    /// The complementary error function in double precision to a relative error below 1.2e-7 everywhere (a Chebyshev
+    /// fit of erfc(z)·e^(z²) in t = 1/(1 + z/2)) — well inside float32's resolution for the exact GELU.
+    /// </summary>
+    static double Erfc(double x)
+    {
+        double z = Math.Abs(x), t = 1.0 / (1.0 + 0.5 * z);
+        double r = t * Math.Exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 +
+                   t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+        return x >= 0 ? r : 2.0 - r;
+    }
 }

@@ -21,6 +21,39 @@ public static unsafe class Attention
         public int S => Past + T;
         public int Group => NH / NKV;
         internal long Cost => (long)T * S * HS;
+        /// <summary>The factor on q·k (0: 1/√HS; Gemma 2: query_pre_attn_scalar^−½).</summary>
+        public float Scale { get; init; }
+        /// <summary>Soft-capping c of the scaled scores, c·tanh(s/c) (Gemma 2); 0 for none.</summary>
+        public float SoftCap { get; init; }
+        /// <summary>Sliding window: query position i sees keys j with 0 ≤ i − j &lt; Window; 0 for every earlier key.</summary>
+        public int Window { get; init; }
+        internal float ScoreScale => Scale > 0 ? Scale : 1f / MathF.Sqrt(HS);
+        /// <summary>The first key the query at new position t sees.</summary>
+        public int First(int t) => Window > 0 ? Math.Max(0, Past + t + 1 - Window) : 0;
+    }
+
+    /// <summary>Soft-caps scores in place, c·tanh(s/c), when the shape asks for it.</summary>
+    static void Cap(Span<float> scores, Shape s)
+    {
+        if (s.SoftCap <= 0) return;
+        TensorPrimitives.Multiply(scores, 1f / s.SoftCap, scores);
+        TensorPrimitives.Tanh(scores, scores);
+        TensorPrimitives.Multiply(scores, s.SoftCap, scores);
+    }
+
+    /// <summary>
+    /// Backward of the soft-cap, in place: dRaw = dCapped·(1 − (capped/c)²) where the capped score is finite (masked
+    /// entries keep their 0 gradient). <paramref name="capped"/> is (B,NH,T,T), the scores after the cap.
+    /// </summary>
+    public static void SoftCapBackward(ReadOnlySpan<float> capped, Span<float> dScores, Shape s)
+    {
+        if (s.SoftCap <= 0) return;
+        float inv = 1f / s.SoftCap;
+        for (int i = 0; i < dScores.Length; i++)
+        {
+            float c = capped[i];
+            if (float.IsFinite(c)) { float t = c * inv; dScores[i] *= 1f - t * t; }
+        }
     }
 
     /// <summary>
@@ -43,6 +76,8 @@ public static unsafe class Attention
                         for (int t = 0; t < s.T; t++)
                         {
                             var row = new Span<float>(sc + (long)t * s.S, s.Past + t + 1);
+                            Cap(row, s);
+                            row[..s.First(t)].Fill(float.NegativeInfinity);
                             SoftmaxInPlace(row);
                             WeightedRow(row, (float*)av, s, b, h, t, (float*)az);
                         }
@@ -51,7 +86,7 @@ public static unsafe class Attention
         }
     }
 
-    /// <summary>scores[b,h,t,j] = q·k/√HS for j ≤ past+t, −∞ above the causal diagonal.</summary>
+    /// <summary>scores[b,h,t,j] = cap(q·k·scale) for First(t) ≤ j ≤ past+t, −∞ elsewhere (above the causal diagonal, outside a sliding window).</summary>
     public static void Scores(ReadOnlySpan<float> q, ReadOnlySpan<float> k, Span<float> scores, Shape s)
     {
         fixed (float* pq = q, pk = k, ps = scores)
@@ -63,8 +98,13 @@ public static unsafe class Attention
                 {
                     float* dst = (float*)asc + (long)bh * s.T * s.S;
                     ScoreBlock((float*)aq, (float*)ak, s, bh / s.NH, bh % s.NH, dst);
+                    Cap(new Span<float>(dst, s.T * s.S), s);
                     for (int t = 0; t < s.T; t++)
-                        new Span<float>(dst + (long)t * s.S, s.S)[(s.Past + t + 1)..].Fill(float.NegativeInfinity);
+                    {
+                        var row = new Span<float>(dst + (long)t * s.S, s.S);
+                        row[(s.Past + t + 1)..].Fill(float.NegativeInfinity);
+                        row[..s.First(t)].Fill(float.NegativeInfinity);
+                    }
                 }
             });
         }
@@ -192,12 +232,12 @@ public static unsafe class Attention
         }
     }
 
-    /// <summary>Backward of <see cref="Scores"/>: dq = dScores·k/√HS and dk = Σ_h dScoresᵀ·q/√HS.</summary>
+    /// <summary>Backward of <see cref="Scores"/> before the cap (see <see cref="SoftCapBackward"/>): dq = dScores·k·scale and dk = Σ_h dScoresᵀ·q·scale.</summary>
     public static void ScoresBackward(ReadOnlySpan<float> dScores, ReadOnlySpan<float> q, ReadOnlySpan<float> k,
         Span<float> dq, Span<float> dk, Shape s)
     {
         CheckNoCache(s);
-        float inv = 1f / MathF.Sqrt(s.HS);
+        float inv = s.ScoreScale;
         fixed (float* pds = dScores, pq = q, pk = k, pdq = dq, pdk = dk)
         {
             nint ads = (nint)pds, aq = (nint)pq, ak = (nint)pk, adq = (nint)pdq, adk = (nint)pdk;
@@ -242,14 +282,14 @@ public static unsafe class Attention
         if (s.Past != 0 || s.Smax != s.T) throw new ArgumentException("attention backward runs on whole sequences (no KV cache)");
     }
 
-    /// <summary>dst (T,S) = q_bh (T,HS) · k_bh(S,HS)ᵀ / √HS, one single-threaded GEMM (the caller parallelises over heads).</summary>
+    /// <summary>dst (T,S) = q_bh (T,HS) · k_bh(S,HS)ᵀ · scale, one single-threaded GEMM (the caller parallelises over heads).</summary>
     static void ScoreBlock(float* q, float* k, Shape s, int b, int h, float* dst)
     {
         var qv = new MatrixView(q + ((long)b * s.T * s.NH + h) * s.HS, DType.F32, s.T, s.HS, (long)s.NH * s.HS, 1);
         var kv = new MatrixView(k + ((long)b * s.Smax * s.NKV + h / s.Group) * s.HS, DType.F32, s.S, s.HS, (long)s.NKV * s.HS, 1);
         Gemm.Multiply(qv, kv.T, dst, s.S, false, Gemm.Path, 1);
         var block = new Span<float>(dst, s.T * s.S);
-        TensorPrimitives.Multiply(block, 1f / MathF.Sqrt(s.HS), block);
+        TensorPrimitives.Multiply(block, s.ScoreScale, block);
     }
 
     /// <summary>z[b,t,h,:] = Σ_{j &lt; n} p[j] · v[b,j,h/G,:], summed in key order with vector accumulators.</summary>

@@ -34,10 +34,10 @@ public sealed class HookedTransformer : IDisposable
         Config = config; Weights = weights; Tokenizer = tokenizer;
         if (tokenizer != null && tokenizer.VocabSize > config.VocabSize)
             throw new InvalidDataException($"tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.VocabSize}");
-        _rope = config.Rope == RopeLayout.None ? null : new Rope(config.DHead, config.NCtx, config.RopeTheta, config.Rope);
+        _rope = config.Rope == RopeLayout.None ? null : new Rope(config.DHead, config.RotaryDim, config.NCtx, config.RopeTheta, config.Rope, config.RopeScaling);
         _names = Enumerable.Range(0, config.NLayers).Select(l => new LayerHookNames(l)).ToArray();
         _baseHookNames = HookNames.For(config);
-        _hookNameSet = new HashSet<string>(_baseHookNames, StringComparer.Ordinal);
+        _hookNameSet = new HashSet<string>(_baseHookNames.Concat(HookNames.ExtraFor(config)), StringComparer.Ordinal);
     }
 
     /// <summary>
@@ -76,7 +76,13 @@ public sealed class HookedTransformer : IDisposable
         }
         try
         {
-            var weights = cfg.Architecture == Architecture.Gpt2 ? Gpt2.LoadWeights(cfg, source) : Llama.LoadWeights(cfg, source);
+            var weights = cfg.Architecture switch
+            {
+                Architecture.Gpt2 => Gpt2.LoadWeights(cfg, source),
+                Architecture.Gemma2 => Gemma2.LoadWeights(cfg, source),
+                Architecture.NeoX => GptNeoX.LoadWeights(cfg, source),
+                _ => Llama.LoadWeights(cfg, source),
+            };
             var tok = tokPath == null ? null : TokenizerLoader.Load(tokPath, cfg.VocabSize);
             return new HookedTransformer(cfg, weights, tok);
         }
@@ -205,7 +211,7 @@ public sealed class HookedTransformer : IDisposable
         ValidateTokens(tokens, null);
         foreach (var s in options.Splices) s.Validate(this);
         var splices = _persistentSplices.Concat(options.Splices).ToList();
-        var names = new HashSet<string>(_baseHookNames, StringComparer.Ordinal);
+        var names = new HashSet<string>(_hookNameSet, StringComparer.Ordinal);
         names.UnionWith(splices.SelectMany(s => s.HookNames));
         foreach (var (name, _) in options.Hooks.Concat(options.BackwardHooks))
             if (!names.Contains(name)) CheckHookName(name);
@@ -225,7 +231,7 @@ public sealed class HookedTransformer : IDisposable
         var logits = TransformerForward.Run(Config, Weights, _rope, _names, tokens, hooks, true, null, Config.NLayers, tape)!;
         var g = objective.Evaluate(logits, cache, tokens);
         foreach (var (name, seed) in g.HookSeeds) hooks.Seeds[name] = seed;
-        TransformerBackward.Run(Config, Weights, _rope, _names, tape, hooks, g.LogitRows, g.LogitGradients);
+        TransformerBackward.Run(Config, Weights, _names, tape, hooks, g.LogitRows, g.LogitGradients, logits.Data);
         TransformerForward.ZeroPadding(grads, lengths, tape.T);
         tape.ReturnBuffers();
         if (userCache == null) cache.Clear();

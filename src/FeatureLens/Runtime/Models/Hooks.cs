@@ -107,8 +107,13 @@ public static class HookNames
     /// <summary>
     /// Hook points beyond TransformerLens's: circuit-tracer's blocks.L.mlp.hook_in (the MLP's input: ln2's output after its
     /// weight and bias, (B,T,d_model)) and blocks.L.mlp.hook_out (the MLP's output before Gemma 2's post-norm; elsewhere the
-    /// same value as hook_mlp_out, firing just before it). Valid for hooks, caches, splices and gradients.
+    /// same value as hook_mlp_out, firing just before it). Valid for hooks, splices, caches and gradients; a cache filter
+    /// that takes every name (e.g. RunWithCache without one) keeps TransformerLens's names only, so these are cached when
+    /// a filter names them.
     /// </summary>
+    public static bool IsExtra(string name) => name.EndsWith(".mlp.hook_in", StringComparison.Ordinal) || name.EndsWith(".mlp.hook_out", StringComparison.Ordinal);
+
+    /// <summary>The extra hook points of a model with this config (see <see cref="IsExtra"/>).</summary>
     public static IReadOnlyList<string> ExtraFor(ModelConfig cfg) =>
         Enumerable.Range(0, cfg.NLayers).SelectMany(l => { var n = new LayerHookNames(l); return new[] { n.MlpHookIn, n.MlpHookOut }; }).ToList();
 

@@ -15,7 +15,11 @@ internal sealed record NormTape(float[] Source, float[] Scale);
 internal sealed class BlockTape
 {
     public NormTape Ln1 = null!, Ln2 = null!;
+    /// <summary>Gemma 2's post-norms on the raw attention and MLP outputs; null elsewhere.</summary>
+    public NormTape? Ln1Post, Ln2Post;
     public float[] Q = null!, K = null!, V = null!, Pattern = null!;
+    /// <summary>The soft-capped scores (B,NH,T,T), kept only when the model soft-caps attention logits.</summary>
+    public float[]? Scores;
     public float[] Pre = null!;
     public float[]? PreLinear;
     /// <summary>hook_result was wanted in the forward (attn_out was then the sum of per-head results).</summary>
@@ -27,6 +31,8 @@ internal sealed class ForwardTape
 {
     public BlockTape[] Blocks = [];
     public NormTape Final = null!;
+    /// <summary>The rotation the recorded run used (dynamic NTK scaling depends on its length).</summary>
+    public Rope? Rope;
     public int B, T;
     public int[] Lengths = [], Positions = [];
 
@@ -78,19 +84,32 @@ internal static unsafe class TransformerBackward
     /// Runs the backward of a recorded forward: <c>dLogitRows</c> are the rows r (= b·T + t) of the logits the metric depends
     /// on, <c>dLogits</c> their gradients (rows, V); both empty for metrics that read no logits.
     /// </summary>
-    public static void Run(ModelConfig cfg, TransformerWeights w, Rope? rope, LayerHookNames[] names, ForwardTape tape,
-        HookSet hooks, int[] dLogitRows, float[] dLogits)
+    public static void Run(ModelConfig cfg, TransformerWeights w, LayerHookNames[] names, ForwardTape tape,
+        HookSet hooks, int[] dLogitRows, float[] dLogits, float[] logits)
     {
         int B = tape.B, T = tape.T, R = B * T;
         int C = cfg.DModel, NH = cfg.NHeads, NKV = cfg.NKvHeads, HS = cfg.DHead, M = cfg.DMlp, V = cfg.VocabSize;
-        bool llama = cfg.Architecture == Architecture.Llama;
-        bool layerNorm = cfg.Architecture == Architecture.Gpt2;
+        bool gated = cfg.GatedMlp, parallel = cfg.ParallelAttnMlp;
+        bool layerNorm = cfg.LayerNorm;
+        var rope = tape.Rope;
 
-        // ---- unembedding and final norm ----
+        // ---- final soft-cap, unembedding and final norm ----
         var dNormOut = tape.RentZeroed(R * C);
         if (dLogitRows.Length > 0)
         {
             int n = dLogitRows.Length;
+            if (cfg.FinalSoftcap > 0)
+            {
+                // logits = c·tanh(u/c): du = dlogits·(1 − (logits/c)²)
+                dLogits = (float[])dLogits.Clone();
+                float inv = 1f / cfg.FinalSoftcap;
+                for (int i = 0; i < n; i++)
+                {
+                    var d = dLogits.AsSpan(i * V, V);
+                    var y = logits.AsSpan(dLogitRows[i] * V, V);
+                    for (int j = 0; j < V; j++) { float t = y[j] * inv; d[j] *= 1f - t * t; }
+                }
+            }
             var rows = new float[n * C];
             fixed (float* pd = dLogits, pr = rows)
                 Gemm.Multiply(MatrixView.F32(pd, n, V), w.Unembed.T, pr, C);
@@ -102,11 +121,12 @@ internal static unsafe class TransformerBackward
         // ---- blocks, last to first ----
         var dResidMid = tape.RentZeroed(R * C);
         var dMlpIn = tape.RentZeroed(R * C);
-        var dPre = tape.RentZeroed(R * M); var dPreLinear = llama ? tape.RentZeroed(R * M) : null; var dPost = tape.RentZeroed(R * M);
+        var dPre = tape.RentZeroed(R * M); var dPreLinear = gated ? tape.RentZeroed(R * M) : null; var dPost = tape.RentZeroed(R * M);
         var dAttnOut = tape.RentZeroed(R * C); var dZ = tape.RentZeroed(R * NH * HS);
         var dQ = tape.RentZeroed(R * NH * HS); var dK = tape.RentZeroed(R * NKV * HS); var dV = tape.RentZeroed(R * NKV * HS);
         var dPattern = tape.RentZeroed(B * NH * T * T); var dScores = tape.RentZeroed(B * NH * T * T);
         var dLn1In = tape.RentZeroed(R * C);
+        var dRaw = cfg.PostNorms ? tape.RentZeroed(R * C) : null;
         for (int l = cfg.NLayers - 1; l >= 0; l--)
         {
             var L = w.Layers[l];
@@ -114,17 +134,24 @@ internal static unsafe class TransformerBackward
             var bt = tape.Blocks[l];
             hooks.FireBackward(n.ResidPost, l, dResid, B, T, C);
 
-            // ---- MLP: resid_post = resid_mid + mlp_out ----
+            // ---- MLP: resid_post = resid_mid + mlp_out (or resid_pre + attn_out + mlp_out when parallel) ----
             var dMlpOut = (float[])dResid.Clone();
             hooks.FireBackward(n.MlpOut, l, dMlpOut, B, T, C);
-            LinearBackward(dMlpOut, R, L.WOut, dPost);
+            var dMlpRaw = dMlpOut;
+            if (cfg.PostNorms)
+            {
+                NormBackward(bt.Ln2Post!, L.Ln2PostWeight!, dMlpOut, dRaw!, R, C, layerNorm, hooks, n.Ln2PostNormalized, n.Ln2PostScale, l, B, T);
+                dMlpRaw = dRaw!;
+            }
+            hooks.FireBackward(n.MlpHookOut, l, dMlpRaw, B, T, C);
+            LinearBackward(dMlpRaw, R, L.WOut, dPost);
             hooks.FireBackward(n.MlpPost, l, dPost, B, T, M);
-            if (llama)
+            if (gated)
             {
                 ParallelRows.For(R, M, (r0, r1) =>
                 {
                     int o = r0 * M, len = (r1 - r0) * M;
-                    Activations.SwiGluBackward(bt.Pre.AsSpan(o, len), bt.PreLinear.AsSpan(o, len), dPost.AsSpan(o, len), dPre.AsSpan(o, len), dPreLinear.AsSpan(o, len));
+                    Activations.GatedBackward(cfg.Activation, bt.Pre.AsSpan(o, len), bt.PreLinear.AsSpan(o, len), dPost.AsSpan(o, len), dPre.AsSpan(o, len), dPreLinear.AsSpan(o, len));
                 });
                 hooks.FireBackward(n.MlpPreLinear, l, dPreLinear!, B, T, M);
             }
@@ -132,19 +159,35 @@ internal static unsafe class TransformerBackward
                 ParallelRows.For(R, M, (r0, r1) =>
                 {
                     int o = r0 * M, len = (r1 - r0) * M;
-                    Activations.GeluNewBackward(bt.Pre.AsSpan(o, len), dPost.AsSpan(o, len), dPre.AsSpan(o, len));
+                    Activations.Backward(cfg.Activation, bt.Pre.AsSpan(o, len), dPost.AsSpan(o, len), dPre.AsSpan(o, len));
                 });
             hooks.FireBackward(n.MlpPre, l, dPre, B, T, M);
             LinearBackward(dPre, R, L.WIn, dNormOut);
-            if (llama) LinearBackward(dPreLinear!, R, L.WUp!.Value, dNormOut, accumulate: true);
+            if (gated) LinearBackward(dPreLinear!, R, L.WUp!.Value, dNormOut, accumulate: true);
+            hooks.FireBackward(n.MlpHookIn, l, dNormOut, B, T, C);
             NormBackward(bt.Ln2, L.Ln2Weight, dNormOut, dMlpIn, R, C, layerNorm, hooks, n.Ln2Normalized, n.Ln2Scale, l, B, T);
             hooks.FireBackward(n.MlpIn, l, dMlpIn, B, T, C);
-            TensorPrimitives.Add(dResid, dMlpIn, dResidMid);
-            hooks.FireBackward(n.ResidMid, l, dResidMid, B, T, C);
+            if (parallel)
+            {
+                // attention sees resid_post's gradient directly; resid_pre gathers the identity, the MLP's and attention's paths
+                dResid.AsSpan().CopyTo(dAttnOut);
+                TensorPrimitives.Add(dResid, dMlpIn, dResidMid); // resid_pre's gradient so far (no hook_resid_mid)
+            }
+            else
+            {
+                TensorPrimitives.Add(dResid, dMlpIn, dResidMid);
+                hooks.FireBackward(n.ResidMid, l, dResidMid, B, T, C);
+                dResidMid.AsSpan().CopyTo(dAttnOut);
+            }
 
             // ---- attention: resid_mid = resid_pre + attn_out ----
-            dResidMid.AsSpan().CopyTo(dAttnOut);
             hooks.FireBackward(n.AttnOut, l, dAttnOut, B, T, C);
+            var dAttnRaw = dAttnOut;
+            if (cfg.PostNorms)
+            {
+                NormBackward(bt.Ln1Post!, L.Ln1PostWeight!, dAttnOut, dRaw!, R, C, layerNorm, hooks, n.Ln1PostNormalized, n.Ln1PostScale, l, B, T);
+                dAttnRaw = dRaw!;
+            }
             if (bt.ResultActive || hooks.WantsGradient(n.Result))
             {
                 // attn_out = Σ_h result_h (+ b_O): every head's result gets attn_out's gradient; dz_h = dresult_h · W_O[h]ᵀ
@@ -152,21 +195,22 @@ internal static unsafe class TransformerBackward
                 ParallelRows.For(R, (long)NH * C, (r0, r1) =>
                 {
                     for (int r = r0; r < r1; r++)
-                        for (int h = 0; h < NH; h++) dAttnOut.AsSpan(r * C, C).CopyTo(dResult.AsSpan((r * NH + h) * C, C));
+                        for (int h = 0; h < NH; h++) dAttnRaw.AsSpan(r * C, C).CopyTo(dResult.AsSpan((r * NH + h) * C, C));
                 });
                 hooks.FireBackward(n.Result, l, dResult, B, T, NH, C);
                 fixed (float* pr = dResult, pz = dZ)
                     for (int h = 0; h < NH; h++)
                         Gemm.Multiply(new MatrixView(pr + h * C, DType.F32, R, C, (long)NH * C, 1), L.Wo.RowSlice(h * HS, HS).T, pz + h * HS, NH * HS);
             }
-            else LinearBackward(dAttnOut, R, L.Wo, dZ);
+            else LinearBackward(dAttnRaw, R, L.Wo, dZ);
             hooks.FireBackward(n.Z, l, dZ, B, T, NH, HS);
 
-            var shape = new Attention.Shape(B, T, 0, T, NH, NKV, HS);
+            var shape = TransformerForward.AttentionShape(cfg, l, B, T, 0, T);
             Attention.WeightedValuesBackward(dZ, bt.Pattern, bt.V, dPattern, dV, shape);
             hooks.FireBackward(n.Pattern, l, dPattern, B, NH, T, T);
             Attention.SoftmaxBackward(bt.Pattern, dPattern, dScores, shape);
             hooks.FireBackward(n.Scores, l, dScores, B, NH, T, T);
+            if (bt.Scores != null) Attention.SoftCapBackward(bt.Scores, dScores, shape);
             Attention.ScoresBackward(dScores, bt.Q, bt.K, dQ, dK, shape);
             if (rope != null)
             {

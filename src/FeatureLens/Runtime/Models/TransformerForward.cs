@@ -38,7 +38,18 @@ internal sealed class HookSet
     }
 
     /// <summary>True when a backward hook, the gradient cache or a seed wants this hook point's gradient.</summary>
-    public bool WantsGradient(string name) => _backwardFns.ContainsKey(name) || (GradientCache != null && _gradFilter!(name)) || Seeds.ContainsKey(name);
+    public bool WantsGradient(string name) => _backwardFns.ContainsKey(name) || GradCached(name) || Seeds.ContainsKey(name);
+
+    bool GradCached(string name) => GradientCache != null && _gradFilter!(name) && (!HookNames.IsExtra(name) || Selective(_gradFilter));
+
+    bool Cached(string name) => Cache != null && _cacheFilter!(name) && (!HookNames.IsExtra(name) || _cacheSelective);
+
+    /// <summary>
+    /// Whether a filter picks names rather than taking everything: the extra (non-TransformerLens) hook points are cached
+    /// only by filters that refuse some name, so "cache everything" keeps TransformerLens's set of names.
+    /// </summary>
+    static bool Selective(Func<string, bool> filter) => !filter("\u0001(no hook has this name)");
+    readonly bool _cacheSelective;
 
     /// <summary>
     /// The backward pass reached <paramref name="name"/> with <paramref name="grad"/> (the gradient of the value the rest
@@ -65,7 +76,7 @@ internal sealed class HookSet
         }
         if (Seeds.TryGetValue(name, out var seed)) TensorPrimitives.Add(grad, seed, grad);
         if (_backwardFns.TryGetValue(name, out var fns)) RunFunctions(fns, t, name, layer, "backward hook");
-        if (GradientCache != null && _gradFilter!(name)) GradientCache[name] = owned ? t : t.Clone();
+        if (GradCached(name)) GradientCache![name] = owned ? t : t.Clone();
     }
 
     /// <summary>Runs hook functions on <paramref name="t"/> in order; a returned tensor (of the same shape) replaces its data.</summary>
@@ -95,6 +106,7 @@ internal sealed class HookSet
         }
         _cacheFilter = cacheFilter;
         Cache = cache;
+        _cacheSelective = cacheFilter != null && Selective(cacheFilter);
         _lengths = lengths ?? [];
         foreach (var s in splices ?? [])
         {
@@ -111,7 +123,7 @@ internal sealed class HookSet
     }
 
     public bool HasHook(string name) => _fns.ContainsKey(name);
-    public bool Active(string name) => _fns.ContainsKey(name) || (Cache != null && _cacheFilter!(name)) || _spliceIn.ContainsKey(name) || _spliceOut.ContainsKey(name);
+    public bool Active(string name) => _fns.ContainsKey(name) || Cached(name) || _spliceIn.ContainsKey(name) || _spliceOut.ContainsKey(name);
 
     /// <summary>
     /// Runs the hooks on <paramref name="data"/> (seen with <paramref name="shape"/>), caches it if asked, then
@@ -125,7 +137,7 @@ internal sealed class HookSet
         if (!Active(name)) return;
         var t = new Tensor(shape, data);
         if (_fns.TryGetValue(name, out var fns)) RunFunctions(fns, t, name, layer, "hook");
-        if (Cache != null && _cacheFilter!(name)) Cache[name] = owned ? t : t.Clone();
+        if (Cached(name)) Cache![name] = owned ? t : t.Clone();
         bool hasIn = _spliceIn.TryGetValue(name, out var ins), hasOut = _spliceOut.TryGetValue(name, out var outs);
         if (!hasIn && !hasOut) return;
         var ctx = new SpliceContext(layer, _lengths, Fire, Active, HasHook, Recording);
@@ -171,15 +183,17 @@ internal static unsafe class TransformerForward
         int B = tokens.Length, T = tokens.Max(t => t.Length), R = B * T;
         int C = cfg.DModel, NH = cfg.NHeads, NKV = cfg.NKvHeads, HS = cfg.DHead, M = cfg.DMlp, V = cfg.VocabSize;
         int past = kv?.Length ?? 0;
-        bool llama = cfg.Architecture == Architecture.Llama;
+        bool gated = cfg.GatedMlp, parallel = cfg.ParallelAttnMlp;
         int[] lengths = tokens.Select(t => t.Length).ToArray();
         if (tape != null && (kv != null || stopAtLayer < cfg.NLayers)) throw new ArgumentException("a recorded forward runs whole sequences through every layer");
+        rope = rope?.ForLength(past + T);
 
         // a recorded forward keeps its buffers for the backward, which gives them back to the pool afterwards
         float[] Buf(long n) => tape != null ? tape.Rent(n) : Alloc(n);
         var positions = new int[R];
         for (int r = 0; r < R; r++) positions[r] = past + r % T;
         tape?.Start(B, T, lengths, positions, cfg.NLayers);
+        if (tape != null) tape.Rope = rope;
 
         // ---- embeddings ----
         var embed = Buf(R * C);
@@ -187,7 +201,11 @@ internal static unsafe class TransformerForward
             for (int t = 0; t < T; t++)
             {
                 var row = embed.AsSpan((b * T + t) * C, C);
-                if (t < lengths[b]) w.TokenEmbedding.ReadRow(tokens[b][t], row);
+                if (t < lengths[b])
+                {
+                    w.TokenEmbedding.ReadRow(tokens[b][t], row);
+                    if (cfg.EmbeddingScale != 1f) TensorPrimitives.Multiply(row, cfg.EmbeddingScale, row);
+                }
                 else row.Clear(); // padding
             }
         hooks.Fire(HookNames.Embed, -1, embed, B, T, C);
@@ -205,9 +223,12 @@ internal static unsafe class TransformerForward
         var normIn = Buf(R * C); var scale = Buf(R); var normalized = Buf(R * C); var normOut = Buf(R * C);
         var q = Buf(R * NH * HS); var k = Buf(R * NKV * HS); var v = Buf(R * NKV * HS);
         var z = Buf(R * NH * HS); var attnOut = Buf(R * C); var residMid = Buf(R * C);
-        var pre = Buf(R * M); var preLinear = llama ? Buf(R * M) : null; var post = Buf(R * M);
+        var pre = Buf(R * M); var preLinear = gated ? Buf(R * M) : null; var post = Buf(R * M);
         var mlpOut = Buf(R * C); var residPost = Buf(R * C);
         float[]? mlpIn = null;
+        // Gemma 2's post-norms read the raw attention / MLP outputs
+        var attnRaw = cfg.PostNorms ? Buf(R * C) : attnOut;
+        var mlpRaw = cfg.PostNorms ? Buf(R * C) : mlpOut;
 
         int layers = Math.Min(cfg.NLayers, stopAtLayer);
         for (int l = 0; l < layers; l++)
@@ -222,8 +243,9 @@ internal static unsafe class TransformerForward
                 normIn = Buf(R * C); scale = Buf(R);
                 q = Buf(R * NH * HS); k = Buf(R * NKV * HS); v = Buf(R * NKV * HS);
                 residMid = Buf(R * C); residPost = Buf(R * C); mlpIn = null;
-                pre = Buf(R * M); preLinear = llama ? Buf(R * M) : null;
-                bt.Ln1 = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : resid, scale);
+                pre = Buf(R * M); preLinear = gated ? Buf(R * M) : null;
+                if (cfg.PostNorms) { attnRaw = Buf(R * C); mlpRaw = Buf(R * C); }
+                bt.Ln1 = new NormTape(cfg.LayerNorm ? normIn : resid, scale);
             }
             hooks.Fire(n.ResidPre, l, resid, B, T, C);
 
@@ -254,7 +276,7 @@ internal static unsafe class TransformerForward
                     Array.Copy(v, b * len, values, ((long)b * smax + past) * NKV * HS, len);
                 }
             }
-            var shape = new Attention.Shape(B, T, past, smax, NH, NKV, HS);
+            var shape = AttentionShape(cfg, l, B, T, past, smax);
             if (bt != null || hooks.Active(n.Scores) || hooks.Active(n.Pattern))
             {
                 int S = past + T;
@@ -265,7 +287,7 @@ internal static unsafe class TransformerForward
                 Attention.Softmax(scores, pattern, shape);
                 hooks.Fire(n.Pattern, l, pattern, B, NH, T, S);
                 Attention.WeightedValues(pattern, values, z, shape, allKeys: hooks.HasHook(n.Pattern));
-                if (bt != null) { bt.Q = q; bt.K = k; bt.V = v; bt.Pattern = pattern; }
+                if (bt != null) { bt.Q = q; bt.K = k; bt.V = v; bt.Pattern = pattern; bt.Scores = cfg.AttnSoftcap > 0 ? scores : null; }
             }
             else Attention.Forward(q, keys, values, z, shape);
             hooks.Fire(n.Z, l, z, B, T, NH, HS);
@@ -283,48 +305,68 @@ internal static unsafe class TransformerForward
                 {
                     for (int r = r0; r < r1; r++)
                     {
-                        var o = attnOut.AsSpan(r * C, C);
+                        var o = attnRaw.AsSpan(r * C, C);
                         result.AsSpan(r * NH * C, C).CopyTo(o);
                         for (int h = 1; h < NH; h++) TensorPrimitives.Add(o, result.AsSpan((r * NH + h) * C, C), o);
                         if (L.Bo != null) TensorPrimitives.Add(o, L.Bo, o);
                     }
                 });
             }
-            else Linear(z, R, L.Wo, L.Bo, attnOut);
+            else Linear(z, R, L.Wo, L.Bo, attnRaw);
+            if (cfg.PostNorms)
+            {
+                if (bt != null) { scale = Buf(R); bt.Ln1Post = new NormTape(attnRaw, scale); }
+                Norm(cfg, attnRaw, L.Ln1PostWeight!, null, normIn, scale, normalized, attnOut, R, C, hooks, n.Ln1PostScale, n.Ln1PostNormalized, l, B, T);
+            }
             hooks.Fire(n.AttnOut, l, attnOut, B, T, C);
-            TensorPrimitives.Add(resid, attnOut, residMid);
-            hooks.Fire(n.ResidMid, l, residMid, B, T, C);
+            if (!parallel)
+            {
+                TensorPrimitives.Add(resid, attnOut, residMid);
+                hooks.Fire(n.ResidMid, l, residMid, B, T, C);
+            }
 
-            // ---- MLP ----
-            var mlpInput = residMid;
+            // ---- MLP (reads resid_mid, or resid_pre when parallel) ----
+            var mlpInput = parallel ? resid : residMid;
             if (hooks.Active(n.MlpIn))
             {
                 mlpIn ??= Buf(R * C);
-                residMid.AsSpan().CopyTo(mlpIn);
+                mlpInput.AsSpan().CopyTo(mlpIn);
                 hooks.Fire(n.MlpIn, l, mlpIn, B, T, C);
                 mlpInput = mlpIn;
             }
             if (bt != null)
             {
                 normIn = Buf(R * C); scale = Buf(R);
-                bt.Ln2 = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : mlpInput, scale);
+                bt.Ln2 = new NormTape(cfg.LayerNorm ? normIn : mlpInput, scale);
                 bt.Pre = pre; bt.PreLinear = preLinear;
             }
             Norm(cfg, mlpInput, L.Ln2Weight, L.Ln2Bias, normIn, scale, normalized, normOut, R, C, hooks, n.Ln2Scale, n.Ln2Normalized, l, B, T);
+            hooks.Fire(n.MlpHookIn, l, normOut, B, T, C);
             Linear(normOut, R, L.WIn, L.BIn, pre);
             hooks.Fire(n.MlpPre, l, pre, B, T, M);
-            if (llama)
+            if (gated)
             {
                 Linear(normOut, R, L.WUp!.Value, null, preLinear!);
                 hooks.Fire(n.MlpPreLinear, l, preLinear!, B, T, M);
-                ParallelRows.For(R, M, (r0, r1) => Activations.SwiGlu(pre.AsSpan(r0 * M, (r1 - r0) * M), preLinear.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
+                ParallelRows.For(R, M, (r0, r1) => Activations.Gated(cfg.Activation, pre.AsSpan(r0 * M, (r1 - r0) * M), preLinear.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
             }
             else
-                ParallelRows.For(R, M, (r0, r1) => Activations.GeluNew(pre.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
+                ParallelRows.For(R, M, (r0, r1) => Activations.Apply(cfg.Activation, pre.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
             hooks.Fire(n.MlpPost, l, post, B, T, M);
-            Linear(post, R, L.WOut, L.BOut, mlpOut);
+            Linear(post, R, L.WOut, L.BOut, mlpRaw);
+            hooks.Fire(n.MlpHookOut, l, mlpRaw, B, T, C);
+            if (cfg.PostNorms)
+            {
+                if (bt != null) { scale = Buf(R); bt.Ln2Post = new NormTape(mlpRaw, scale); }
+                Norm(cfg, mlpRaw, L.Ln2PostWeight!, null, normIn, scale, normalized, mlpOut, R, C, hooks, n.Ln2PostScale, n.Ln2PostNormalized, l, B, T);
+            }
             hooks.Fire(n.MlpOut, l, mlpOut, B, T, C);
-            TensorPrimitives.Add(residMid, mlpOut, residPost);
+            if (parallel)
+            {
+                TensorPrimitives.Add(resid, attnOut, residPost);
+                TensorPrimitives.Add(residPost, mlpOut, residPost);
+            }
+            else TensorPrimitives.Add(residMid, mlpOut, residPost);
             hooks.Fire(n.ResidPost, l, residPost, B, T, C);
 
             // resid_post of this layer is resid_pre of the next
@@ -341,7 +383,7 @@ internal static unsafe class TransformerForward
         if (tape != null)
         {
             normIn = Buf(R * C); scale = Buf(R);
-            tape.Final = new NormTape(cfg.Architecture == Architecture.Gpt2 ? normIn : resid, scale);
+            tape.Final = new NormTape(cfg.LayerNorm ? normIn : resid, scale);
         }
         Norm(cfg, resid, w.FinalNormWeight, w.FinalNormBias, normIn, scale, normalized, normOut, R, C, hooks, HookNames.LnFinalScale, HookNames.LnFinalNormalized, -1, B, T);
         ZeroPadding(hooks.Cache, lengths, T);
@@ -349,9 +391,27 @@ internal static unsafe class TransformerForward
         // a recorded forward's logits come from the pool: the gradient result hands them back when disposed
         var logits = tape != null ? new Tensor([B, T, V], BufferPool.Rent(checked(B * T * V))) : new Tensor(B, T, V);
         Linear(normOut, R, w.Unembed, w.UnembedBias, logits.Data);
+        if (cfg.FinalSoftcap > 0) SoftCap(logits.Data, cfg.FinalSoftcap);
         for (int b = 0; b < B; b++)
             logits.Data.AsSpan((b * T + lengths[b]) * V, (T - lengths[b]) * V).Clear();
         return logits;
+    }
+
+    /// <summary>The attention geometry of layer <paramref name="layer"/>: score scale, soft-cap and sliding window from the config.</summary>
+    internal static Attention.Shape AttentionShape(ModelConfig cfg, int layer, int B, int T, int past, int smax) =>
+        new(B, T, past, smax, cfg.NHeads, cfg.NKvHeads, cfg.DHead) { Scale = cfg.AttnScoreScale, SoftCap = cfg.AttnSoftcap, Window = cfg.WindowOf(layer) };
+
+    /// <summary>x = c·tanh(x/c) in place, in row chunks across threads.</summary>
+    internal static void SoftCap(float[] x, float cap)
+    {
+        const int Chunk = 1 << 14;
+        ParallelRows.For((x.Length + Chunk - 1) / Chunk, Chunk, (c0, c1) =>
+        {
+            var span = x.AsSpan(c0 * Chunk, Math.Min(x.Length, c1 * Chunk) - c0 * Chunk);
+            TensorPrimitives.Multiply(span, 1f / cap, span);
+            TensorPrimitives.Tanh(span, span);
+            TensorPrimitives.Multiply(span, cap, span);
+        });
     }
 
     /// <summary>y (R, N) = x (R, K) · W (K, N) + bias.</summary>
@@ -367,11 +427,11 @@ internal static unsafe class TransformerForward
             });
     }
 
-    /// <summary>LayerNorm (GPT-2) or RMSNorm (Llama) in TransformerLens's stages, firing hook_scale and hook_normalized.</summary>
+    /// <summary>LayerNorm (GPT-2, GPT-NeoX) or RMSNorm (Llama, Gemma) in TransformerLens's stages, firing hook_scale and hook_normalized.</summary>
     static void Norm(ModelConfig cfg, float[] x, float[] weight, float[]? bias, float[] centered, float[] scale, float[] normalized, float[] output,
         int R, int C, HookSet hooks, string scaleName, string normalizedName, int layer, int B, int T)
     {
-        bool layerNorm = cfg.Architecture == Architecture.Gpt2;
+        bool layerNorm = cfg.LayerNorm;
         var src = layerNorm ? centered : x;
         ParallelRows.For(R, C, (r0, r1) =>
         {

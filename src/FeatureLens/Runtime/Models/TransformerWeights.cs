@@ -19,6 +19,8 @@ public sealed class TransformerWeights
     public float[]? UnembedBias { get; init; }                     // (V)
     /// <summary>The checkpoint the views point into (kept alive with the model).</summary>
     public required ITensorSource Source { get; init; }
+    /// <summary>Memory the views point into besides the checkpoint (repacked weights, e.g. GPT-NeoX's per-head fused q/k/v), kept alive with the model.</summary>
+    public IReadOnlyList<object> Owned { get; init; } = [];
 }
 
 /// <summary>One block's weights; biases are null where the architecture has none.</summary>
@@ -76,6 +78,14 @@ internal sealed class CheckpointReader(ITensorSource source, string prefix = "")
 
     /// <summary>A Hugging Face Linear weight stored (out, in), seen as (in, out) for x·W.</summary>
     public MatrixView Linear(string name, int outFeatures, int inFeatures) => Tensor(name, outFeatures, inFeatures).AsMatrix().T;
+
+    /// <summary>A norm weight stored as w where the model multiplies by (1 + w) (Gemma), returned with the 1 added.</summary>
+    public float[] OnePlusVector(string name, int length)
+    {
+        var w = Vector(name, length);
+        for (int i = 0; i < w.Length; i++) w[i] += 1f;
+        return w;
+    }
 
     /// <summary>A GPT-2 Conv1D weight, already stored (in, out).</summary>
     public MatrixView Conv1D(string name, int inFeatures, int outFeatures) => Tensor(name, inFeatures, outFeatures).AsMatrix();
