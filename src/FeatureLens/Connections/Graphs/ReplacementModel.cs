@@ -12,8 +12,10 @@ public enum TranscoderInput
 {
     /// <summary><c>blocks.L.ln2.hook_normalized</c>: the frozen ln2 normalisation of resid_mid (before ln2's weight and bias).</summary>
     Ln2Normalized,
-    /// <summary><c>blocks.L.hook_mlp_in</c> or <c>blocks.L.hook_resid_mid</c>: resid_mid itself.</summary>
+    /// <summary><c>blocks.L.hook_mlp_in</c> or <c>blocks.L.hook_resid_mid</c>: the MLP's input stream itself (resid_mid; resid_pre when attention and MLP run in parallel).</summary>
     ResidMid,
+    /// <summary><c>blocks.L.mlp.hook_in</c> (circuit-tracer's): ln2's output after its weight and bias, with the scale frozen.</summary>
+    MlpHookIn,
 }
 
 /// <summary>
@@ -79,6 +81,9 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     // frozen: ln1/ln2 scales (L)(T), final scale (T), patterns (L)(NH,T,T); for QK attribution the clean q and k after RoPE
     // (L)(T,NH,HS) / (L)(T,NKV,HS)
     readonly float[][] _ln1Scale, _ln2Scale, _pattern, _qk, _kk;
+    // Gemma 2: the frozen scale of ln1_post (the norm on the attention output), (L)(T); null elsewhere
+    readonly float[][]? _ln1PostScale;
+    readonly bool _parallel;
     readonly float[] _finalScale;
     // node values at the clean run
     readonly float[] _embed;             // (T, C)
@@ -98,8 +103,14 @@ public sealed unsafe class ReplacementModel : IAttributionRows
     readonly float[] _unembedMean;       // (C): the mean column of the unembedding
     readonly double _unembedBiasMean;
 
-    /// <summary>The logits of the real model on the prompt, (1, T, V).</summary>
+    /// <summary>The logits of the real model on the prompt, (1, T, V) (after a final soft-cap, where the model has one).</summary>
     public Tensor CleanLogits { get; }
+    /// <summary>
+    /// The last position's logits before the final soft-cap (Gemma 2), (V); the real logits for models without one. The
+    /// frozen model is linear up to here: <see cref="RunFrozen"/> returns these pre-cap logits and logit nodes are read
+    /// from them, as circuit-tracer reads logit directions off the unembedding.
+    /// </summary>
+    public float[] CleanPreCapLastLogits { get; }
     /// <summary>The prompt.</summary>
     public IReadOnlyList<int> Tokens => _tokens;
     /// <summary>The transcoder of each layer (for a cross-layer transcoder: layer l's encoder and its decoder into layer l).</summary>
@@ -230,8 +241,11 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             throw new ArgumentException($"{who}: gated encoders have no single pre-activation");
         var (layer, kind) = ParseInputHook(c.HookName, model, who);
         string outHook = $"blocks.{layer}.hook_mlp_out";
-        if (c.OutputHookName != outHook)
-            throw new ArgumentException($"{who}: writes '{c.OutputHookName}' but a transcoder reading layer {layer}'s MLP input must write '{outHook}'");
+        // circuit-tracer's mlp.hook_out is the same value as hook_mlp_out unless a post-norm (Gemma 2's ln2_post) follows the MLP
+        bool sameAsMlpOut = c.OutputHookName == $"blocks.{layer}.mlp.hook_out" && !model.Config.PostNorms;
+        if (c.OutputHookName != outHook && !sameAsMlpOut)
+            throw new ArgumentException($"{who}: writes '{c.OutputHookName}' but a transcoder reading layer {layer}'s MLP input must write '{outHook}'" +
+                (model.Config.PostNorms ? " (this model's blocks.L.mlp.hook_out comes before the post-MLP norm, so only hook_mlp_out is linear in the replacement)" : $" (or blocks.{layer}.mlp.hook_out)"));
         if (c.DIn != C) throw new ArgumentException($"{who}: d_in is {c.DIn} but the model's d_model is {C}");
         if (c.DOut != C) throw new ArgumentException($"{who}: d_out is {c.DOut} but the model's d_model is {C}");
         return (layer, kind);
@@ -239,7 +253,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
 
     static (int Layer, TranscoderInput Kind) ParseInputHook(string hook, HookedTransformer model, string who)
     {
-        const string expected = "blocks.L.ln2.hook_normalized, blocks.L.hook_mlp_in or blocks.L.hook_resid_mid";
+        const string expected = "blocks.L.ln2.hook_normalized, blocks.L.mlp.hook_in, blocks.L.hook_mlp_in or blocks.L.hook_resid_mid (not for parallel attention+MLP)";
         try { model.CheckHookName(hook); }
         catch (ArgumentException e) { throw new ArgumentException($"{who}: the model lacks its input hook: {e.Message}", e); }
         var parts = hook.Split('.');
@@ -247,7 +261,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         {
             string rest = string.Join('.', parts.Skip(2));
             if (rest == "ln2.hook_normalized") return (layer, TranscoderInput.Ln2Normalized);
-            if (rest is "hook_mlp_in" or "hook_resid_mid") return (layer, TranscoderInput.ResidMid);
+            if (rest == "mlp.hook_in") return (layer, TranscoderInput.MlpHookIn);
+            if (rest == "hook_mlp_in" || (rest == "hook_resid_mid" && !model.Config.ParallelAttnMlp)) return (layer, TranscoderInput.ResidMid);
         }
         throw new ArgumentException($"{who}: reads '{hook}', which is not an MLP input (expected {expected})");
     }
@@ -258,24 +273,35 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         _cfg = model.Config; _w = model.Weights; _clt = clt; _tc = tc; _input = input; _tokens = (int[])tokens.Clone();
         int T = _T = tokens.Length, C = _C = _cfg.DModel, L = _L = _cfg.NLayers, V = _cfg.VocabSize;
         _layerNorm = _cfg.LayerNorm;
-        _rope = _cfg.Rope == RopeLayout.None ? null : new Rope(_cfg.DHead, _cfg.NCtx, _cfg.RopeTheta, _cfg.Rope);
+        _parallel = _cfg.ParallelAttnMlp;
+        _rope = _cfg.Rope == RopeLayout.None ? null : new Rope(_cfg.DHead, _cfg.RotaryDim, _cfg.NCtx, _cfg.RopeTheta, _cfg.Rope, _cfg.RopeScaling).ForLength(T);
 
         // ---- the one real forward: frozen quantities, transcoder inputs, true MLP outputs ----
-        var names = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed, HookNames.LnFinalScale };
+        var names = new HashSet<string>(StringComparer.Ordinal) { HookNames.Embed, HookNames.LnFinalScale, HookNames.LnFinalNormalized };
         if (_w.PositionEmbedding != null) names.Add(HookNames.PosEmbed);
         for (int l = 0; l < L; l++)
         {
             string b = $"blocks.{l}.";
             names.UnionWith([b + "ln1.hook_scale", b + "ln2.hook_scale", b + "attn.hook_pattern", b + "hook_mlp_out", tc[l].Config.HookName,
                 b + (_rope != null ? "attn.hook_rot_q" : "attn.hook_q"), b + (_rope != null ? "attn.hook_rot_k" : "attn.hook_k")]);
+            if (_cfg.PostNorms) names.Add(b + "ln1_post.hook_scale");
         }
         var (logits, cache) = model.RunWithCache([tokens], names.Contains);
         CleanLogits = logits;
+        {
+            // the last position's pre-cap logits: final norm output · W_U (+ b_U)
+            var h = cache[HookNames.LnFinalNormalized].Data.AsSpan((T - 1) * C, C).ToArray();
+            Norms.Affine(h, _w.FinalNormWeight, _w.FinalNormBias, h, 1, C);
+            var pre = CleanPreCapLastLogits = new float[V];
+            TransformerForward.Linear(h, 1, _w.Unembed, _w.UnembedBias, pre);
+            if (_cfg.FinalSoftcap <= 0) logits.Data.AsSpan((T - 1) * V, V).CopyTo(pre);
+        }
         _qk = new float[L][]; _kk = new float[L][];
         _embed = (float[])cache[HookNames.Embed].Data.Clone();
         if (cache.TryGetValue(HookNames.PosEmbed, out var pos)) TensorPrimitives.Add(_embed, pos.Data, _embed);
         _finalScale = cache[HookNames.LnFinalScale].Data;
         _ln1Scale = new float[L][]; _ln2Scale = new float[L][]; _pattern = new float[L][]; _errors = new float[L][];
+        _ln1PostScale = _cfg.PostNorms ? new float[L][] : null;
 
         // ---- transcoders on their clean inputs: active latents, pre-activations, error nodes (mlp_out of layer l minus the
         //      reconstruction: layer l's own decoder, b_dec and skip, plus what the features of every earlier layer write into l) ----
@@ -286,6 +312,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             string b = $"blocks.{l}.";
             _ln1Scale[l] = cache[b + "ln1.hook_scale"].Data;
             _ln2Scale[l] = cache[b + "ln2.hook_scale"].Data;
+            if (_ln1PostScale != null) _ln1PostScale[l] = cache[b + "ln1_post.hook_scale"].Data;
             _pattern[l] = cache[b + "attn.hook_pattern"].Data;
             _qk[l] = (_rope != null ? cache[b + "attn.hook_rot_q"] : cache[b + "attn.hook_q"]).Data;
             _kk[l] = (_rope != null ? cache[b + "attn.hook_rot_k"] : cache[b + "attn.hook_k"]).Data;
@@ -371,7 +398,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         double max = TensorPrimitives.Max(last), z = 0;
         var probs = new double[V];
         for (int v = 0; v < V; v++) z += probs[v] = Math.Exp(last[v] - max);
-        double meanLogit = FrozenForwardResult.MeanOf(last);
+        var preCap = CleanPreCapLastLogits;
+        double meanLogit = FrozenForwardResult.MeanOf(preCap);
         var order = Enumerable.Range(0, V).OrderByDescending(v => probs[v]).ThenBy(v => v).ToArray();
         _logits = []; var lp = new List<float>(); var li = new List<float>();
         double cum = 0;
@@ -379,7 +407,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         {
             if (cum >= 0.95 || _logits.Count >= 10) break;
             _logits.Add(new GraphNode(GraphNodeKind.Logit, L, T - 1, v));
-            lp.Add((float)(probs[v] / z)); li.Add((float)(last[v] - meanLogit));
+            lp.Add((float)(probs[v] / z)); li.Add((float)(preCap[v] - meanLogit));
             cum += probs[v] / z;
         }
         _logitProbs = [.. lp]; _logitInputs = [.. li];
@@ -423,11 +451,21 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             TransformerForward.Linear(normed, T, W.Wv, W.Bv, v);
             Attention.WeightedValues(_pattern[l], v, z, shape);
             TransformerForward.Linear(z, T, W.Wo, W.Bo, attn);
-            TensorPrimitives.Add(resid, attn, resid);
+            if (_ln1PostScale != null)
+            {
+                Norms.FrozenNormalize(attn, _ln1PostScale[l], attn, T, C, _layerNorm);
+                Norms.Affine(attn, W.Ln1PostWeight!, null, attn, T, C);
+            }
+            // parallel attention+MLP: the MLP reads resid_pre, and both outputs join afterwards
+            if (!_parallel) TensorPrimitives.Add(resid, attn, resid);
 
             var sae = _tc[l];
             int D = sae.DSae;
-            if (_input[l] == TranscoderInput.Ln2Normalized) Norms.FrozenNormalize(resid, _ln2Scale[l], x, T, C, _layerNorm);
+            if (_input[l] != TranscoderInput.ResidMid)
+            {
+                Norms.FrozenNormalize(resid, _ln2Scale[l], x, T, C, _layerNorm);
+                if (_input[l] == TranscoderInput.MlpHookIn) Norms.Affine(x, W.Ln2Weight, W.Ln2Bias, x, T, C);
+            }
             else resid.CopyTo(x, 0);
             var pre = new float[(long)T * D];
             sae.Preprocess(x, saeIn, T);
@@ -445,6 +483,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             for (int i = 0; i < l; i++)
                 if (_clt.Decoder(i, l) is { } wd) Gemm.MatMul(layerActs[i], wd, mlpOut, T, _tc[i].DSae, C, accumulate: true);
             TensorPrimitives.Add(mlpOut, values.Errors[l], mlpOut);
+            if (_parallel) TensorPrimitives.Add(resid, attn, resid);
             TensorPrimitives.Add(resid, mlpOut, resid);
         }
         Norms.FrozenNormalize(resid, _finalScale, normed, T, C, _layerNorm);
@@ -583,6 +622,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
         var g = BufferPool.RentZeroed(checked((int)(Nt * TC)));
         var gx = BufferPool.RentZeroed(checked((int)(Nt * TC)));
         var gz = BufferPool.RentZeroed(checked(Nt * T * NH * HS)); var gv = BufferPool.RentZeroed(checked(Nt * T * NKV * HS));
+        // parallel attention+MLP: the MLP path's gradient at resid_pre, kept apart until attention has read resid_post's
+        var gMlp = _parallel ? BufferPool.RentZeroed(checked((int)(Nt * TC))) : gx;
+        // Gemma 2: the gradient at the raw attention output, through the frozen post-attention norm
+        var gAttn = _ln1PostScale != null ? BufferPool.RentZeroed(checked((int)(Nt * TC))) : g;
         var biasPos = new double[T * Nt];
         var tmp = new float[C];
 
@@ -597,7 +640,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             Norms.FrozenNormalizeBackward(tmp, _finalScale.AsSpan(sd.Pos, 1), g.AsSpan((int)(t * TC + sd.Pos * C), C), 1, C, _layerNorm);
         }
 
-        fixed (float* pg = g, pgz = gz, pgv = gv, pgx = gx)
+        fixed (float* pg = g, pgz = gz, pgv = gv, pgx = gx, pga = gAttn)
         {
             nint ag = (nint)pg;
             for (int l = L - 1; l >= 0; l--)
@@ -666,20 +709,44 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                 }
                 if (any)
                 {
-                    if (_input[l] == TranscoderInput.Ln2Normalized)
+                    if (_input[l] != TranscoderInput.ResidMid)
                     {
                         var scale = _ln2Scale[l];
+                        bool affine = _input[l] == TranscoderInput.MlpHookIn;
+                        if (affine && W.Ln2Bias != null) AddRowDots(gx, W.Ln2Bias, nMid, T, bias);
                         ParallelRows.For(nMid, TC, (t0, t1) =>
                         {
-                            for (int t = t0; t < t1; t++) Norms.FrozenNormalizeBackward(gx.AsSpan((int)(t * TC), (int)TC), scale, gx.AsSpan((int)(t * TC), (int)TC), T, C, _layerNorm);
+                            for (int t = t0; t < t1; t++)
+                            {
+                                var span = gx.AsSpan((int)(t * TC), (int)TC);
+                                if (affine) Norms.AffineBackward(span, W.Ln2Weight, span, T, C);
+                                Norms.FrozenNormalizeBackward(span, scale, span, T, C, _layerNorm);
+                            }
                         });
                     }
-                    TensorPrimitives.Add(g.AsSpan(0, (int)nMidT), gx.AsSpan(0, (int)nMidT), g.AsSpan(0, (int)nMidT));
+                    if (_parallel) gx.AsSpan(0, (int)nMidT).CopyTo(gMlp);
+                    else TensorPrimitives.Add(g.AsSpan(0, (int)nMidT), gx.AsSpan(0, (int)nMidT), g.AsSpan(0, (int)nMidT));
                 }
+                else if (_parallel) gMlp.AsSpan(0, (int)nMidT).Clear();
 
-                // ---- attention with the frozen pattern: attn_out = (P·(ln1(x)·W_V + b_V))·W_O + b_O ----
-                if (W.Bo != null) AddRowDots(g, W.Bo, nMid, T, bias);
-                Gemm.Multiply(MatrixView.F32(pg, nMid * T, C), W.Wo.T, pgz, NH * HS);
+                // ---- attention with the frozen pattern: attn_out = (P·(ln1(x)·W_V + b_V))·W_O + b_O (then Gemma 2's frozen
+                //      ln1_post); it reads resid_mid's gradient, or resid_post's when attention and MLP run in parallel ----
+                if (_ln1PostScale != null)
+                {
+                    var ps = _ln1PostScale[l];
+                    g.AsSpan(0, (int)nMidT).CopyTo(gAttn);
+                    ParallelRows.For(nMid, TC, (t0, t1) =>
+                    {
+                        for (int t = t0; t < t1; t++)
+                        {
+                            var span = gAttn.AsSpan((int)(t * TC), (int)TC);
+                            Norms.AffineBackward(span, W.Ln1PostWeight!, span, T, C);
+                            Norms.FrozenNormalizeBackward(span, ps, span, T, C, _layerNorm);
+                        }
+                    });
+                }
+                if (W.Bo != null) AddRowDots(gAttn, W.Bo, nMid, T, bias);
+                Gemm.Multiply(MatrixView.F32(pga, nMid * T, C), W.Wo.T, pgz, NH * HS);
                 Attention.ValuesBackwardSharedPattern(gz, _pattern[l], gv, new Attention.Shape(nMid, T, 0, T, NH, NKV, HS));
                 if (W.Bv != null) AddRowDots(gv, W.Bv, nMid, T, bias);
                 Gemm.Multiply(MatrixView.F32(pgv, nMid * T, NKV * HS), W.Wv.T, pgx, C);
@@ -702,6 +769,7 @@ public sealed unsafe class ReplacementModel : IAttributionRows
                     }
                 });
                 TensorPrimitives.Add(g.AsSpan(0, (int)nMidT), gx.AsSpan(0, (int)nMidT), g.AsSpan(0, (int)nMidT));
+                if (_parallel) TensorPrimitives.Add(g.AsSpan(0, (int)nMidT), gMlp.AsSpan(0, (int)nMidT), g.AsSpan(0, (int)nMidT));
             }
         }
 
@@ -710,6 +778,8 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             for (int p = 0; p < T; p++)
                 rows[(long)t * S + _nFeatures + L * T + p] = TensorPrimitives.Dot(g.AsSpan((int)(t * TC + p * C), C), _embed.AsSpan(p * C, C));
         foreach (var b in new[] { g, gx, gz, gv }) BufferPool.Return(b);
+        if (_parallel) BufferPool.Return(gMlp);
+        if (_ln1PostScale != null) BufferPool.Return(gAttn);
     }
 
     // ───────────────────────────── QK attribution ─────────────────────────────
@@ -748,10 +818,10 @@ public sealed unsafe class ReplacementModel : IAttributionRows
             for (int s = 0; s < S; s++) { q[(long)s * HS + d] = rows[(long)d * S + s]; k[(long)s * HS + d] = rows[(long)(HS + d) * S + s]; }
         var qv = _qk[layer].AsSpan((queryPos * NH + head) * HS, HS);
         var kv = _kk[layer].AsSpan((keyPos * _cfg.NKvHeads + kvHead) * HS, HS);
-        float score = TensorPrimitives.Dot(qv, kv) / MathF.Sqrt(HS);
+        float score = TensorPrimitives.Dot(qv, kv) * _cfg.AttnScoreScale;
         return new QkAttribution
         {
-            Layer = layer, Head = head, QueryPos = queryPos, KeyPos = keyPos, Score = score, Sources = _sources,
+            Layer = layer, Head = head, QueryPos = queryPos, KeyPos = keyPos, Score = score, ScoreScale = _cfg.AttnScoreScale, Sources = _sources,
             QueryContributions = q, KeyContributions = k,
             QueryBias = bias.Take(HS).Select(b => (float)b).ToArray(), KeyBias = bias.Skip(HS).Select(b => (float)b).ToArray(),
             CleanQuery = qv.ToArray(), CleanKey = kv.ToArray(),
@@ -809,8 +879,11 @@ public sealed class QkAttribution
     public required int Head { get; init; }
     public required int QueryPos { get; init; }
     public required int KeyPos { get; init; }
-    /// <summary>The model's own score q·k/√d_head at the clean run.</summary>
+    /// <summary>The model's own score q·k·scale at the clean run (before any soft-cap).</summary>
     public required float Score { get; init; }
+    /// <summary>The factor on q·k: 1/√d_head, or Gemma 2's query_pre_attn_scalar^−½.</summary>
+    public float ScoreScale { get; init; }
+    float Factor => ScoreScale > 0 ? ScoreScale : 1f / MathF.Sqrt(HS);
     /// <summary>The sources, in the order of the contribution rows.</summary>
     public required IReadOnlyList<GraphNode> Sources { get; init; }
     /// <summary>(S, d_head): source i's contribution to the (rotated) query vector.</summary>
@@ -831,7 +904,7 @@ public sealed class QkAttribution
     {
         var q = i < 0 ? QueryBias : new ReadOnlySpan<float>(QueryContributions, i * HS, HS);
         var k = j < 0 ? KeyBias : new ReadOnlySpan<float>(KeyContributions, j * HS, HS);
-        return TensorPrimitives.Dot(q, k) / MathF.Sqrt(HS);
+        return TensorPrimitives.Dot(q, k) * Factor;
     }
 
     /// <summary>Σ over every (query source or bias, key source or bias) pair: equals <see cref="Score"/> up to rounding.</summary>
@@ -844,6 +917,6 @@ public sealed class QkAttribution
             for (int d = 0; d < HS; d++) { qs[d] += QueryContributions[(long)s * HS + d]; ks[d] += KeyContributions[(long)s * HS + d]; }
         double sum = 0;
         for (int d = 0; d < HS; d++) sum += qs[d] * ks[d];
-        return sum / Math.Sqrt(HS);
+        return sum * Factor;
     }
 }
