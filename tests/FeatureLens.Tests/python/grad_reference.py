@@ -101,6 +101,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import arch_reference as ar  # noqa: E402  (the forward of the families the legacy paths below do not cover)
 import safetensors_lite as st  # noqa: E402
 from torch_reference import load_model  # noqa: E402  (checkpoint loading only)
 
@@ -420,6 +421,12 @@ def attn_output(g, z, W_o, b_o, prefix):
 
 
 def forward(model, tokens, g, f64_angles=False):
+    if model["arch"] == "generic":  # gpt2 variants, llama/mistral/qwen2, gemma2, gpt_neox (arch_reference.py)
+        logits = ar.forward(model, tokens, g.hook, want_result=g.want_result, extra=model.get("extra", False),
+                            f64_angles=f64_angles)
+        if g.pending:
+            raise ValueError(f"transcoder output hooks never reached: {sorted(g.pending)}")
+        return g.node("logits", logits)
     cfg, w = model["cfg"], model["w"]
     T, NH, C = len(tokens), cfg["n_heads"], cfg["d_model"]
     if T > cfg["n_ctx"]:
@@ -503,7 +510,13 @@ def run_sequence(model, tokens, metric, text, saes=(), deltas=None, want_result=
 
 
 def cmd_run(args):
-    model = load_model(args.model, DT)
+    model = load_model(args.model, DT, generic=getattr(args, "generic", False))
+    if getattr(args, "extra_hooks", False):
+        if model["arch"] != "generic":
+            raise ValueError("--extra-hooks (mlp.hook_in / mlp.hook_out) needs a model arch_reference runs (--generic)")
+        model["extra"] = True
+    if getattr(args, "rope_len", None):
+        model["rope_len"] = args.rope_len
     with open(args.tokens) as f:
         batch = json.load(f)
     if not isinstance(batch, list) or not all(isinstance(s, list) and s for s in batch):
@@ -754,6 +767,10 @@ def main(argv=None):
     ap.add_argument("--out")
     ap.add_argument("--saes")
     ap.add_argument("--hooks", default="all")
+    ap.add_argument("--extra-hooks", action="store_true", help="also blocks.L.mlp.hook_in / mlp.hook_out (graph nodes)")
+    ap.add_argument("--rope-len", type=int, default=None,
+                    help="dynamic rope_scaling: the run's length L for every sequence (default: each sequence's own)")
+    ap.add_argument("--generic", action="store_true", help="run gpt2/llama folders through arch_reference too")
     ap.add_argument("--selfcheck", action="store_true")
     ap.add_argument("--shared", default=None, help="selfcheck: the shared data folder (stories260K)")
     args = ap.parse_args(argv)
