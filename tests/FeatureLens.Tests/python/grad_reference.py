@@ -10,6 +10,11 @@ Usage
   grad_reference.py --model PATH --tokens TOKENS.json --metric METRIC --out OUT.safetensors
                     [--saes SAES.safetensors] [--hooks all|h1,h2,...]
   grad_reference.py --selfcheck [--shared /work/shared]
+  Options: --extra-hooks (blocks.L.mlp.hook_in / mlp.hook_out as graph nodes; SAEs may read/write them),
+  --rope-len L (dynamic rope_scaling's run length), --generic (gpt2/llama folders through arch_reference.py),
+  --make-config CFG.json [--make-dtype D --make-seed S --make-qk-gain G] (first write --model with
+  torch_reference make --arch hf). Families beyond the legacy gpt2/llama below run arch_reference.forward
+  with this file's Graph.hook, so every hook is a graph node there too.
 
 TOKENS.json: a list of token-id lists. Each sequence runs alone (no padding); the total metric is
 the sum over sequences, so sequence b's gradients are those of its own metric.
@@ -771,6 +776,10 @@ def main(argv=None):
     ap.add_argument("--rope-len", type=int, default=None,
                     help="dynamic rope_scaling: the run's length L for every sequence (default: each sequence's own)")
     ap.add_argument("--generic", action="store_true", help="run gpt2/llama folders through arch_reference too")
+    ap.add_argument("--make-config", default=None, help="first write --model from this config.json (torch_reference make --arch hf)")
+    ap.add_argument("--make-dtype", choices=["f32", "bf16", "f16"], default="f32")
+    ap.add_argument("--make-seed", type=int, default=0)
+    ap.add_argument("--make-qk-gain", type=float, default=1.0)
     ap.add_argument("--selfcheck", action="store_true")
     ap.add_argument("--shared", default=None, help="selfcheck: the shared data folder (stories260K)")
     args = ap.parse_args(argv)
@@ -780,6 +789,10 @@ def main(argv=None):
     for k in ("model", "tokens", "metric", "out"):
         if getattr(args, k) is None:
             ap.error(f"--{k} is required")
+    if args.make_config:  # one Python start for make + gradients: write the HF folder --model first
+        import torch_reference as tr
+        tr.cmd_make(argparse.Namespace(arch="hf", config=args.make_config, dtype=args.make_dtype, seed=args.make_seed,
+                                       out=args.model, prefix=False, max_shard_mb=None, qk_gain=args.make_qk_gain))
     cmd_run(args)
 
 

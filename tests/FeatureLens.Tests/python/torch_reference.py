@@ -5,15 +5,22 @@ Run it with /usr/bin/python3 (Debian python3-torch 1.13, CPU). Needs only torch 
 library (safetensors_lite.py beside this file reads and writes .safetensors).
 
 Subcommands
-  make   --arch gpt2|llama --config CFG.json --dtype f32|bf16|f16 --seed S --out DIR
-         [--prefix] [--max-shard-mb M]
+  make   --arch gpt2|llama|hf --config CFG.json --dtype f32|bf16|f16 --seed S --out DIR
+         [--prefix] [--max-shard-mb M] [--qk-gain G] [--then-run TOKENS.json OUT.safetensors
+         [--extra-hooks] [--rope-len L]]
+      --arch hf: CFG is a config.json (model_type gpt2, llama, mistral, qwen2, gemma2, gpt_neox; see
+      arch_reference.py), written as given; weights follow it (--qk-gain scales q/k so soft-caps bite).
+      --then-run runs the new folder like `run` in the same process.
       Writes a Hugging Face model folder (config.json + model.safetensors, or sharded
       model-0000i-of-0000n.safetensors + model.safetensors.index.json) with deterministic random
       weights. CFG keys: d_model, n_layers, n_heads, n_kv_heads (llama), d_mlp, vocab, n_ctx,
       tied (llama), rope_theta (llama), optional rms_norm_eps (llama, default 1e-5).
       --prefix writes GPT-2 names under "transformer." (as GPT2LMHeadModel.save_pretrained does).
   run    --model PATH --tokens TOKENS.json --out OUT.safetensors [--hooks all|h1,h2,...]
-         [--compute f32|f64]
+         [--compute f32|f64] [--extra-hooks] [--rope-len L] [--generic]
+      Configs the legacy gpt2/llama code below does not cover run through arch_reference.py (every
+      family of issue 12); --generic sends plain gpt2/llama folders there too. --extra-hooks adds
+      blocks.L.mlp.hook_in / mlp.hook_out; --rope-len fixes dynamic rope_scaling's run length L.
       PATH is an HF folder or a llama2.c .bin file. TOKENS.json is a list of token-id lists; each
       sequence is run on its own (no padding). Writes `{b}/{hook}` (float32, TransformerLens shape
       without the batch dim) and `{b}/tokens` (int64) for each sequence b.
@@ -610,6 +617,9 @@ def make_hf(args, hf):
         return t if t is not None else init_tensor(specs[i][1], specs[i][2], g)
     write_hf_folder(args.out, config, [(n, s) for n, s, _ in specs], tensor, dtype,
                     int(args.max_shard_mb * 2**20) if args.max_shard_mb else None)
+    if getattr(args, "then_run", None):  # one Python start for make + run
+        cmd_run(argparse.Namespace(model=args.out, tokens=args.then_run[0], out=args.then_run[1], hooks="all", compute="f32",
+                                   extra_hooks=args.extra_hooks, rope_len=args.rope_len, generic=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -707,6 +717,9 @@ def main(argv=None):
     m.add_argument("--arch", choices=["gpt2", "llama", "hf"], required=True,
                    help="hf: --config is a config.json (gpt2, llama, mistral, qwen2, gemma2, gpt_neox)")
     m.add_argument("--qk-gain", type=float, default=1.0, help="hf: multiply the q/k weights' scale (softcaps bite)")
+    m.add_argument("--then-run", nargs=2, metavar=("TOKENS", "OUT"), help="hf: then `run` the new folder (all hooks, f32)")
+    m.add_argument("--extra-hooks", action="store_true", help="--then-run: also mlp.hook_in / mlp.hook_out")
+    m.add_argument("--rope-len", type=int, default=None, help="--then-run: see run --rope-len")
     m.add_argument("--config", required=True)
     m.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     m.add_argument("--seed", type=int, required=True)
