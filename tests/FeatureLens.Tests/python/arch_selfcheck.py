@@ -34,7 +34,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import arch_reference as ar  # noqa: E402
 import grad_reference as gr  # noqa: E402
-import safetensors_lite as st  # noqa: E402
 import torch_reference as tr  # noqa: E402
 
 failures = []
@@ -207,7 +206,6 @@ def main():
     hf, path = models["gemma2"]
     V = ar.parse_config(hf)["V"]
     toks = toks_for(V, 12)
-    ref = run64(tr.load_model(path, torch.float64), toks) if False else None
     torch.set_grad_enabled(True)
     base = tr.load_model(path, torch.float64)
     plain = dict(base, cfg=dict(base["cfg"], attn_softcap=None, final_softcap=None, windows=[0] * base["cfg"]["L"]))
@@ -251,7 +249,7 @@ def main():
             sc, pat = h[p + "hook_attn_scores"], h[p + "hook_pattern"]
             win = c["windows"][L]
             for hh in range(c["NH"]):
-                s = q[:, hh] @ k[:, hh // rep].t() * ((c["qpas"] ** -0.5) if c.get("qpas") else HS_inv(c))
+                s = q[:, hh] @ k[:, hh // rep].t() * ((c["qpas"] ** -0.5) if c.get("qpas") else 1.0 / math.sqrt(c["HS"]))
                 if c.get("attn_softcap"):
                     s = c["attn_softcap"] * torch.tanh(s / c["attn_softcap"])
                 for i in range(T):
@@ -380,10 +378,6 @@ def main():
 
     print(f"\n{len(failures)} failures (seed {seed})")
     sys.exit(1 if failures else 0)
-
-
-def HS_inv(c):
-    return 1.0 / math.sqrt(c["HS"])
 
 
 if __name__ == "__main__":
