@@ -10,6 +10,11 @@ Usage
   grad_reference.py --model PATH --tokens TOKENS.json --metric METRIC --out OUT.safetensors
                     [--saes SAES.safetensors] [--hooks all|h1,h2,...]
   grad_reference.py --selfcheck [--shared /work/shared]
+  Options: --extra-hooks (blocks.L.mlp.hook_in / mlp.hook_out as graph nodes; SAEs may read/write them),
+  --rope-len L (dynamic rope_scaling's run length), --generic (gpt2/llama folders through arch_reference.py),
+  --make-config CFG.json [--make-dtype D --make-seed S --make-qk-gain G] (first write --model with
+  torch_reference make --arch hf). Families beyond the legacy gpt2/llama below run arch_reference.forward
+  with this file's Graph.hook, so every hook is a graph node there too.
 
 TOKENS.json: a list of token-id lists. Each sequence runs alone (no padding); the total metric is
 the sum over sequences, so sequence b's gradients are those of its own metric.
@@ -101,6 +106,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import arch_reference as ar  # noqa: E402  (the forward of the families the legacy paths below do not cover)
 import safetensors_lite as st  # noqa: E402
 from torch_reference import load_model  # noqa: E402  (checkpoint loading only)
 
@@ -420,6 +426,12 @@ def attn_output(g, z, W_o, b_o, prefix):
 
 
 def forward(model, tokens, g, f64_angles=False):
+    if model["arch"] == "generic":  # gpt2 variants, llama/mistral/qwen2, gemma2, gpt_neox (arch_reference.py)
+        logits = ar.forward(model, tokens, g.hook, want_result=g.want_result, extra=model.get("extra", False),
+                            f64_angles=f64_angles)
+        if g.pending:
+            raise ValueError(f"transcoder output hooks never reached: {sorted(g.pending)}")
+        return g.node("logits", logits)
     cfg, w = model["cfg"], model["w"]
     T, NH, C = len(tokens), cfg["n_heads"], cfg["d_model"]
     if T > cfg["n_ctx"]:
@@ -503,7 +515,13 @@ def run_sequence(model, tokens, metric, text, saes=(), deltas=None, want_result=
 
 
 def cmd_run(args):
-    model = load_model(args.model, DT)
+    model = load_model(args.model, DT, generic=getattr(args, "generic", False))
+    if getattr(args, "extra_hooks", False):
+        if model["arch"] != "generic":
+            raise ValueError("--extra-hooks (mlp.hook_in / mlp.hook_out) needs a model arch_reference runs (--generic)")
+        model["extra"] = True
+    if getattr(args, "rope_len", None):
+        model["rope_len"] = args.rope_len
     with open(args.tokens) as f:
         batch = json.load(f)
     if not isinstance(batch, list) or not all(isinstance(s, list) and s for s in batch):
@@ -754,6 +772,14 @@ def main(argv=None):
     ap.add_argument("--out")
     ap.add_argument("--saes")
     ap.add_argument("--hooks", default="all")
+    ap.add_argument("--extra-hooks", action="store_true", help="also blocks.L.mlp.hook_in / mlp.hook_out (graph nodes)")
+    ap.add_argument("--rope-len", type=int, default=None,
+                    help="dynamic rope_scaling: the run's length L for every sequence (default: each sequence's own)")
+    ap.add_argument("--generic", action="store_true", help="run gpt2/llama folders through arch_reference too")
+    ap.add_argument("--make-config", default=None, help="first write --model from this config.json (torch_reference make --arch hf)")
+    ap.add_argument("--make-dtype", choices=["f32", "bf16", "f16"], default="f32")
+    ap.add_argument("--make-seed", type=int, default=0)
+    ap.add_argument("--make-qk-gain", type=float, default=1.0)
     ap.add_argument("--selfcheck", action="store_true")
     ap.add_argument("--shared", default=None, help="selfcheck: the shared data folder (stories260K)")
     args = ap.parse_args(argv)
@@ -763,6 +789,10 @@ def main(argv=None):
     for k in ("model", "tokens", "metric", "out"):
         if getattr(args, k) is None:
             ap.error(f"--{k} is required")
+    if args.make_config:  # one Python start for make + gradients: write the HF folder --model first
+        import torch_reference as tr
+        tr.cmd_make(argparse.Namespace(arch="hf", config=args.make_config, dtype=args.make_dtype, seed=args.make_seed,
+                                       out=args.model, prefix=False, max_shard_mb=None, qk_gain=args.make_qk_gain))
     cmd_run(args)
 
 

@@ -5,15 +5,22 @@ Run it with /usr/bin/python3 (Debian python3-torch 1.13, CPU). Needs only torch 
 library (safetensors_lite.py beside this file reads and writes .safetensors).
 
 Subcommands
-  make   --arch gpt2|llama --config CFG.json --dtype f32|bf16|f16 --seed S --out DIR
-         [--prefix] [--max-shard-mb M]
+  make   --arch gpt2|llama|hf --config CFG.json --dtype f32|bf16|f16 --seed S --out DIR
+         [--prefix] [--max-shard-mb M] [--qk-gain G] [--then-run TOKENS.json OUT.safetensors
+         [--extra-hooks] [--rope-len L]]
+      --arch hf: CFG is a config.json (model_type gpt2, llama, mistral, qwen2, gemma2, gpt_neox; see
+      arch_reference.py), written as given; weights follow it (--qk-gain scales q/k so soft-caps bite).
+      --then-run runs the new folder like `run` in the same process.
       Writes a Hugging Face model folder (config.json + model.safetensors, or sharded
       model-0000i-of-0000n.safetensors + model.safetensors.index.json) with deterministic random
       weights. CFG keys: d_model, n_layers, n_heads, n_kv_heads (llama), d_mlp, vocab, n_ctx,
       tied (llama), rope_theta (llama), optional rms_norm_eps (llama, default 1e-5).
       --prefix writes GPT-2 names under "transformer." (as GPT2LMHeadModel.save_pretrained does).
   run    --model PATH --tokens TOKENS.json --out OUT.safetensors [--hooks all|h1,h2,...]
-         [--compute f32|f64]
+         [--compute f32|f64] [--extra-hooks] [--rope-len L] [--generic]
+      Configs the legacy gpt2/llama code below does not cover run through arch_reference.py (every
+      family of issue 12); --generic sends plain gpt2/llama folders there too. --extra-hooks adds
+      blocks.L.mlp.hook_in / mlp.hook_out; --rope-len fixes dynamic rope_scaling's run length L.
       PATH is an HF folder or a llama2.c .bin file. TOKENS.json is a list of token-id lists; each
       sequence is run on its own (no padding). Writes `{b}/{hook}` (float32, TransformerLens shape
       without the batch dim) and `{b}/tokens` (int64) for each sequence b.
@@ -78,6 +85,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import arch_reference as ar  # noqa: E402
 import safetensors_lite as st  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
@@ -103,15 +111,21 @@ def load_hf_state(folder):
     raise FileNotFoundError(f"{folder}: neither model.safetensors nor model.safetensors.index.json")
 
 
-def load_model(path, compute_dtype):
-    """Returns a model dict: {"arch", "cfg": {...}, "w": {name: tensor}} with weights in compute_dtype."""
+def load_model(path, compute_dtype, generic=False):
+    """Returns a model dict: {"arch", "cfg": {...}, "w": {name: tensor}} with weights in compute_dtype.
+    Configs the legacy gpt2/llama paths do not cover (and every config with generic=True) load as
+    arch "generic" for arch_reference.py; their weights are upcast before Gemma's (1 + w) is folded."""
     if os.path.isfile(path):
         model = load_llama2c(path)
     else:
         with open(os.path.join(path, "config.json")) as f:
             hf = json.load(f)
         state = load_hf_state(path)
-        if hf.get("model_type") == "gpt2":
+        if generic or ar.handles(hf):
+            cfg = ar.parse_config(hf, os.path.join(path, "config.json"))
+            state = {k: v.to(compute_dtype) for k, v in state.items()}
+            model = {"arch": "generic", "cfg": cfg, "w": ar.load_weights(cfg, state, path)}
+        elif hf.get("model_type") == "gpt2":
             model = gpt2_from_hf(hf, state)
         elif hf.get("model_type") == "llama":
             model = llama_from_hf(hf, state)
@@ -408,10 +422,23 @@ def llama_forward(model, tokens, rec):
 
 
 def forward(model, tokens, rec):
+    if model["arch"] == "generic":
+        return generic_forward(model, tokens, rec)
     if any(t < 0 or t >= model["cfg"]["vocab"] for t in tokens):
         raise ValueError(f"token id outside [0, {model['cfg']['vocab']})")
     fn = gpt2_forward if model["arch"] == "gpt2" else llama_forward
     return fn(model, tokens, rec)
+
+
+def generic_forward(model, tokens, rec, extra=False):
+    """arch_reference's forward for every family (gpt2 variants, llama/mistral/qwen2, gemma2, gpt_neox)."""
+    def hook(name, t):
+        rec(name, t)
+        return t
+    want_result = any(rec.wants(f"blocks.{L}.attn.hook_result") for L in range(model["cfg"]["L"]))
+    logits = ar.forward(model, tokens, hook, want_result=want_result, extra=extra or model.get("extra", False))
+    rec("logits", logits)
+    return logits
 
 
 class Recorder:
@@ -553,6 +580,8 @@ def write_hf_folder(out, config, specs, tensor_for, dtype, max_shard_bytes=None)
 def cmd_make(args):
     with open(args.config) as f:
         c = json.load(f)
+    if args.arch == "hf":
+        return make_hf(args, c)
     for key in ["d_model", "n_layers", "n_heads", "d_mlp", "vocab", "n_ctx"]:
         if key not in c:
             raise ValueError(f"{args.config}: missing {key}")
@@ -568,6 +597,29 @@ def cmd_make(args):
     write_hf_folder(args.out, hf_config(args.arch, c, args.dtype), [(n, s) for n, s, _ in specs],
                     lambda i: init_tensor(specs[i][1], specs[i][2], g), dtype,
                     int(args.max_shard_mb * 2**20) if args.max_shard_mb else None)
+
+
+def make_hf(args, hf):
+    """--arch hf: CFG is the config.json itself (any model_type arch_reference knows); weights follow it."""
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    c = ar.parse_config(hf, args.config)
+    if c["family"] == "gpt2":
+        specs = make_specs("gpt2", dict(d_model=c["C"], n_layers=c["L"], n_heads=c["NH"], d_mlp=c["M"], vocab=c["V"],
+                                        n_ctx=c["n_ctx"]), args.prefix)
+    else:
+        specs = ar.make_specs(c, args.qk_gain)
+    config = dict(hf)
+    config["torch_dtype"] = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[args.dtype]
+    g = torch.Generator().manual_seed(args.seed)
+
+    def tensor(i):
+        t = ar.init_tensor(specs[i][1], specs[i][2], g)
+        return t if t is not None else init_tensor(specs[i][1], specs[i][2], g)
+    write_hf_folder(args.out, config, [(n, s) for n, s, _ in specs], tensor, dtype,
+                    int(args.max_shard_mb * 2**20) if args.max_shard_mb else None)
+    if getattr(args, "then_run", None):  # one Python start for make + run
+        cmd_run(argparse.Namespace(model=args.out, tokens=args.then_run[0], out=args.then_run[1], hooks="all", compute="f32",
+                                   extra_hooks=args.extra_hooks, rope_len=args.rope_len, generic=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -614,12 +666,18 @@ def cmd_convert_llama2c(args):
 
 def cmd_run(args):
     compute = torch.float64 if args.compute == "f64" else torch.float32
-    model = load_model(args.model, compute)
+    model = load_model(args.model, compute, generic=args.generic)
     with open(args.tokens) as f:
         batch = json.load(f)
     if not isinstance(batch, list) or not all(isinstance(s, list) and s for s in batch):
         raise ValueError(f"{args.tokens}: expected a list of non-empty lists of token ids")
     names = None if args.hooks == "all" else set(h.strip() for h in args.hooks.split(",") if h.strip())
+    if args.extra_hooks or (names and any(n.endswith((".mlp.hook_in", ".mlp.hook_out")) for n in names)):
+        if model["arch"] != "generic":
+            raise ValueError("--extra-hooks (mlp.hook_in / mlp.hook_out) needs a model arch_reference runs (--generic)")
+        model["extra"] = True
+    if args.rope_len:
+        model["rope_len"] = args.rope_len
     out = {}
     with torch.no_grad():
         for b, seq in enumerate(batch):
@@ -656,7 +714,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make", help="write a random HF model folder")
-    m.add_argument("--arch", choices=["gpt2", "llama"], required=True)
+    m.add_argument("--arch", choices=["gpt2", "llama", "hf"], required=True,
+                   help="hf: --config is a config.json (gpt2, llama, mistral, qwen2, gemma2, gpt_neox)")
+    m.add_argument("--qk-gain", type=float, default=1.0, help="hf: multiply the q/k weights' scale (softcaps bite)")
+    m.add_argument("--then-run", nargs=2, metavar=("TOKENS", "OUT"), help="hf: then `run` the new folder (all hooks, f32)")
+    m.add_argument("--extra-hooks", action="store_true", help="--then-run: also mlp.hook_in / mlp.hook_out")
+    m.add_argument("--rope-len", type=int, default=None, help="--then-run: see run --rope-len")
     m.add_argument("--config", required=True)
     m.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32")
     m.add_argument("--seed", type=int, required=True)
@@ -669,6 +732,10 @@ def main(argv=None):
     r.add_argument("--out", required=True)
     r.add_argument("--hooks", default="all")
     r.add_argument("--compute", choices=["f32", "f64"], default="f32")
+    r.add_argument("--extra-hooks", action="store_true", help="also blocks.L.mlp.hook_in / mlp.hook_out")
+    r.add_argument("--rope-len", type=int, default=None,
+                   help="dynamic rope_scaling: the run's length L for every sequence (default: each sequence's own)")
+    r.add_argument("--generic", action="store_true", help="run gpt2/llama folders through arch_reference too")
     gen = sub.add_parser("generate", help="greedy decoding from BOS")
     gen.add_argument("--model", required=True)
     gen.add_argument("--steps", type=int, default=200)
