@@ -140,8 +140,10 @@ public class ArchitectureGradientParityTests(ITestOutputHelper output)
                 output.WriteLine($"an SAE decision is {margin:E1} from its boundary; redrawing the inputs");
                 continue;
             }
-            var r = model.RunWithGradients(batch, Metric.Parse(metric), new GradientOptions { CacheFilter = _ => true, GradFilter = _ => true, Splices = [.. splices] });
             var names = modelNames.Concat(splices.SelectMany(s => s.HookNames)).ToList();
+            // a filter that names the hooks (the extra mlp.hook_in/out are cached only when named, not by a catch-all filter)
+            var wanted = new HashSet<string>(names, StringComparer.Ordinal);
+            var r = model.RunWithGradients(batch, Metric.Parse(metric), new GradientOptions { CacheFilter = wanted.Contains, GradFilter = wanted.Contains, Splices = [.. splices] });
             var worst = GradientCheck.CompareAll(r, reference, batch, names, context);
             output.WriteLine($"SAE decision margin {margin:E1}; worst: " + GradientCheck.Describe(worst));
             return;
@@ -166,10 +168,15 @@ public class ArchitectureGradientParityTests(ITestOutputHelper output)
             seed: seed, qkGain: ArchitectureCases.QkGain(cfg), extraHooks: true);
         using var model = HookedTransformer.Load(modelDir);
         var names = model.HookPointNames.Concat(HookNames.ExtraFor(model.Config)).ToList();
-        var r = model.RunWithGradients(batch, Metric.Parse(metric), new GradientOptions { CacheFilter = _ => true, GradFilter = _ => true });
+        var wanted = new HashSet<string>(names, StringComparer.Ordinal);
+        var r = model.RunWithGradients(batch, Metric.Parse(metric), new GradientOptions { CacheFilter = wanted.Contains, GradFilter = wanted.Contains });
         using var reference = SafetensorsFile.Open(refPath);
         var worst = GradientCheck.CompareAll(r, reference, batch, names, context);
         output.WriteLine("worst: " + GradientCheck.Describe(worst));
+        // a catch-all filter keeps TransformerLens's names only
+        var all = model.RunWithGradients(batch, Metric.Parse(metric), new GradientOptions { CacheFilter = _ => true, GradFilter = _ => true });
+        Assert.DoesNotContain(all.Activations.Keys, HookNames.IsExtra);
+        Assert.DoesNotContain(all.Gradients.Keys, HookNames.IsExtra);
     }
 
     /// <summary>feature:HOOK:I@POS for a random SAE and a latent active at POS in some sequence (found with a plain spliced run).</summary>

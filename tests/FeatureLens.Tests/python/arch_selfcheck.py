@@ -279,7 +279,7 @@ def main():
                                       n_ctx=c["n_ctx"], eps=c["eps"]), "w": gw}
     toks = toks_for(c["V"], 11)
     hn, hg = run32(nm, toks), run32(gm, toks)
-    compare_all(hn, hg, "(c) neox sequential, rotary_pct 0, gelu_new vs legacy GPT-2 on the same weights", 1e-6,
+    compare_all(hn, hg, "(c) neox sequential, rotary_pct 0, gelu_new vs legacy GPT-2 on the same weights", 1e-5,
                 skip=("hook_pos_embed",) + tuple(f"blocks.{L}.attn.hook_rot_{x}" for L in range(c["L"]) for x in "qk"))
     # partial rotary and parallel residual
     hf, path = models["neox-parallel"]
