@@ -68,7 +68,7 @@ internal static class QkCommand
     internal static QkReport Summarise(QkAttribution qk, int nLayers, int n)
     {
         int S = qk.Sources.Count, HS = qk.QueryBias.Length;
-        double scale = 1 / Math.Sqrt(HS);
+        double scale = qk.ScoreScale > 0 ? qk.ScoreScale : 1 / Math.Sqrt(HS);
         double Dot(float[] a, int ia, float[] b) { double s = 0; for (int d = 0; d < HS; d++) s += (double)a[ia * HS + d] * b[d]; return s; }
         var qShare = Enumerable.Range(0, S).Select(i => Dot(qk.QueryContributions, i, qk.CleanKey) * scale).ToArray();
         var kShare = Enumerable.Range(0, S).Select(j => Dot(qk.KeyContributions, j, qk.CleanQuery) * scale).ToArray();

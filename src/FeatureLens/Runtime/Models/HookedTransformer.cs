@@ -6,7 +6,7 @@ using FeatureLens.Runtime.Tokenizers;
 namespace FeatureLens.Runtime.Models;
 
 /// <summary>
-/// A GPT-2 or Llama model with every TransformerLens hook point: run it, cache activations by name,
+/// A GPT-2, Llama-family (Llama 2/3.x, Mistral, Qwen 2), Gemma 2 or GPT-NeoX model with every TransformerLens hook point: run it, cache activations by name,
 /// read or replace any of them with hooks, and generate text.
 /// </summary>
 public sealed class HookedTransformer : IDisposable

@@ -3,9 +3,11 @@ using FeatureLens.Runtime.Checkpoints;
 namespace FeatureLens.Runtime.Models;
 
 /// <summary>
-/// Llama: RMSNorm without bias, rotary positions, grouped-query attention, SwiGLU MLP, separate or tied
-/// lm_head. This file is the one place that maps Hugging Face Llama tensor names (llama2.c checkpoints
-/// present their arrays under the same names).
+/// Llama and its relatives (model_type llama — 2 and 3.x —, mistral, qwen2): RMSNorm without bias, rotary positions
+/// (rope_scaling in <see cref="Kernels.Rope"/>), grouped-query attention with an explicit head_dim, optional q/k/v biases
+/// (Qwen 2; attention_bias adds o_proj's), sliding windows (in the config), SwiGLU MLP, separate or tied lm_head. This
+/// file is the one place that maps Hugging Face Llama tensor names (llama2.c checkpoints present their arrays under the
+/// same names).
 /// </summary>
 public static class Llama
 {
