@@ -311,6 +311,18 @@ public class SyntheticPresetTests
     }
 
     [Fact]
+    public void A_model_larger_than_the_free_disk_is_refused_before_anything_is_written()
+    {
+        using var dir = new TempDir();
+        // ~1 PB of weights: more than any test machine's disk.
+        var huge = SyntheticModel.Preset("mistral-7b") with { VocabSize = 2_000_000_000, DModel = 65536, NHeads = 512, NKvHeads = 128, LayerWindows = [] };
+        var ex = Assert.Throws<IOException>(() => SyntheticModel.Write(dir.Path, huge with { NLayers = 1, ModelType = "llama" }, DType.BF16, 1));
+        Assert.Contains(dir.Path, ex.Message);
+        Assert.Contains("free", ex.Message);
+        Assert.Empty(Directory.GetFiles(dir.Path));
+    }
+
+    [Fact]
     public void Cli_writes_a_truncated_preset_with_a_copied_tokenizer()
     {
         int seed = CheckpointTestSupport.NewSeed();

@@ -172,10 +172,13 @@ public static class SyntheticModel
         outDir = Path.GetFullPath(outDir);
         Directory.CreateDirectory(outDir);
         RemoveOldWeights(outDir);
-        WriteAtomically(Path.Combine(outDir, "config.json"), configJson);
-
         var tensors = TensorShapes(config);
         long total = tensors.Sum(t => Tensor.ElementCount(t.Shape) * dtype.Size());
+        long free = new DriveInfo(outDir).AvailableFreeSpace;
+        if (free < total)
+            throw new IOException($"{outDir}: the weights need {total / 1e9:F2} GB but only {free / 1e9:F2} GB are free on its disk");
+        WriteAtomically(Path.Combine(outDir, "config.json"), configJson);
+
         var shards = SplitIntoShards(tensors, dtype, maxShardBytes);
         long done = 0;
         void Advance(long bytes)
