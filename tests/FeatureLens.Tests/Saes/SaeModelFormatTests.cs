@@ -44,6 +44,10 @@ public sealed class SaeModelFormatTests(SaeModelFormatFixture fx) : IClassFixtur
     [InlineData("sp_llama_skip_transcoder")]
     [InlineData("sp_block_transcoder")]
     [InlineData("sp_gemma2_mlp")]
+    [InlineData("gs_res")]
+    [InlineData("gs_mlp")]
+    [InlineData("gs_att")]
+    [InlineData("gs_transcoder")]
     public void Folder_loads_with_its_hooks_and_encodes_and_decodes_as_its_library(string name)
     {
         var e = (JsonObject)fx.Manifest[name]!;
@@ -92,6 +96,9 @@ public sealed class SaeModelFormatTests(SaeModelFormatFixture fx) : IClassFixtur
         Assert.True((int)e["d_in"]! == c.DIn && (int)e["d_sae"]! == c.DSae && (int)e["d_out"]! == c.DOut, $"{at}: dims {c.DIn} {c.DSae} {c.DOut}");
         Assert.True((int)e["k"]! == c.K, $"{at}: k {c.K}");
         Assert.True((bool)e["apply_b_dec"]! == c.ApplyBDecToInput, $"{at}: apply_b_dec_to_input {c.ApplyBDecToInput}");
+        Assert.True(c.ReshapeHookZ == c.HookName.EndsWith("attn.hook_z", StringComparison.Ordinal), $"{at}: reshape_activations hook_z {c.ReshapeHookZ}");
+        if (key.StartsWith("gs_", StringComparison.Ordinal))
+            Assert.True(c.Metadata.ModelName == (key == "gs_mlp" ? "gemma-2-9b-it" : "gemma-2-2b"), $"{at}: model '{c.Metadata.ModelName}'");
 
         using var exp = SafetensorsFile.Open(Path.Combine(fx.Root, "expected.safetensors"));
         var x = exp.ReadF32($"{key}/x");

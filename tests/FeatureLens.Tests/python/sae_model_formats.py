@@ -266,6 +266,21 @@ def circuit_tracer_gemma(root, m, exp, g, rel, hub, layers):
             f.write(f'  - "{u}"\n')
 
 
+def gemma_scope(root, m, exp, g, name, rel, hook, hook_out=None, arch="jumprelu"):
+    """A Gemma Scope params.npz at a release path (the hooks come from the path)."""
+    d = int(torch.randint(10, 20, (1,), generator=g))
+    n = int(torch.randint(24, 48, (1,), generator=g))
+    (w_enc, b_enc, thr, w_dec, b_dec), x, acts, out = jump_case(g, d, n, 2.0 * math.sqrt(d))
+    path = os.path.join(root, rel, "params.npz")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for nm, t in (("W_enc", w_enc), ("W_dec", w_dec), ("b_enc", b_enc), ("b_dec", b_dec), ("threshold", thr)):
+            z.writestr(nm + ".npy", npy_bytes(t, "<f4", False, (1, 0))[0])
+    m[name] = {"path": os.path.join(rel, "params.npz"), "architecture": arch, "hook_name": hook, "hook_name_out": hook_out,
+               "d_in": d, "d_sae": n, "d_out": d, "k": 0, "apply_b_dec": False}
+    exp[f"{name}/x"], exp[f"{name}/acts"], exp[f"{name}/out"] = x.float(), acts.float(), out.float()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -304,6 +319,14 @@ def main():
 
     circuit_tracer_llama(root, m, exp, g, "transcoder-Llama-3.2-1B", int(torch.randint(1, 4, (1,), generator=g)))
     circuit_tracer_gemma(root, m, exp, g, "gemma-scope-transcoders", os.path.join(root, "hub"), int(torch.randint(1, 4, (1,), generator=g)))
+
+    gl = int(torch.randint(0, 26, (1,), generator=g))
+    gemma_scope(root, m, exp, g, "gs_res", f"gemma-scope-2b-pt-res/layer_{gl}/width_16k/average_l0_82", f"blocks.{gl}.hook_resid_post")
+    gemma_scope(root, m, exp, g, "gs_mlp", f"hub/models--google--gemma-scope-9b-it-mlp/snapshots/{'ab' * 20}/layer_{gl}/width_131k/average_l0_19",
+                f"blocks.{gl}.hook_mlp_out")
+    gemma_scope(root, m, exp, g, "gs_att", f"gemma-scope-2b-pt-att/layer_{gl}/width_16k/average_l0_40", f"blocks.{gl}.attn.hook_z")
+    gemma_scope(root, m, exp, g, "gs_transcoder", f"gemma-scope-2b-pt-transcoders/layer_{gl}/width_16k/average_l0_76",
+                f"blocks.{gl}.mlp.hook_in", f"blocks.{gl}.hook_mlp_out", arch="jumprelu_transcoder")
 
     save(os.path.join(root, "expected.safetensors"), exp)
     with open(os.path.join(root, "manifest.json"), "w") as f:
