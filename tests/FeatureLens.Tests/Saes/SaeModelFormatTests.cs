@@ -85,6 +85,33 @@ public sealed class SaeModelFormatTests(SaeModelFormatFixture fx) : IClassFixtur
         Assert.Equal("blocks.0.mlp.hook_out", viaLoader[0].Config.OutputHookName);
     }
 
+    [Theory]
+    [InlineData("mlp.hook_in", "mlp.hook_out")]
+    [InlineData("mlp.hook_in", "hook_mlp_out")]
+    public void A_cross_layer_transcoder_on_circuit_tracers_mlp_hooks_round_trips(string input, string output)
+    {
+        int seed = Random.Shared.Next(1, int.MaxValue);
+        var rng = new Random(seed);
+        int layers = rng.Next(2, 4), d = rng.Next(8, 16), dTc = rng.Next(20, 40);
+        var saes = Enumerable.Range(0, layers).Select(l => SaeTestData.Random(rng, SaeArchitecture.JumpReluTranscoder, d, dTc, $"blocks.{l}.{input}",
+            dOut: d, hookOut: $"blocks.{l}.{output}")).ToList();
+        var later = Enumerable.Range(0, layers).Select(i => Enumerable.Range(i + 1, layers - 1 - i)
+            .Select(_ => SaeTestData.Gaussian(rng, (long)dTc * d, 0.3f)).ToArray()).ToArray();
+        var clt = new CrossLayerTranscoder(saes, later);
+        using var dir = new TempDir();
+        CircuitTracerFormat.SaveCrossLayer(clt, dir.Path, "meta-llama/Llama-3.2-1B");
+        Assert.Contains($"feature_input_hook: \"{input}\"", File.ReadAllText(dir.File("config.yaml")), StringComparison.Ordinal);
+        Assert.Contains($"feature_output_hook: \"{output}\"", File.ReadAllText(dir.File("config.yaml")), StringComparison.Ordinal);
+        var back = CircuitTracerFormat.LoadCrossLayer(dir.Path);
+        for (int l = 0; l < layers; l++)
+        {
+            Assert.Equal($"blocks.{l}.{input}", back.Layers[l].Config.HookName);
+            Assert.Equal($"blocks.{l}.{output}", back.Layers[l].Config.OutputHookName);
+            Assert.True(back.Layers[l].WEnc.SequenceEqual(clt.Layers[l].WEnc) && back.Layers[l].WDec.SequenceEqual(clt.Layers[l].WDec), $"seed {seed}: layer {l} weights changed");
+            for (int t = l + 1; t < layers; t++) Assert.True(back.Decoder(l, t)!.SequenceEqual(clt.Decoder(l, t)!), $"seed {seed}: decoder {l}→{t} changed");
+        }
+    }
+
     void Check(string name, Sae sae, JsonObject e)
     {
         string at = $"{name} {Seed}";
