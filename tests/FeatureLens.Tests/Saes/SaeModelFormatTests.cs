@@ -85,6 +85,22 @@ public sealed class SaeModelFormatTests(SaeModelFormatFixture fx) : IClassFixtur
         Assert.Equal("blocks.0.mlp.hook_out", viaLoader[0].Config.OutputHookName);
     }
 
+    [Fact]
+    public void Splicing_onto_a_model_of_another_width_names_the_sae_hook_and_both_widths()
+    {
+        using var m = FeatureLens.Runtime.Models.HookedTransformer.Load(Path.Combine(TestPaths.Shared, "models", "stories260K", "stories260K.bin"));
+        foreach (var name in new[] { "ls_R", "ls_TC", "gs_res", "sp_pythia_layers" })
+        {
+            var sae = SaeLoader.Load(Path.Combine(fx.Root, (string)fx.Manifest[name]!["path"]!));
+            var e = Assert.Throws<ArgumentException>(() => m.AddSplice(new SaeSplice(sae)));
+            Assert.True(e.Message.Contains(sae.Config.HookName, StringComparison.Ordinal), $"{name} {Seed}: {e.Message}");
+            if (e.Message.Contains("of this model has width", StringComparison.Ordinal))   // the hook exists: both widths are named
+                Assert.True(e.Message.Contains($"d_in = {sae.DIn}", StringComparison.Ordinal) && e.Message.Contains($"d_model {m.Config.DModel}", StringComparison.Ordinal), $"{name} {Seed}: {e.Message}");
+            else
+                Assert.True(e.Message.Contains("does not have", StringComparison.Ordinal), $"{name} {Seed}: {e.Message}");
+        }
+    }
+
     [Theory]
     [InlineData("mlp.hook_in", "mlp.hook_out")]
     [InlineData("mlp.hook_in", "hook_mlp_out")]
