@@ -36,6 +36,7 @@ public sealed class SaeModelFormatTests(SaeModelFormatFixture fx) : IClassFixtur
     [InlineData("ls_A")]
     [InlineData("ls_M")]
     [InlineData("ls_TC")]
+    [InlineData("ls_TC_keyed_norms")]
     [InlineData("ls_topk_converted")]
     [InlineData("ls_topk")]
     [InlineData("ls_relu_inference")]

@@ -80,7 +80,8 @@ def threshold_margin_ok(theta):
 # ───────────────────────────── Llama Scope / lm_saes ─────────────────────────────
 
 def llama_scope(root, m, exp, g, name, rel, *, hook_in, hook_out, act_fn, dtype="F32", dataset_wise=True, same_norm=True,
-                include=True, b_dec_in=False, use_d_sae=True, threshold_pos=True, ckpt="checkpoints/final.safetensors"):
+                include=True, b_dec_in=False, use_d_sae=True, threshold_pos=True, ckpt="checkpoints/final.safetensors",
+                keyed_norms=False):
     d = int(torch.randint(12, 28, (1,), generator=g))
     ef = int(torch.randint(2, 5, (1,), generator=g))
     d_sae = d * ef
@@ -138,7 +139,8 @@ def llama_scope(root, m, exp, g, name, rel, *, hook_in, hook_out, act_fn, dtype=
     if use_d_sae:
         hp["d_sae"] = d_sae
     if dataset_wise:
-        hp["dataset_average_activation_norm"] = {"in": norm_in, "out": norm_out}
+        # Llama Scope keys the norms "in"/"out"; later lm_saes versions key them by hook name
+        hp["dataset_average_activation_norm"] = {hook_in: norm_in, hook_out: norm_out} if keyed_norms else {"in": norm_in, "out": norm_out}
     with open(os.path.join(folder, "hyperparams.json"), "w") as f:
         json.dump(hp, f, indent=4)
 
@@ -298,6 +300,8 @@ def main():
                 hook_out=f"blocks.{L}.hook_mlp_out", act_fn="jumprelu", dtype="F16", use_d_sae=False)
     llama_scope(root, m, exp, g, "ls_TC", f"llama_scope/LXTC/Llama3_1-8B-Base-L{L}TC-8x", hook_in=f"blocks.{L}.ln2.hook_normalized",
                 hook_out=f"blocks.{L}.hook_mlp_out", act_fn="jumprelu", same_norm=False)
+    llama_scope(root, m, exp, g, "ls_TC_keyed_norms", "lm_saes/transcoder_keyed_norms", hook_in="blocks.4.ln2.hook_normalized",
+                hook_out="blocks.4.hook_mlp_out", act_fn="jumprelu", same_norm=False, keyed_norms=True)
     llama_scope(root, m, exp, g, "ls_topk_converted", "lm_saes/topk_with_threshold", hook_in="blocks.2.hook_resid_post",
                 hook_out="blocks.2.hook_resid_post", act_fn="topk", ckpt="sae_weights.safetensors")
     llama_scope(root, m, exp, g, "ls_topk", "lm_saes/topk", hook_in="blocks.1.hook_resid_mid", hook_out="blocks.1.hook_resid_mid",
