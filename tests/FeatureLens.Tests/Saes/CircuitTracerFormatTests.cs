@@ -40,7 +40,7 @@ public class CircuitTracerFormatTests
         {
             var tc = set[l];
             Assert.Equal($"blocks.{l}.ln2.hook_normalized", tc.Config.HookName);
-            Assert.Equal($"blocks.{l}.hook_mlp_out", tc.Config.OutputHookName);
+            Assert.Equal($"blocks.{l}.mlp.hook_out", tc.Config.OutputHookName);
             Assert.Equal((dModel, dTc, dModel), (tc.DIn, tc.DSae, tc.DOut));
             var arch = act switch { "relu" => SaeArchitecture.Standard, "jump_relu" => SaeArchitecture.JumpRelu, _ => SaeArchitecture.TopK };
             Assert.Equal(SaeConfig.TranscoderOf(arch, skip), tc.Config.Architecture);
@@ -96,10 +96,9 @@ public class CircuitTracerFormatTests
         Assert.Contains("layer_1.safetensors is missing", e.Message, StringComparison.Ordinal);
         File.Copy(dir.File("layer_0.safetensors"), l1);
 
-        // hooks FeatureLens does not have, or cannot represent; a cross-layer transcoder
+        // hooks FeatureLens does not have; a cross-layer transcoder (mlp.hook_in is circuit-tracer's MLP-input hook: it loads)
         File.WriteAllText(cfg, text.Replace("ln2.hook_normalized", "mlp.hook_in", StringComparison.Ordinal));
-        e = Assert.Throws<InvalidDataException>(() => SaeLoader.LoadAll(dir.Path));
-        Assert.Contains("feature_input_hook 'mlp.hook_in'", e.Message, StringComparison.Ordinal);
+        Assert.Equal("blocks.1.mlp.hook_in", SaeLoader.LoadAll(dir.Path)[1].Config.HookName);
         File.WriteAllText(cfg, text.Replace("ln2.hook_normalized", "hook_banana", StringComparison.Ordinal));
         e = Assert.Throws<InvalidDataException>(() => SaeLoader.LoadAll(dir.Path));
         Assert.Contains("hook_banana", e.Message, StringComparison.Ordinal);

@@ -13,11 +13,17 @@ namespace FeatureLens.Saes.Formats;
 /// pre·[pre &gt; θ]), <c>k</c> (a scalar: TopK) and W_skip [d_model, d_model] (output += x·W_skipᵀ). Output =
 /// acts·W_dec + b_dec (+ skip). Float32/16/bfloat16 weights are read as float32.</para>
 /// <para>Hooks are circuit-tracer's per-block TransformerLens names, translated to FeatureLens's:
-/// hook_resid_pre|mid|post, ln2.hook_normalized, hook_mlp_in, hook_mlp_out and mlp.hook_out (= hook_mlp_out) map to
-/// blocks.L.*; mlp.hook_in (the norm's output after its weight) has no FeatureLens hook and is refused, as are
-/// negative JumpReLU thresholds (circuit-tracer then lets negative pre-activations through; FeatureLens's JumpReLU is
-/// ReLU'd). FeatureLens's TopK keeps the k largest pre-activations that are positive; circuit-tracer's keeps the k largest
+/// hook_resid_pre|mid|post, ln2.hook_normalized, hook_mlp_in and hook_mlp_out map to blocks.L.*; circuit-tracer's own MLP
+/// wrapper hooks mlp.hook_in (the MLP's input: the pre-MLP norm's output after its weight) and mlp.hook_out (the MLP's output,
+/// before Gemma 2's post-MLP norm; elsewhere equal to hook_mlp_out) map to blocks.L.mlp.hook_in / blocks.L.mlp.hook_out
+/// (mntss/transcoder-Llama-3.2-1B: mlp.hook_in → mlp.hook_out; mntss/gemma-scope-transcoders: mlp.hook_in → hook_mlp_out).
+/// Negative JumpReLU thresholds are refused (circuit-tracer then lets negative pre-activations through; FeatureLens's JumpReLU
+/// is ReLU'd). FeatureLens's TopK keeps the k largest pre-activations that are positive; circuit-tracer's keeps the k largest
 /// whatever their sign, which differs only for tokens with fewer than k positive pre-activations.</para>
+/// <para>The <c>transcoders:</c> list may name local files (relative to the folder) or <c>hf://ORG/NAME/path?revision=R</c>
+/// references, which are looked up in the local Hugging Face hub cache (nothing is downloaded). Listed Gemma Scope
+/// <c>params.npz</c> files (as mntss/gemma-scope-transcoders lists google/gemma-scope-2b-pt-transcoders) load in Gemma Scope's
+/// layout: W_enc [d_model, d_transcoder], W_dec, b_enc, b_dec, threshold — a JumpReLU transcoder.</para>
 /// <para>Cross-layer transcoders (<c>model_kind: cross_layer_transcoder</c>, circuit-tracer's <c>load_clt</c> layout) load with
 /// <see cref="LoadCrossLayer"/> into a <see cref="CrossLayerTranscoder"/>: <c>W_enc_{i}.safetensors</c> for every layer i from 0
 /// (W_enc_{i} [d_transcoder, d_model], b_enc_{i} [d_transcoder], b_dec_{i} [d_model] — the output bias of layer i's
@@ -30,23 +36,24 @@ public static class CircuitTracerFormat
     public const string ConfigFile = "config.yaml";
     static readonly Regex LayerFile = new(@"^layer_(\d+)\.safetensors$", RegexOptions.CultureInvariant);
 
-    /// <summary>circuit-tracer hook (per block) → FeatureLens hook suffix; null: known but not representable.</summary>
-    static readonly Dictionary<string, string?> HookMap = new(StringComparer.Ordinal)
+    /// <summary>circuit-tracer hook (per block) → FeatureLens hook suffix.</summary>
+    static readonly Dictionary<string, string> HookMap = new(StringComparer.Ordinal)
     {
         ["hook_resid_pre"] = "hook_resid_pre", ["hook_resid_mid"] = "hook_resid_mid", ["hook_resid_post"] = "hook_resid_post",
-        ["ln2.hook_normalized"] = "ln2.hook_normalized", ["hook_mlp_in"] = "hook_mlp_in",
-        ["hook_mlp_out"] = "hook_mlp_out", ["mlp.hook_out"] = "hook_mlp_out",
-        ["mlp.hook_in"] = null,
+        ["ln2.hook_normalized"] = "ln2.hook_normalized", ["hook_mlp_in"] = "hook_mlp_in", ["hook_mlp_out"] = "hook_mlp_out",
+        ["mlp.hook_in"] = "mlp.hook_in", ["mlp.hook_out"] = "mlp.hook_out",
     };
 
     /// <summary>True when <paramref name="dir"/> holds a circuit-tracer config.yaml.</summary>
     public static bool IsFolder(string dir) => File.Exists(Path.Combine(dir, ConfigFile));
 
     /// <summary>Loads every per-layer transcoder of the set in <paramref name="dir"/>, layer 0 first.</summary>
-    public static IReadOnlyList<Sae> LoadAll(string dir)
+    /// <param name="dir">The folder holding config.yaml.</param>
+    /// <param name="hubCache">The Hugging Face hub cache <c>hf://</c> references are looked up in (default: the environment's, see <see cref="HfCache"/>).</param>
+    public static IReadOnlyList<Sae> LoadAll(string dir, string? hubCache = null)
     {
         dir = Path.GetFullPath(dir);
-        var (cfg, files) = ReadSet(dir);
+        var (cfg, files) = ReadSet(dir, hubCache);
         return files.Select((f, layer) => LoadLayer(cfg, f, layer)).ToList();
     }
 
@@ -54,7 +61,7 @@ public static class CircuitTracerFormat
     public static Sae LoadFile(string file)
     {
         file = Path.GetFullPath(file);
-        var (cfg, files) = ReadSet(Path.GetDirectoryName(file)!);
+        var (cfg, files) = ReadSet(Path.GetDirectoryName(file)!, null);
         int layer = files.FindIndex(f => string.Equals(f, file, StringComparison.Ordinal));
         if (layer < 0) throw new InvalidDataException($"{file}: not one of the transcoder files its {ConfigFile} lists");
         return LoadLayer(cfg, file, layer);
@@ -62,7 +69,7 @@ public static class CircuitTracerFormat
 
     sealed record SetConfig(string Path, string InputHook, string OutputHook, string? Activation, int? K, string? ModelName);
 
-    static (SetConfig Config, List<string> Files) ReadSet(string dir)
+    static (SetConfig Config, List<string> Files) ReadSet(string dir, string? hubCache)
     {
         string cfgPath = Path.Combine(dir, ConfigFile);
         var yaml = SimpleYaml.Read(cfgPath);
@@ -89,9 +96,11 @@ public static class CircuitTracerFormat
             files = [];
             foreach (string p in list)
             {
-                if (p.Contains("://", StringComparison.Ordinal))
-                    throw new InvalidDataException($"{cfgPath}: transcoder '{p}' is a remote reference; download the files and list local paths (or name them layer_N.safetensors beside {ConfigFile})");
-                string full = Path.GetFullPath(Path.IsPathRooted(p) ? p : Path.Combine(dir, p));
+                string full;
+                if (p.StartsWith("hf://", StringComparison.Ordinal)) full = FromHubCache(p, cfgPath, files.Count, hubCache);
+                else if (p.Contains("://", StringComparison.Ordinal))
+                    throw new InvalidDataException($"{cfgPath}: transcoder '{p}' (layer {files.Count}) is a remote reference; download the files and list local paths or hf:// references (or name them layer_N.safetensors beside {ConfigFile})");
+                else full = Path.GetFullPath(Path.IsPathRooted(p) ? p : Path.Combine(dir, p));
                 if (!File.Exists(full)) throw new FileNotFoundException($"{cfgPath}: transcoder file '{p}' (layer {files.Count}) not found", full);
                 files.Add(full);
             }
@@ -111,13 +120,47 @@ public static class CircuitTracerFormat
 
     static string Hook(string name, string field, string cfgPath)
     {
-        if (!HookMap.TryGetValue(name, out var mapped))
-            throw new InvalidDataException($"{cfgPath}: {field} '{name}' is not a hook FeatureLens knows (expected one of {string.Join(", ", HookMap.Keys)})");
-        return mapped ?? throw new InvalidDataException($"{cfgPath}: {field} '{name}' (the MLP's input after the norm's weight) has no FeatureLens hook; transcoders reading ln2.hook_normalized or hook_resid_mid are supported");
+        return HookMap.TryGetValue(name, out var mapped) ? mapped
+            : throw new InvalidDataException($"{cfgPath}: {field} '{name}' is not a hook FeatureLens knows (expected one of {string.Join(", ", HookMap.Keys)})");
+    }
+
+    /// <summary>An <c>hf://ORG/NAME/path/in/repo[?revision=R]</c> reference → the file in the local hub cache.</summary>
+    static string FromHubCache(string uri, string cfgPath, int layer, string? hubCache)
+    {
+        string rest = uri["hf://".Length..];
+        string? revision = null;
+        int q = rest.IndexOf('?', StringComparison.Ordinal);
+        if (q >= 0)
+        {
+            foreach (string kv in rest[(q + 1)..].Split('&', StringSplitOptions.RemoveEmptyEntries))
+                if (kv.StartsWith("revision=", StringComparison.Ordinal)) revision = Uri.UnescapeDataString(kv["revision=".Length..]);
+            rest = rest[..q];
+        }
+        var parts = rest.Split('/', 3);
+        if (parts.Length < 3 || parts.Any(string.IsNullOrEmpty))
+            throw new InvalidDataException($"{cfgPath}: transcoder '{uri}' (layer {layer}) is not hf://ORG/NAME/path/in/repo");
+        string repoRef = $"{parts[0]}/{parts[1]}" + (revision is null ? "" : "@" + revision) + "/" + parts[2];
+        try
+        {
+            return hubCache is null ? HfCache.Resolve(repoRef) : HfCache.Resolve(repoRef, hubCache);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException or InvalidDataException or ArgumentException)
+        {
+            throw new FileNotFoundException($"{cfgPath}: transcoder '{uri}' (layer {layer}) is not in the local Hugging Face cache ({e.Message}); fetch it first, e.g. featurelens download {parts[0]}/{parts[1]} --include '{parts[2]}'", e);
+        }
     }
 
     static Sae LoadLayer(SetConfig set, string file, int layer)
     {
+        if (file.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
+        {
+            if (set.Activation is not (null or "jump_relu" or "jumprelu"))
+                throw new InvalidDataException($"{set.Path}: activation '{set.Activation}' but layer {layer} is a Gemma Scope params.npz, which is JumpReLU");
+            var npz = GemmaScopeFormat.LoadTranscoder(file, $"blocks.{layer}.{set.InputHook}", $"blocks.{layer}.{set.OutputHook}", set.ModelName, "circuit-tracer transcoder (Gemma Scope npz)");
+            if (npz.Threshold!.Any(t => t < 0))
+                throw new InvalidDataException($"{file}: tensor 'threshold' has negative thresholds; circuit-tracer then passes negative pre-activations, which FeatureLens's (ReLU'd) JumpReLU does not");
+            return npz;
+        }
         var raw = SafetensorsFile.Open(file);
         using var f = new SafetensorsSaeFile(raw);
         const string threshold = "activation_function.threshold";

@@ -9,8 +9,9 @@ namespace FeatureLens.Saes.Formats;
 /// <c>gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz</c> (a Hugging Face cache folder
 /// <c>models--google--gemma-scope-2b-pt-res/snapshots/…</c> works too):
 /// res → blocks.L.hook_resid_post, mlp → blocks.L.hook_mlp_out, att → blocks.L.attn.hook_z (heads flattened),
-/// transcoders → a JumpReLU transcoder from blocks.L.ln2.hook_normalized to blocks.L.hook_mlp_out.
-/// Elsewhere HookName is left empty for the caller to set.
+/// transcoders → a JumpReLU transcoder from blocks.L.mlp.hook_in (the MLP's input: the pre-MLP RMSNorm's output with its
+/// (1 + w) weight, as circuit-tracer's mntss/gemma-scope-transcoders config reads them) to blocks.L.hook_mlp_out (after
+/// Gemma 2's post-MLP norm). Elsewhere HookName is left empty for the caller to set.
 /// </summary>
 public static class GemmaScopeFormat
 {
@@ -30,6 +31,24 @@ public static class GemmaScopeFormat
         using var f = new NpzSaeFile(NpzReader.Open(npzPath));
         var names = new SaeTensorNames();
         return SaeAssembly.Build(cfg, f, names, null, ("d_in", "d_sae", "d_out"), npzPath);
+    }
+
+    /// <summary>
+    /// Loads a params.npz as a JumpReLU transcoder from <paramref name="hookIn"/> to <paramref name="hookOut"/> (circuit-tracer
+    /// transcoder sets that list Gemma Scope files).
+    /// </summary>
+    internal static Sae LoadTranscoder(string npzPath, string hookIn, string hookOut, string? modelName, string format)
+    {
+        npzPath = Path.GetFullPath(npzPath);
+        var cfg = new SaeConfig { Architecture = SaeArchitecture.JumpReluTranscoder, Format = format, ApplyBDecToInput = false };
+        DescribePath(npzPath, cfg);
+        cfg.Architecture = SaeArchitecture.JumpReluTranscoder;   // whatever release the path names, the set's config decides
+        cfg.ReshapeHookZ = false;
+        cfg.Metadata.HookName = hookIn;
+        cfg.Metadata.HookNameOut = hookOut;
+        if (modelName != null) cfg.Metadata.ModelName = modelName;
+        using var f = new NpzSaeFile(NpzReader.Open(npzPath));
+        return SaeAssembly.Build(cfg, f, new SaeTensorNames(), null, ("d_in", "d_sae", "d_out"), npzPath);
     }
 
     /// <summary>Fills hook, model and layout facts from a Gemma Scope path (nothing when the path does not follow the layout).</summary>
@@ -58,7 +77,7 @@ public static class GemmaScopeFormat
             case "att": md.HookName = $"blocks.{l}.attn.hook_z"; cfg.ReshapeHookZ = true; break;
             case "transcoders":
                 cfg.Architecture = SaeArchitecture.JumpReluTranscoder;
-                md.HookName = $"blocks.{l}.ln2.hook_normalized";
+                md.HookName = $"blocks.{l}.mlp.hook_in";
                 md.HookNameOut = $"blocks.{l}.hook_mlp_out";
                 break;
         }
