@@ -144,7 +144,7 @@ public class TokenizerBadInputTests
         Assert.Contains("model.vocab[\"a\"]", LoadFails(WriteJson(temp, """{"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}}""")).Message);
         Assert.Contains("model.dropout", LoadFails(WriteJson(temp, $$$"""{"model": {"type": "BPE", "dropout": 0.1, "vocab": {{{TinyVocab}}}, "merges": []}}""")).Message);
         Assert.Contains("no token has id", LoadFails(WriteJson(temp, """{"model": {"type": "BPE", "vocab": {"a": 0, "b": 5}, "merges": []}}""")).Message);
-        Assert.Contains("byte_fallback", LoadFails(WriteJson(temp, $$$"""{"model": {"type": "BPE", "byte_fallback": true, "vocab": {{{TinyVocab}}}, "merges": []}}""")).Message);
+        Assert.Contains("byte_fallback", LoadFails(WriteJson(temp, """{"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": []}}""")).Message);
     }
 
     [Fact]
