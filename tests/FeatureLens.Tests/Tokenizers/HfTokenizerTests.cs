@@ -118,6 +118,9 @@ public class HfTokenizerTests
         Assert.DoesNotContain(128000, ids[1..]);
         Assert.Equal("<|begin_of_text|>Hi<|begin_of_text|", llama31.Decode(ids));
 
+        // A lone surrogate (possible in a .NET string, never in UTF-8 text) is encoded as U+FFFD's bytes.
+        Assert.Equal("a\uFFFDb", llama31.Decode(llama31.Encode("a\uD800b", addBos: false)));
+
         var qwen = Load("qwen3");
         Assert.Null(qwen.BosId); // bos_token: null, add_bos_token: false
         Assert.Equal(151645, qwen.EosId); // <|im_end|>
@@ -129,6 +132,8 @@ public class HfTokenizerTests
         Assert.Equal(1, gemma.EosId);
         Assert.Equal([2, .. gemma.Encode("Hello world", addBos: false)], gemma.Encode("Hello world", addBos: true));
         Assert.Equal("Hello world", gemma.Decode(gemma.Encode("Hello world", addBos: true))); // <bos> skipped
+
+        Assert.Equal("a\uFFFDb", gemma.Decode(gemma.Encode("a\uDC00b", addBos: false)));
 
         var mistral = Load("llama2");
         Assert.Equal(1, mistral.BosId);
