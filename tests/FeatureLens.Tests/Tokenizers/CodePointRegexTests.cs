@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using FeatureLens.Runtime.Tokenizers;
@@ -95,18 +94,9 @@ public class CodePointRegexTests
     private static List<(int, int)>[][] JavaScriptSpans(string[] patterns, string[] texts)
     {
         using var temp = new TokenizerTestData.TempDir();
-        string input = temp.File("in.json"), output = temp.File("out.json");
+        string input = temp.File("in.json");
         File.WriteAllText(input, JsonSerializer.Serialize(new { patterns, texts }), new UTF8Encoding(false));
-        var psi = new ProcessStartInfo("node") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false, WorkingDirectory = TokenizerTestData.NodeDir };
-        psi.ArgumentList.Add(Path.Combine(TokenizerTestData.NodeDir, "regex_spans.js"));
-        psi.ArgumentList.Add(input);
-        psi.ArgumentList.Add(output);
-        using var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start node");
-        var stderr = process.StandardError.ReadToEndAsync();
-        _ = process.StandardOutput.ReadToEndAsync();
-        if (!process.WaitForExit(120_000)) { process.Kill(true); throw new TimeoutException("node regex_spans.js took over 120 s."); }
-        Assert.True(process.ExitCode == 0, $"node regex_spans.js failed: {stderr.Result}");
-        using var document = JsonDocument.Parse(File.ReadAllBytes(output));
+        using var document = TokenizerTestData.RunNode("regex_spans.js", [input], [], TokenizerTestData.NpmInstallAll);
         return document.RootElement.EnumerateArray()
             .Select(perPattern => perPattern.EnumerateArray()
                 .Select(perText => perText.EnumerateArray().Select(span => (span[0].GetInt32(), span[1].GetInt32())).ToList())

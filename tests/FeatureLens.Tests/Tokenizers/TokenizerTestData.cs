@@ -79,8 +79,8 @@ internal static class TokenizerTestData
     private static int[][] ReadIdLines(JsonElement lines) =>
         lines.EnumerateArray().Select(line => line.EnumerateArray().Select(id => id.GetInt32()).ToArray()).ToArray();
 
-    /// <summary>node SCRIPT ARGS... OUT.json FILES... in the node folder; the JSON it wrote.</summary>
-    private static JsonDocument RunNode(string script, string[] leadingArgs, string[] files, string install)
+    /// <summary>node SCRIPT ARGS... OUT.json FILES... in the node folder; the JSON it wrote to OUT.json.</summary>
+    public static JsonDocument RunNode(string script, string[] leadingArgs, string[] files, string install)
     {
         string output = Path.Combine(Path.GetTempPath(), $"featurelens-node-{Guid.NewGuid():N}.json");
         var psi = new ProcessStartInfo("node") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = NodeDir };
