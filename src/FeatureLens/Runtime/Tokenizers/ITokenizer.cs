@@ -9,13 +9,23 @@ public interface ITokenizer
     /// <summary>Number of token ids (the largest id plus one), added tokens included.</summary>
     int VocabSize { get; }
 
-    /// <summary>Beginning-of-sequence id: Llama <c>&lt;s&gt;</c> (1); GPT-2 <c>&lt;|endoftext|&gt;</c> (50256) when the vocabulary has it.</summary>
+    /// <summary>
+    /// Beginning-of-sequence id: tokenizer_config.json's bos_token when that file is beside
+    /// tokenizer.json (null where it says null, as Qwen's); else Llama <c>&lt;s&gt;</c> (1), GPT-2
+    /// <c>&lt;|endoftext|&gt;</c> (50256) when the vocabulary has it.
+    /// </summary>
     int? BosId { get; }
 
-    /// <summary>End-of-sequence id: Llama <c>&lt;/s&gt;</c> (2); GPT-2 <c>&lt;|endoftext|&gt;</c>.</summary>
+    /// <summary>End-of-sequence id: tokenizer_config.json's eos_token; else Llama <c>&lt;/s&gt;</c> (2); GPT-2 <c>&lt;|endoftext|&gt;</c>.</summary>
     int? EosId { get; }
 
-    /// <summary>Token ids of <paramref name="text"/>; with <paramref name="addBos"/> the sequence starts with <see cref="BosId"/> (when known).</summary>
+    /// <summary>
+    /// Token ids of <paramref name="text"/>. <paramref name="addBos"/> encodes with special tokens:
+    /// <see cref="BosId"/> first unless the tokenizer's files say not to (tokenizer_config.json's
+    /// add_bos_token, else tokenizer.json's TemplateProcessing post-processor; with neither, BOS is
+    /// added when known, as TransformerLens's prepend_bos), and <see cref="EosId"/> last when
+    /// add_eos_token (or the template) says so.
+    /// </summary>
     int[] Encode(string text, bool addBos);
 
     /// <summary>
