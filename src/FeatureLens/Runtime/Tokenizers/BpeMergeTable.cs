@@ -9,7 +9,18 @@ namespace FeatureLens.Runtime.Tokenizers;
 /// </summary>
 internal sealed class BpeMergeTable
 {
-    private readonly Dictionary<long, (int Priority, int MergedId)> rules = new();
+    private readonly Dictionary<long, (int Priority, int MergedId)> rules = new(PairKeyComparer.Instance);
+
+    /// <summary>
+    /// long's own hash (low ^ high half) is left ^ right, which piles the pairs of a large vocabulary
+    /// (Gemma's 515k merges) into few buckets; a multiplicative mix spreads them.
+    /// </summary>
+    private sealed class PairKeyComparer : IEqualityComparer<long>
+    {
+        public static readonly PairKeyComparer Instance = new();
+        public bool Equals(long x, long y) => x == y;
+        public int GetHashCode(long key) => (int)(((ulong)key * 0x9E3779B97F4A7C15UL) >> 32);
+    }
 
     private static long Key(int left, int right) => ((long)left << 32) | (uint)right;
 

@@ -1,51 +1,55 @@
 using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Json;
-using System.Text.RegularExpressions;
 
 namespace FeatureLens.Runtime.Tokenizers;
 
 /// <summary>
-/// GPT-2's byte-level BPE: text is cut by the GPT-2 pre-tokenization regex, each piece's UTF-8 bytes
-/// are mapped to printable characters (bytes_to_unicode), and BPE merges them by merge rank.
-/// Loaded from vocab.json + merges.txt or from a tokenizer.json whose model is BPE with a ByteLevel
-/// pre-tokenizer.
+/// Byte-level BPE (GPT-2, Llama 3, Qwen 2/2.5/3): added tokens are cut out, the text is normalized
+/// (Qwen: NFC) and cut by the pre-tokenizer (GPT-2: its own pattern; Llama 3 and Qwen: a Split
+/// pattern, then ByteLevel without a pattern); each piece's UTF-8 bytes are mapped to printable
+/// characters (bytes_to_unicode) and BPE merges them by merge rank (with <c>ignore_merges</c>, a
+/// piece that is itself in the vocabulary is that one token). Loaded from vocab.json + merges.txt
+/// or from a tokenizer.json whose pre-tokenizer includes ByteLevel.
 /// </summary>
 /// <remarks>
-/// The regex runs on .NET's UTF-16 strings, so a letter or digit outside the Basic Multilingual
-/// Plane (e.g. 𝐀, CJK extension B) counts as "other" where Python's <c>regex</c> module sees a
-/// letter; \s is Unicode White_Space, as in Python's <c>regex</c>.
+/// Patterns are matched on code points (<see cref="CodePointRegex"/>): a letter or digit outside
+/// the Basic Multilingual Plane (𝐀, 𝟙, CJK extension B) is one letter or digit, as in Hugging Face.
 /// </remarks>
 public sealed class ByteLevelBpeTokenizer : ITokenizer
 {
-    /// <summary>GPT-2's pre-tokenization pattern.</summary>
-    public const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
     private const int MaxCacheEntries = 200_000;
-    private static readonly Regex Gpt2Regex = new(Gpt2Pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+    private const int MaxCachedWordLength = 256;
 
     private readonly string[] tokenOfId;          // id -> byte-level token string ("Ġthe"); added tokens: their content
     private readonly bool[] isAdded;              // id -> an added token (decoded as its UTF-8 content)
     private readonly int[] idOfByte = new int[256]; // byte -> id of its one-character token
     private readonly short[] byteOfChar;          // byte-level character (U+0000..U+0143) -> byte, -1 for other characters
     private readonly BpeMergeTable merges;
-    private readonly AddedTokenMatcher addedTokens;
-    private readonly bool addPrefixSpace;
-    private readonly bool useRegex;
+    private readonly TokenizerPipeline pipeline;
+    private readonly SpecialTokenRules specialTokens;
+    private readonly Dictionary<string, int>? wholeWords; // ignore_merges: byte-level piece -> id
+    private readonly char[] charOfByte;
     private readonly ConcurrentDictionary<string, int[]> cache = new(StringComparer.Ordinal);
 
     /// <summary>The file(s) this tokenizer was read from.</summary>
     public string Source { get; }
     public int VocabSize => tokenOfId.Length;
-    public int? BosId { get; }
-    public int? EosId { get; }
+    public int? BosId => specialTokens.BosId;
+    public int? EosId => specialTokens.EosId;
 
+    /// <param name="source">The file(s), for messages.</param>
+    /// <param name="vocab">model.vocab.</param>
+    /// <param name="mergeList">model.merges in rank order.</param>
+    /// <param name="added">added_tokens.</param>
+    /// <param name="normalizer">The normalizer's steps (none for GPT-2).</param>
+    /// <param name="preTokenizer">The pre-tokenizer (GPT-2: ByteLevel with its pattern).</param>
+    /// <param name="ignoreMerges">model.ignore_merges.</param>
+    /// <param name="rules">BOS/EOS and what encoding with special tokens adds; null: &lt;|endoftext|&gt; as BOS and EOS, BOS added.</param>
     internal ByteLevelBpeTokenizer(string source, IReadOnlyDictionary<string, int> vocab, IReadOnlyList<(string Left, string Right, string Where)> mergeList,
-        IReadOnlyList<AddedToken> added, bool addPrefixSpace, bool useRegex)
+        IReadOnlyList<AddedToken> added, IReadOnlyList<NormalizerStep> normalizer, PreTokenizer preTokenizer, bool ignoreMerges, SpecialTokenRules? rules)
     {
         Source = source;
-        this.addPrefixSpace = addPrefixSpace;
-        this.useRegex = useRegex;
         int size = 0;
         foreach (var (token, id) in vocab)
         {
@@ -61,7 +65,7 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             if (tokenOfId[id] is null) throw new FormatException($"{source}: no token has id {id} (ids must be 0..{size - 1} without gaps).");
 
         // bytes_to_unicode: printable Latin-1 bytes map to themselves, the other 68 to U+0100.. in byte order.
-        char[] charOfByte = BytesToUnicode();
+        charOfByte = BytesToUnicode();
         byteOfChar = new short[charOfByte.Max() + 1];
         Array.Fill(byteOfChar, (short)-1);
         for (int b = 0; b < 256; b++)
@@ -84,10 +88,15 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
             merges.Set(l, r, rank, merged);
         }
 
-        addedTokens = new AddedTokenMatcher(added);
-        var eot = added.FirstOrDefault(t => t.Content == "<|endoftext|>");
-        int? eotId = eot?.Id ?? (vocab.TryGetValue("<|endoftext|>", out int v) ? v : null);
-        BosId = EosId = eotId;
+        pipeline = new TokenizerPipeline(added, normalizer, preTokenizer);
+        if (ignoreMerges) wholeWords = new Dictionary<string, int>(vocab, StringComparer.Ordinal);
+        if (rules is null)
+        {
+            var eot = added.FirstOrDefault(t => t.Content == "<|endoftext|>");
+            int? eotId = eot?.Id ?? (vocab.TryGetValue("<|endoftext|>", out int v) ? v : null);
+            rules = new SpecialTokenRules(eotId, eotId, AddBos: true, AddEos: false);
+        }
+        specialTokens = rules;
     }
 
     /// <summary>
@@ -122,7 +131,8 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
 
         var added = new List<AddedToken>();
         if (vocab.TryGetValue("<|endoftext|>", out int eot)) added.Add(new AddedToken(eot, "<|endoftext|>", Special: true));
-        return new ByteLevelBpeTokenizer($"{vocabJsonPath} + {mergesPath}", vocab, mergeList, added, addPrefixSpace: false, useRegex: true);
+        return new ByteLevelBpeTokenizer($"{vocabJsonPath} + {mergesPath}", vocab, mergeList, added, [],
+            new PreTokenizer([new PreTokenizerStep.ByteLevel(AddPrefixSpace: false, UseRegex: true)]), ignoreMerges: false, rules: null);
     }
 
     /// <summary>GPT-2's bytes_to_unicode table: byte → the character that stands for it in vocab.json.</summary>
@@ -142,18 +152,8 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>(text.Length / 3 + 2);
-        if (addBos && BosId is int bos) ids.Add(bos);
-        foreach (var (start, length, tokenId) in addedTokens.Split(text))
-        {
-            if (tokenId >= 0) { ids.Add(tokenId); continue; }
-            string segment = text.Substring(start, length);
-            // Hugging Face's ByteLevel add_prefix_space: a space before each segment that does not start with one.
-            if (addPrefixSpace && !segment.StartsWith(' ')) segment = " " + segment;
-            if (!useRegex) { ids.AddRange(EncodeWord(segment)); continue; }
-            for (var m = Gpt2Regex.Match(segment); m.Success; m = m.NextMatch())
-                ids.AddRange(EncodeWord(m.Value));
-        }
-        return ids.ToArray();
+        pipeline.Encode(text, ids, EncodeWord);
+        return specialTokens.Wrap(ids, addBos);
     }
 
     /// <summary>BPE of one pre-token: its UTF-8 bytes as byte-level tokens, merged by rank; cached per pre-token.</summary>
@@ -161,13 +161,27 @@ public sealed class ByteLevelBpeTokenizer : ITokenizer
     {
         if (cache.TryGetValue(word, out var cached)) return cached;
         byte[] bytes = Encoding.UTF8.GetBytes(word);
-        var symbols = new int[bytes.Length];
-        for (int i = 0; i < bytes.Length; i++) symbols[i] = idOfByte[bytes[i]];
-        int[] result = merges.Merge(symbols);
-        if (cache.Count >= MaxCacheEntries) cache.Clear();
-        cache[word] = result;
+        int[] result;
+        if (wholeWords is not null && wholeWords.TryGetValue(ByteLevelString(bytes), out int whole))
+            result = [whole];
+        else
+        {
+            var symbols = new int[bytes.Length];
+            for (int i = 0; i < bytes.Length; i++) symbols[i] = idOfByte[bytes[i]];
+            result = merges.Merge(symbols);
+        }
+        if (word.Length <= MaxCachedWordLength)
+        {
+            if (cache.Count >= MaxCacheEntries) cache.Clear();
+            cache[word] = result;
+        }
         return result;
     }
+
+    private string ByteLevelString(byte[] bytes) => string.Create(bytes.Length, (bytes, charOfByte), static (span, state) =>
+    {
+        for (int i = 0; i < span.Length; i++) span[i] = state.charOfByte[state.bytes[i]];
+    });
 
     /// <summary>Each token's bytes: byte-level characters mapped back to bytes; added tokens as their UTF-8 content.</summary>
     public byte[] DecodeBytes(ReadOnlySpan<int> ids)

@@ -27,13 +27,6 @@ internal abstract record NormalizerStep
     }
 }
 
-/// <summary>
-/// The legacy Metaspace pre-tokenizer: spaces become the replacement character, which is also put
-/// before the text (prepend_scheme "always", or "first" = only for text at the start of the input),
-/// and with Split the text is cut before each replacement character.
-/// </summary>
-internal sealed record MetaspaceOptions(string Replacement, string PrependScheme, bool Split);
-
 /// <summary>A decoding step of tokenizer.json (<c>decoder</c>), applied to the tokens' bytes in order.</summary>
 internal abstract record DecoderStep
 {
@@ -106,23 +99,26 @@ internal sealed record SentencePieceBpeSpec(
     IReadOnlyList<(string Left, string Right, string Where)> Merges,
     IReadOnlyList<AddedToken> AddedTokens,
     IReadOnlyList<NormalizerStep> Normalizer,
-    MetaspaceOptions? Metaspace,
+    PreTokenizer PreTokenizer,
     IReadOnlyList<DecoderStep> Decoder,
     bool ByteFallback,
     string? UnkToken,
     bool FuseUnk,
-    bool IgnoreMerges);
+    bool IgnoreMerges,
+    SpecialTokenRules? Rules);
 
 /// <summary>
-/// A Llama-style (SentencePiece BPE) tokenizer from a Hugging Face tokenizer.json: added tokens such as
-/// &lt;s&gt; are cut out of the text first; each remaining segment is normalized on its own (Llama:
-/// prepend "▁", spaces → "▁"); characters map to pieces, or to &lt;0xNN&gt; byte tokens when the
-/// vocabulary lacks them (byte_fallback); then BPE merges by rank, lowest rank first.
+/// A SentencePiece-style BPE tokenizer from a Hugging Face tokenizer.json (Llama 2, Mistral, Gemma
+/// 2/3): added tokens such as &lt;s&gt; are cut out of the text first; each remaining segment is
+/// normalized on its own (Llama/Mistral: prepend "▁", spaces → "▁"; Gemma: spaces → "▁" only) and
+/// pre-tokenized (Gemma: a Split on " ", which finds nothing left; legacy files: Metaspace);
+/// characters map to pieces, or to &lt;0xNN&gt; byte tokens when the vocabulary lacks them
+/// (byte_fallback); then BPE merges by rank, lowest rank first.
 /// </summary>
 /// <remarks>
 /// Decoding follows the file's decoder (Llama: "▁" → " ", byte tokens → bytes, fuse, strip one
 /// leading space) and skips special tokens, as Hugging Face's <c>decode(ids, skip_special_tokens=True)</c>.
-/// Added tokens are matched in the raw text whatever their "normalized" flag says.
+/// Added tokens with normalized = false are matched in the raw text, the others in the normalized text.
 /// </remarks>
 public sealed class SentencePieceBpeTokenizer : ITokenizer
 {
@@ -135,14 +131,15 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     private readonly int[] idOfByte = new int[256]; // -1 where the vocabulary lacks <0xNN>
     private readonly int? unkId;
     private readonly BpeMergeTable merges = new();
-    private readonly AddedTokenMatcher addedTokens;
+    private readonly TokenizerPipeline pipeline;
+    private readonly SpecialTokenRules specialTokens;
     private readonly ConcurrentDictionary<string, int[]> cache = new(StringComparer.Ordinal);
 
     /// <summary>The tokenizer.json this tokenizer was read from.</summary>
     public string Source => spec.Source;
     public int VocabSize => pieceOfId.Length;
-    public int? BosId { get; }
-    public int? EosId { get; }
+    public int? BosId => specialTokens.BosId;
+    public int? EosId => specialTokens.EosId;
 
     internal SentencePieceBpeTokenizer(SentencePieceBpeSpec spec)
     {
@@ -161,9 +158,10 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
         for (int id = 0; id < size; id++)
             if (pieceOfId[id] is null) throw new FormatException($"{spec.Source}: no token has id {id} (model.vocab and added_tokens must cover 0..{size - 1}).");
 
+        // Byte fallback uses <0xNN> where the vocabulary has it (Gemma 2 lacks <0x09>: "\t" is a piece of its own).
         for (int b = 0; b < 256; b++) idOfByte[b] = spec.Vocab.TryGetValue($"<0x{b:X2}>", out int id) ? id : -1;
-        if (spec.ByteFallback && idOfByte.Any(id => id < 0))
-            throw new FormatException($"{spec.Source}: model.byte_fallback is true but model.vocab lacks byte token <0x{Array.IndexOf(idOfByte, -1):X2}>.");
+        if (spec.ByteFallback && idOfByte.All(id => id < 0))
+            throw new FormatException($"{spec.Source}: model.byte_fallback is true but model.vocab has no byte tokens <0x00>..<0xFF>.");
         if (spec.UnkToken is not null)
         {
             if (!spec.Vocab.TryGetValue(spec.UnkToken, out int unk))
@@ -179,9 +177,8 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             merges.Set(l, r, rank, merged);
         }
 
-        addedTokens = new AddedTokenMatcher(spec.AddedTokens);
-        BosId = IdOf("<s>");
-        EosId = IdOf("</s>");
+        pipeline = new TokenizerPipeline(spec.AddedTokens, spec.Normalizer, spec.PreTokenizer);
+        specialTokens = spec.Rules ?? new SpecialTokenRules(IdOf("<s>"), IdOf("</s>"), AddBos: true, AddEos: false);
     }
 
     private int? IdOf(string content)
@@ -195,41 +192,8 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>(text.Length / 2 + 2);
-        if (addBos && BosId is int bos) ids.Add(bos);
-        foreach (var (start, length, tokenId) in addedTokens.Split(text))
-        {
-            if (tokenId >= 0) { ids.Add(tokenId); continue; }
-            string segment = text.Substring(start, length);
-            foreach (var step in spec.Normalizer) segment = step.Apply(segment);
-            foreach (string word in PreTokenize(segment, atInputStart: start == 0))
-                ids.AddRange(EncodeWord(word));
-        }
-        return ids.ToArray();
-    }
-
-    private IEnumerable<string> PreTokenize(string segment, bool atInputStart)
-    {
-        if (spec.Metaspace is not { } m)
-        {
-            if (segment.Length > 0) yield return segment;
-            yield break;
-        }
-        string s = segment.Replace(" ", m.Replacement, StringComparison.Ordinal);
-        bool prepend = m.PrependScheme == "always" || (m.PrependScheme == "first" && atInputStart);
-        if (prepend && s.Length > 0 && !s.StartsWith(m.Replacement, StringComparison.Ordinal)) s = m.Replacement + s;
-        if (!m.Split)
-        {
-            if (s.Length > 0) yield return s;
-            yield break;
-        }
-        // Split with MergedWithNext: each replacement character starts a new word.
-        int wordStart = 0;
-        for (int i = s.IndexOf(m.Replacement, 1, StringComparison.Ordinal); i > 0; i = s.IndexOf(m.Replacement, i + 1, StringComparison.Ordinal))
-        {
-            yield return s[wordStart..i];
-            wordStart = i;
-        }
-        if (wordStart < s.Length) yield return s[wordStart..];
+        pipeline.Encode(text, ids, EncodeWord);
+        return specialTokens.Wrap(ids, addBos);
     }
 
     /// <summary>BPE of one word: code points → pieces (or byte tokens, or unk), merged by rank; cached for short words.</summary>
@@ -247,9 +211,9 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             foreach (var rune in word.EnumerateRunes())
             {
                 if (spec.Vocab.TryGetValue(rune.ToString(), out int id)) { symbols.Add(id); previousWasUnk = false; continue; }
-                if (spec.ByteFallback)
+                int n = rune.EncodeToUtf8(utf8);
+                if (spec.ByteFallback && AllBytesKnown(utf8[..n]))
                 {
-                    int n = rune.EncodeToUtf8(utf8);
                     for (int i = 0; i < n; i++) symbols.Add(idOfByte[utf8[i]]);
                     previousWasUnk = false;
                 }
@@ -268,6 +232,13 @@ public sealed class SentencePieceBpeTokenizer : ITokenizer
             cache[word] = result;
         }
         return result;
+    }
+
+    private bool AllBytesKnown(ReadOnlySpan<byte> bytes)
+    {
+        foreach (byte b in bytes)
+            if (idOfByte[b] < 0) return false;
+        return true;
     }
 
     public byte[] DecodeBytes(ReadOnlySpan<int> ids)

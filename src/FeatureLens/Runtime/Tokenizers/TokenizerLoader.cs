@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 
 namespace FeatureLens.Runtime.Tokenizers;
 
@@ -32,10 +33,11 @@ public static class TokenizerLoader
     }
 
     /// <summary>
-    /// Reads a Hugging Face tokenizer.json. Supported: model BPE with a ByteLevel pre-tokenizer
-    /// (GPT-2 family) → <see cref="ByteLevelBpeTokenizer"/>; model BPE with Prepend/Replace
-    /// normalizers or a Metaspace pre-tokenizer, usually with byte_fallback (Llama family) →
-    /// <see cref="SentencePieceBpeTokenizer"/>.
+    /// Reads a Hugging Face tokenizer.json (and tokenizer_config.json beside it, when present, for
+    /// BOS/EOS). Supported: model BPE with a ByteLevel step in its pre-tokenizer (GPT-2; Llama 3 and
+    /// Qwen with a Split pattern first) → <see cref="ByteLevelBpeTokenizer"/>; model BPE with
+    /// Prepend/Replace normalizers, a Split or Metaspace pre-tokenizer, usually with byte_fallback
+    /// (Llama 2, Mistral, Gemma) → <see cref="SentencePieceBpeTokenizer"/>.
     /// </summary>
     private static ITokenizer FromTokenizerJson(string file)
     {
@@ -71,37 +73,196 @@ public static class TokenizerLoader
 
             root.TryGetProperty("pre_tokenizer", out var pre);
             root.TryGetProperty("normalizer", out var normalizer);
-            string? preType = pre.ValueKind == JsonValueKind.Object ? OptionalString(file, pre, "type", "pre_tokenizer.type") : null;
-            if (pre.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null or JsonValueKind.Object))
-                throw new FormatException($"{file}: pre_tokenizer must be an object or null.");
+            var preSteps = new List<PreTokenizerStep>();
+            ReadPreTokenizer(file, pre, "pre_tokenizer", preSteps);
+            var normalizerSteps = ReadNormalizer(file, normalizer, "normalizer");
+            var rules = ReadSpecialTokenRules(file, root, vocab, added);
 
-            if (preType == "ByteLevel")
+            if (preSteps.Any(step => step is PreTokenizerStep.ByteLevel))
             {
-                if (normalizer.ValueKind is not (JsonValueKind.Undefined or JsonValueKind.Null))
-                    throw new FormatException($"{file}: normalizer must be null with a ByteLevel pre_tokenizer (GPT-2 style); found {normalizer.GetRawText()[..Math.Min(80, normalizer.GetRawText().Length)]}.");
-                if (ignoreMerges)
-                    throw new FormatException($"{file}: model.ignore_merges is true; supported only for SentencePiece-style BPE, not ByteLevel.");
-                bool addPrefixSpace = OptionalBool(file, pre, "add_prefix_space", "pre_tokenizer.add_prefix_space") ?? false;
-                bool useRegex = OptionalBool(file, pre, "use_regex", "pre_tokenizer.use_regex") ?? true;
-                return new ByteLevelBpeTokenizer(file, vocab, merges, added, addPrefixSpace, useRegex);
+                if (preSteps.Any(step => step is PreTokenizerStep.Metaspace))
+                    throw new FormatException($"{file}: pre_tokenizer combines ByteLevel and Metaspace; supported is one or the other.");
+                return new ByteLevelBpeTokenizer(file, vocab, merges, added, normalizerSteps, new PreTokenizer(preSteps), ignoreMerges, rules);
             }
-
-            MetaspaceOptions? metaspace = preType switch
-            {
-                null => null,
-                "Metaspace" => ReadMetaspace(file, pre),
-                _ => throw new FormatException($"{file}: pre_tokenizer.type \"{preType}\" is not supported; supported: ByteLevel (GPT-2), Metaspace (legacy Llama) or null."),
-            };
             return new SentencePieceBpeTokenizer(new SentencePieceBpeSpec(
                 file, vocab, merges, added,
-                ReadNormalizer(file, normalizer, "normalizer"),
-                metaspace,
+                normalizerSteps,
+                new PreTokenizer(preSteps),
                 ReadDecoder(file, root),
                 ByteFallback: OptionalBool(file, model, "byte_fallback", "model.byte_fallback") ?? false,
                 UnkToken: OptionalString(file, model, "unk_token", "model.unk_token"),
                 FuseUnk: OptionalBool(file, model, "fuse_unk", "model.fuse_unk") ?? false,
-                IgnoreMerges: ignoreMerges));
+                IgnoreMerges: ignoreMerges,
+                Rules: rules));
         }
+    }
+
+    /// <summary>pre_tokenizer: null, Sequence, Split, ByteLevel or Metaspace, flattened into steps.</summary>
+    private static void ReadPreTokenizer(string file, JsonElement element, string field, List<PreTokenizerStep> steps)
+    {
+        if (element.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null) return;
+        if (element.ValueKind != JsonValueKind.Object) throw new FormatException($"{file}: {field} must be an object or null.");
+        string type = OptionalString(file, element, "type", field + ".type") ?? "(missing)";
+        switch (type)
+        {
+            case "Sequence":
+                if (!element.TryGetProperty("pretokenizers", out var list) || list.ValueKind != JsonValueKind.Array)
+                    throw new FormatException($"{file}: {field}.pretokenizers must be an array.");
+                int i = 0;
+                foreach (var inner in list.EnumerateArray()) ReadPreTokenizer(file, inner, $"{field}.pretokenizers[{i++}]", steps);
+                break;
+            case "Split":
+                steps.Add(ReadSplit(file, element, field));
+                break;
+            case "ByteLevel":
+                steps.Add(new PreTokenizerStep.ByteLevel(
+                    AddPrefixSpace: OptionalBool(file, element, "add_prefix_space", field + ".add_prefix_space") ?? false,
+                    UseRegex: OptionalBool(file, element, "use_regex", field + ".use_regex") ?? true));
+                break;
+            case "Metaspace":
+                steps.Add(new PreTokenizerStep.Metaspace(
+                    OptionalString(file, element, "replacement", field + ".replacement") ?? "▁",
+                    ReadPrependScheme(file, element, field),
+                    OptionalBool(file, element, "split", field + ".split") ?? true));
+                break;
+            default:
+                throw new FormatException($"{file}: {field}.type \"{type}\" is not supported; supported: Sequence, Split, ByteLevel, Metaspace (or null).");
+        }
+    }
+
+    /// <summary>Split: pattern {"String": literal} or {"Regex": Oniguruma pattern}, behavior, invert.</summary>
+    private static PreTokenizerStep.Split ReadSplit(string file, JsonElement element, string field)
+    {
+        if (!element.TryGetProperty("pattern", out var pattern) || pattern.ValueKind != JsonValueKind.Object)
+            throw new FormatException($"{file}: {field}.pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}.");
+        Regex regex;
+        if (pattern.TryGetProperty("Regex", out var r) && r.ValueKind == JsonValueKind.String)
+            regex = CodePointRegex.Get(r.GetString()!, $"{file}: {field}.pattern.Regex");
+        else if (pattern.TryGetProperty("String", out var literal) && literal.ValueKind == JsonValueKind.String && literal.GetString()!.Length > 0)
+            regex = CodePointRegex.Get(Regex.Escape(literal.GetString()!), $"{file}: {field}.pattern.String");
+        else
+            throw new FormatException($"{file}: {field}.pattern must be {{\"String\": \"non-empty literal\"}} or {{\"Regex\": \"pattern\"}}; found {pattern.GetRawText()}.");
+        string behavior = RequiredString(file, element, "behavior", field + ".behavior");
+        if (!Enum.TryParse<SplitBehavior>(behavior, ignoreCase: false, out var b) || !Enum.IsDefined(b) || behavior.Any(char.IsDigit))
+            throw new FormatException($"{file}: {field}.behavior is \"{behavior}\"; supported: Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous.");
+        return new PreTokenizerStep.Split(regex, b, OptionalBool(file, element, "invert", field + ".invert") ?? false);
+    }
+
+    /// <summary>
+    /// BOS, EOS and what encoding with special tokens adds. tokenizer_config.json beside the file
+    /// (bos_token, eos_token, add_bos_token, add_eos_token) wins; else the TemplateProcessing
+    /// post_processor's special tokens before/after the text; where neither says whether BOS is added,
+    /// it is (TransformerLens's prepend_bos). Null when there is neither file nor template: the model
+    /// class's defaults (&lt;s&gt;/&lt;/s&gt; or &lt;|endoftext|&gt;, BOS added).
+    /// </summary>
+    private static SpecialTokenRules? ReadSpecialTokenRules(string file, JsonElement root, Dictionary<string, int> vocab, List<AddedToken> added)
+    {
+        int IdOf(string content, string where)
+        {
+            var t = added.LastOrDefault(a => a.Content == content);
+            if (t is not null) return t.Id;
+            return vocab.TryGetValue(content, out int id) ? id : throw new FormatException($"{where} is \"{content}\", which is neither an added token nor in model.vocab of {file}.");
+        }
+
+        // post_processor: TemplateProcessing, alone or inside a Sequence.
+        int[]? prefix = null, suffix = null;
+        if (root.TryGetProperty("post_processor", out var post) && post.ValueKind == JsonValueKind.Object)
+        {
+            var templates = new List<(JsonElement Element, string Field)>();
+            if (OptionalString(file, post, "type", "post_processor.type") == "Sequence" && post.TryGetProperty("processors", out var processors) && processors.ValueKind == JsonValueKind.Array)
+            {
+                int i = 0;
+                foreach (var p in processors.EnumerateArray())
+                {
+                    if (p.ValueKind == JsonValueKind.Object && OptionalString(file, p, "type", $"post_processor.processors[{i}].type") == "TemplateProcessing")
+                        templates.Add((p, $"post_processor.processors[{i}]"));
+                    i++;
+                }
+            }
+            else if (OptionalString(file, post, "type", "post_processor.type") == "TemplateProcessing") templates.Add((post, "post_processor"));
+            foreach (var (template, field) in templates)
+                (prefix, suffix) = ReadTemplate(file, template, field, IdOf);
+        }
+
+        string configFile = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(file))!, "tokenizer_config.json");
+        if (!File.Exists(configFile))
+        {
+            if (prefix is null) return null;
+            int? Guess(params string[] contents)
+            {
+                foreach (string content in contents)
+                {
+                    var t = added.LastOrDefault(a => a.Content == content);
+                    if (t is not null) return t.Id;
+                    if (vocab.TryGetValue(content, out int id)) return id;
+                }
+                return null;
+            }
+            return new SpecialTokenRules(
+                prefix.Length > 0 ? prefix[0] : Guess("<s>", "<bos>", "<|begin_of_text|>", "<|endoftext|>"),
+                suffix!.Length > 0 ? suffix[0] : Guess("</s>", "<eos>", "<|end_of_text|>", "<|endoftext|>"),
+                prefix.Length > 0, suffix.Length > 0);
+        }
+        JsonDocument config;
+        try
+        {
+            config = JsonDocument.Parse(File.ReadAllBytes(configFile), new JsonDocumentOptions { MaxDepth = 256 });
+        }
+        catch (JsonException e)
+        {
+            throw new FormatException($"{configFile}: not valid JSON: {e.Message}", e);
+        }
+        using (config)
+        {
+            var c = config.RootElement;
+            if (c.ValueKind != JsonValueKind.Object) throw new FormatException($"{configFile}: expected a JSON object at the top level, found {c.ValueKind}.");
+            int? Token(string name, int[]? fromTemplate)
+            {
+                if (!c.TryGetProperty(name, out var value)) return fromTemplate is { Length: > 0 } ? fromTemplate[0] : null;
+                string? content = value.ValueKind switch
+                {
+                    JsonValueKind.Null => null,
+                    JsonValueKind.String => value.GetString(),
+                    JsonValueKind.Object when value.TryGetProperty("content", out var inner) && inner.ValueKind == JsonValueKind.String => inner.GetString(),
+                    _ => throw new FormatException($"{configFile}: {name} must be a string, an object with \"content\", or null; found {value.GetRawText()}."),
+                };
+                return content is null ? null : IdOf(content, $"{configFile}: {name}");
+            }
+            int? bos = Token("bos_token", prefix), eos = Token("eos_token", suffix);
+            bool addBos = OptionalBool(configFile, c, "add_bos_token", "add_bos_token") ?? (prefix is null || prefix.Length > 0);
+            bool addEos = OptionalBool(configFile, c, "add_eos_token", "add_eos_token") ?? (suffix is { Length: > 0 });
+            return new SpecialTokenRules(bos, eos, addBos, addEos);
+        }
+    }
+
+    /// <summary>TemplateProcessing's "single" template: the special tokens' ids before and after the sequence $A.</summary>
+    private static (int[] Prefix, int[] Suffix) ReadTemplate(string file, JsonElement template, string field, Func<string, string, int> idOf)
+    {
+        if (!template.TryGetProperty("single", out var single) || single.ValueKind != JsonValueKind.Array)
+            throw new FormatException($"{file}: {field}.single must be an array.");
+        var prefix = new List<int>();
+        var suffix = new List<int>();
+        bool seenSequence = false;
+        int i = 0;
+        foreach (var piece in single.EnumerateArray())
+        {
+            string where = $"{field}.single[{i++}]";
+            if (piece.ValueKind == JsonValueKind.Object && piece.TryGetProperty("Sequence", out _)) { seenSequence = true; continue; }
+            if (piece.ValueKind != JsonValueKind.Object || !piece.TryGetProperty("SpecialToken", out var special) || special.ValueKind != JsonValueKind.Object)
+                throw new FormatException($"{file}: {where} must be {{\"SpecialToken\": {{...}}}} or {{\"Sequence\": {{...}}}}.");
+            string name = RequiredString(file, special, "id", where + ".SpecialToken.id");
+            int[] ids;
+            if (template.TryGetProperty("special_tokens", out var map) && map.ValueKind == JsonValueKind.Object && map.TryGetProperty(name, out var entry))
+            {
+                if (!entry.TryGetProperty("ids", out var idArray) || idArray.ValueKind != JsonValueKind.Array || idArray.EnumerateArray().Any(x => !x.TryGetInt32(out int v) || v < 0))
+                    throw new FormatException($"{file}: {field}.special_tokens[\"{name}\"].ids must be an array of token ids.");
+                ids = idArray.EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            }
+            else ids = [idOf(name, $"{file}: {where}.SpecialToken.id")];
+            (seenSequence ? suffix : prefix).AddRange(ids);
+        }
+        if (!seenSequence) throw new FormatException($"{file}: {field}.single has no {{\"Sequence\": ...}} for the text.");
+        return (prefix.ToArray(), suffix.ToArray());
     }
 
     private static Dictionary<string, int> ReadVocab(string file, JsonElement model)
@@ -158,11 +319,13 @@ public static class TokenizerLoader
             if (!t.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out int id) || id < 0)
                 throw new FormatException($"{file}: {field}.id must be a non-negative integer.");
             string content = OptionalString(file, t, "content", field + ".content") ?? throw new FormatException($"{file}: {field}.content is missing.");
+            bool special = OptionalBool(file, t, "special", field + ".special") ?? false;
             added.Add(new AddedToken(id, content,
-                Special: OptionalBool(file, t, "special", field + ".special") ?? false,
+                Special: special,
                 LStrip: OptionalBool(file, t, "lstrip", field + ".lstrip") ?? false,
                 RStrip: OptionalBool(file, t, "rstrip", field + ".rstrip") ?? false,
-                SingleWord: OptionalBool(file, t, "single_word", field + ".single_word") ?? false));
+                SingleWord: OptionalBool(file, t, "single_word", field + ".single_word") ?? false,
+                Normalized: OptionalBool(file, t, "normalized", field + ".normalized") ?? !special));
         }
         return added;
     }
@@ -203,14 +366,6 @@ public static class TokenizerLoader
             && pattern.TryGetProperty("String", out var literal) && literal.ValueKind == JsonValueKind.String && literal.GetString()!.Length > 0)
             return literal.GetString()!;
         throw new FormatException($"{file}: {field}.pattern must be {{\"String\": \"...\"}} (a non-empty literal); Regex patterns are not supported.");
-    }
-
-    private static MetaspaceOptions ReadMetaspace(string file, JsonElement pre)
-    {
-        string replacement = OptionalString(file, pre, "replacement", "pre_tokenizer.replacement") ?? "▁";
-        string scheme = ReadPrependScheme(file, pre, "pre_tokenizer");
-        bool split = OptionalBool(file, pre, "split", "pre_tokenizer.split") ?? true;
-        return new MetaspaceOptions(replacement, scheme, split);
     }
 
     /// <summary>prepend_scheme ("always", "first", "never"), or the legacy add_prefix_space bool (true = "always").</summary>
