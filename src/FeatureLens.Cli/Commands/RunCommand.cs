@@ -43,7 +43,8 @@ internal static class RunCommand
             int[] ids = tokenValue != null ? Cli.ParseTokens(tokenValue) : Cli.Encode(m, textValue!, !r.GetValue(noBos));
             string? globs = r.GetValue(hooks);
             var filter = string.IsNullOrWhiteSpace(globs) ? (_ => false) : HookNames.Glob(globs);
-            var selected = m.HookPointNames.Where(filter).ToList();   // includes the spliced SAEs' hooks
+            // includes the spliced SAEs' hooks, and circuit-tracer's extra mlp.hook_in / mlp.hook_out when a glob names them
+            var selected = m.HookPointNames.Concat(HookNames.ExtraFor(m.Config)).Where(filter).ToList();
             if (!string.IsNullOrWhiteSpace(globs) && selected.Count == 0)
                 throw new ArgumentException($"--hooks '{globs}' matches no hook point of this model (e.g. {string.Join(", ", m.HookPointNames.Take(4))})");
             string? metricText = r.GetValue(grad);
