@@ -126,7 +126,7 @@ public class ArchitectureGradientParityTests(ITestOutputHelper output)
         for (int attempt = 0; ; attempt++)
         {
             var batch = GradientCheck.Batch(rng, rng.Next(2, 4), vocab, 3, 14);
-            string metric = featureMetric ? FeatureMetric(rng, model, splices, batch)
+            string metric = featureMetric ? GradientCheck.FeatureMetric(rng, model, splices, batch)
                 : GradientCheck.RandomMetric(rng, new[] { "logit-diff", "loss", "logprob" }[rng.Next(3)], vocab, batch);
             string context = $"seed {seed}, {kase}, attempt {attempt}, metric {metric}, lengths [{string.Join(",", batch.Select(s => s.Length))}], " +
                              $"config {cfg.ToJsonString()}, SAEs {saeList}";
@@ -177,29 +177,5 @@ public class ArchitectureGradientParityTests(ITestOutputHelper output)
         var all = model.RunWithGradients(batch, Metric.Parse(metric), new GradientOptions { CacheFilter = _ => true, GradFilter = _ => true });
         Assert.DoesNotContain(all.Activations.Keys, HookNames.IsExtra);
         Assert.DoesNotContain(all.Gradients.Keys, HookNames.IsExtra);
-    }
-
-    /// <summary>feature:HOOK:I@POS for a random SAE and a latent active at POS in some sequence (found with a plain spliced run).</summary>
-    static string FeatureMetric(Random rng, HookedTransformer model, List<SaeSplice> splices, int[][] batch)
-    {
-        var cache = new ActivationCache { Lengths = batch.Select(s => s.Length).ToArray() };
-        model.Run(batch, new RunOptions { Splices = [.. splices], CacheFilter = n => n.EndsWith(".hook_sae_acts_post", StringComparison.Ordinal), Cache = cache });
-        foreach (var splice in splices.OrderBy(_ => rng.Next()))
-        {
-            string pos = GradientCheck.Position(rng, batch);
-            int dSae = splice.Sae.DSae;
-            var sums = new double[dSae];
-            for (int b = 0; b < batch.Length; b++)
-            {
-                var acts = cache.Sequence(splice.ActsPostHook, b);
-                int len = batch[b].Length;
-                int p = pos == "" ? -1 : int.Parse(pos[1..], CultureInfo.InvariantCulture);
-                if (p < 0) p += len;
-                for (int j = 0; j < dSae; j++) sums[j] += acts.Data[p * dSae + j];
-            }
-            int best = Array.IndexOf(sums, sums.Max());
-            if (sums[best] > 0) return $"feature:{splice.InputHook}:{best}{pos}";
-        }
-        throw new InvalidOperationException("no SAE has an active latent at the chosen positions");
     }
 }

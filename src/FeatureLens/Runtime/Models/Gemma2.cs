@@ -16,39 +16,33 @@ public static class Gemma2
     public static TransformerWeights LoadWeights(ModelConfig cfg, ITensorSource source)
     {
         var r = new CheckpointReader(source);
-        int C = cfg.DModel, M = cfg.DMlp, HS = cfg.DHead;
-        int qDim = cfg.NHeads * HS, kvDim = cfg.NKvHeads * HS;
+        int C = cfg.DModel;
         var layers = new List<LayerWeights>();
         for (int l = 0; l < cfg.NLayers; l++)
         {
             string p = $"model.layers.{l}.";
+            var (wq, wk, wv, wo) = r.AttentionProjections(p + "self_attn.", cfg);
+            var (gate, up, down) = r.GatedMlp(p + "mlp.", cfg);
             layers.Add(new LayerWeights
             {
                 Ln1Weight = r.OnePlusVector(p + "input_layernorm.weight", C),
-                Wq = r.Linear(p + "self_attn.q_proj.weight", qDim, C),
-                Wk = r.Linear(p + "self_attn.k_proj.weight", kvDim, C),
-                Wv = r.Linear(p + "self_attn.v_proj.weight", kvDim, C),
-                Wo = r.Linear(p + "self_attn.o_proj.weight", C, qDim),
+                Wq = wq, Wk = wk, Wv = wv, Wo = wo,
                 Ln1PostWeight = r.OnePlusVector(p + "post_attention_layernorm.weight", C),
                 Ln2Weight = r.OnePlusVector(p + "pre_feedforward_layernorm.weight", C),
-                WIn = r.Linear(p + "mlp.gate_proj.weight", M, C),
-                WUp = r.Linear(p + "mlp.up_proj.weight", M, C),
-                WOut = r.Linear(p + "mlp.down_proj.weight", C, M),
+                WIn = gate, WUp = up, WOut = down,
                 Ln2PostWeight = r.OnePlusVector(p + "post_feedforward_layernorm.weight", C),
             });
         }
         var embed = r.Tensor("model.embed_tokens.weight", cfg.VocabSize, C);
-        bool tied = cfg.TiedEmbeddings;
-        if (!tied && !r.Has("lm_head.weight"))
-            throw new InvalidDataException($"{source.Location}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false");
         var weights = new TransformerWeights
         {
             TokenEmbedding = embed,
             Layers = [.. layers],
             FinalNormWeight = r.OnePlusVector("model.norm.weight", C),
-            Unembed = tied ? embed.AsMatrix().T : r.Linear("lm_head.weight", cfg.VocabSize, C),
+            Unembed = r.Unembedding(embed, cfg, "lm_head.weight"),
             Source = source,
         };
+        bool tied = cfg.TiedEmbeddings;
         r.RejectUnused(n => n.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal) || (tied && n == "lm_head.weight"), "Gemma 2");
         return weights;
     }

@@ -79,6 +79,27 @@ internal sealed class CheckpointReader(ITensorSource source, string prefix = "")
     /// <summary>A Hugging Face Linear weight stored (out, in), seen as (in, out) for x·W.</summary>
     public MatrixView Linear(string name, int outFeatures, int inFeatures) => Tensor(name, outFeatures, inFeatures).AsMatrix().T;
 
+    /// <summary>Hugging Face's q_proj, k_proj, v_proj, o_proj under <paramref name="prefix"/> (Llama, Mistral, Qwen 2, Gemma 2), seen for x·W.</summary>
+    public (MatrixView Wq, MatrixView Wk, MatrixView Wv, MatrixView Wo) AttentionProjections(string prefix, ModelConfig cfg)
+    {
+        int C = cfg.DModel, qDim = cfg.NHeads * cfg.DHead, kvDim = cfg.NKvHeads * cfg.DHead;
+        return (Linear(prefix + "q_proj.weight", qDim, C), Linear(prefix + "k_proj.weight", kvDim, C), Linear(prefix + "v_proj.weight", kvDim, C),
+            Linear(prefix + "o_proj.weight", C, qDim));
+    }
+
+    /// <summary>A gated MLP's gate_proj, up_proj, down_proj under <paramref name="prefix"/>, seen for x·W.</summary>
+    public (MatrixView Gate, MatrixView Up, MatrixView Down) GatedMlp(string prefix, ModelConfig cfg) =>
+        (Linear(prefix + "gate_proj.weight", cfg.DMlp, cfg.DModel), Linear(prefix + "up_proj.weight", cfg.DMlp, cfg.DModel),
+         Linear(prefix + "down_proj.weight", cfg.DModel, cfg.DMlp));
+
+    /// <summary>The unembedding: the token embedding's transpose when tied, else <paramref name="name"/> (an error naming it when missing).</summary>
+    public MatrixView Unembedding(WeightTensor embed, ModelConfig cfg, string name)
+    {
+        if (cfg.TiedEmbeddings) return embed.AsMatrix().T;
+        if (!Has(name)) throw new InvalidDataException($"{source.Location}: tensor '{prefix + name}' is missing and tie_word_embeddings is false");
+        return Linear(name, cfg.VocabSize, cfg.DModel);
+    }
+
     /// <summary>A norm weight stored as w where the model multiplies by (1 + w) (Gemma), returned with the 1 added.</summary>
     public float[] OnePlusVector(string name, int length)
     {
