@@ -309,9 +309,10 @@ public sealed class SaeFormatBadInputTests : IDisposable
         File.WriteAllText(Path.Combine(dir, "cfg.json"), """{"k": 4, "num_latents": 16, "d_in": 8, "signed": true}""");
         var ex = Assert.Throws<InvalidDataException>(() => SaeLoader.Load(dir));
         Assert.Contains("signed", ex.Message);
-        File.WriteAllText(Path.Combine(dir, "cfg.json"), """{"k": 4, "num_latents": 16, "d_in": 8, "transcode": true}""");
+        // transcode runs load as transcoders (SaeModelFormatTests); normalize_io runs are refused
+        File.WriteAllText(Path.Combine(dir, "cfg.json"), """{"k": 4, "num_latents": 16, "d_in": 8, "normalize_io": true}""");
         ex = Assert.Throws<InvalidDataException>(() => SaeLoader.Load(dir));
-        Assert.Contains("transcode", ex.Message);
+        Assert.Contains("normalize_io", ex.Message);
         File.WriteAllText(Path.Combine(dir, "cfg.json"), """{"num_latents": 16, "d_in": 8}""");
         ex = Assert.Throws<InvalidDataException>(() => SaeLoader.Load(dir));
         Assert.Contains("'k'", ex.Message);
