@@ -42,17 +42,45 @@ public static unsafe class Attention
     }
 
     /// <summary>
-    /// Backward of the soft-cap, in place: dRaw = dCapped·(1 − (capped/c)²) where the capped score is finite (masked
-    /// entries keep their 0 gradient). <paramref name="capped"/> is (B,NH,T,T), the scores after the cap.
+    /// The soft-capped scores from the raw (scaled, masked) ones, row by row exactly as <see cref="Scores"/> caps them:
+    /// capped = c·tanh(raw/c) on the visible keys, −∞ elsewhere. Both are (B,NH,T,S).
     /// </summary>
-    public static void SoftCapBackward(ReadOnlySpan<float> capped, Span<float> dScores, Shape s)
+    public static void SoftCapScores(ReadOnlySpan<float> raw, Span<float> capped, Shape s)
+    {
+        int rows = s.B * s.NH * s.T;
+        for (int r = 0; r < rows; r++)
+        {
+            int t = r % s.T;
+            var row = capped.Slice(r * s.S, s.S);
+            raw.Slice(r * s.S, s.S).CopyTo(row);
+            CapVisible(row, s, t);
+        }
+    }
+
+    /// <summary>Caps the visible part of one score row and masks the rest (−∞): the one capping every path shares.</summary>
+    static void CapVisible(Span<float> row, Shape s, int t)
+    {
+        int n = s.Past + t + 1;
+        Cap(row[..n], s);
+        row[n..].Fill(float.NegativeInfinity);
+        row[..s.First(t)].Fill(float.NegativeInfinity);
+    }
+
+    /// <summary>
+    /// Backward of the soft-cap, in place: dRaw = dCapped·sech²(raw/c) where the raw score is finite (masked entries keep
+    /// their 0 gradient). sech² is computed from the raw score (4e/(1+e)², e = exp(−2|u|)), not as 1 − tanh², which loses
+    /// its digits when the cap saturates. <paramref name="raw"/> is (B,NH,T,T), the scaled scores before the cap.
+    /// </summary>
+    public static void SoftCapBackward(ReadOnlySpan<float> raw, Span<float> dScores, Shape s)
     {
         if (s.SoftCap <= 0) return;
         float inv = 1f / s.SoftCap;
         for (int i = 0; i < dScores.Length; i++)
         {
-            float c = capped[i];
-            if (float.IsFinite(c)) { float t = c * inv; dScores[i] *= 1f - t * t; }
+            float x = raw[i];
+            if (!float.IsFinite(x)) continue;
+            float e = MathF.Exp(-2f * MathF.Abs(x * inv)), d = 1f + e;
+            dScores[i] *= 4f * e / (d * d);
         }
     }
 
@@ -98,13 +126,7 @@ public static unsafe class Attention
                 {
                     float* dst = (float*)asc + (long)bh * s.T * s.S;
                     ScoreBlock((float*)aq, (float*)ak, s, bh / s.NH, bh % s.NH, dst);
-                    Cap(new Span<float>(dst, s.T * s.S), s);
-                    for (int t = 0; t < s.T; t++)
-                    {
-                        var row = new Span<float>(dst + (long)t * s.S, s.S);
-                        row[(s.Past + t + 1)..].Fill(float.NegativeInfinity);
-                        row[..s.First(t)].Fill(float.NegativeInfinity);
-                    }
+                    for (int t = 0; t < s.T; t++) CapVisible(new Span<float>(dst + (long)t * s.S, s.S), s, t);
                 }
             });
         }

@@ -18,8 +18,8 @@ internal sealed class BlockTape
     /// <summary>Gemma 2's post-norms on the raw attention and MLP outputs; null elsewhere.</summary>
     public NormTape? Ln1Post, Ln2Post;
     public float[] Q = null!, K = null!, V = null!, Pattern = null!;
-    /// <summary>The soft-capped scores (B,NH,T,T), kept only when the model soft-caps attention logits.</summary>
-    public float[]? Scores;
+    /// <summary>The scaled scores before the soft-cap (B,NH,T,T), kept only when the model soft-caps attention logits.</summary>
+    public float[]? RawScores;
     public float[] Pre = null!;
     public float[]? PreLinear;
     /// <summary>hook_result was wanted in the forward (attn_out was then the sum of per-head results).</summary>
@@ -210,7 +210,7 @@ internal static unsafe class TransformerBackward
             hooks.FireBackward(n.Pattern, l, dPattern, B, NH, T, T);
             Attention.SoftmaxBackward(bt.Pattern, dPattern, dScores, shape);
             hooks.FireBackward(n.Scores, l, dScores, B, NH, T, T);
-            if (bt.Scores != null) Attention.SoftCapBackward(bt.Scores, dScores, shape);
+            if (bt.RawScores != null) Attention.SoftCapBackward(bt.RawScores, dScores, shape);
             Attention.ScoresBackward(dScores, bt.Q, bt.K, dQ, dK, shape);
             if (rope != null)
             {

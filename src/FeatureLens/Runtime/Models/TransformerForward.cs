@@ -281,13 +281,21 @@ internal static unsafe class TransformerForward
             {
                 int S = past + T;
                 var scores = Buf(B * NH * T * S);
-                Attention.Scores(q, keys, scores, shape);
+                float[]? raw = null;
+                if (bt != null && shape.SoftCap > 0)
+                {
+                    // the backward of the cap needs the raw scores
+                    raw = Buf(B * NH * T * S);
+                    Attention.Scores(q, keys, raw, shape with { SoftCap = 0 });
+                    Attention.SoftCapScores(raw, scores, shape);
+                }
+                else Attention.Scores(q, keys, scores, shape);
                 hooks.Fire(n.Scores, l, scores, B, NH, T, S);
                 var pattern = Buf(B * NH * T * S);
                 Attention.Softmax(scores, pattern, shape);
                 hooks.Fire(n.Pattern, l, pattern, B, NH, T, S);
                 Attention.WeightedValues(pattern, values, z, shape, allKeys: hooks.HasHook(n.Pattern));
-                if (bt != null) { bt.Q = q; bt.K = k; bt.V = v; bt.Pattern = pattern; bt.Scores = cfg.AttnSoftcap > 0 ? scores : null; }
+                if (bt != null) { bt.Q = q; bt.K = k; bt.V = v; bt.Pattern = pattern; bt.RawScores = raw; }
             }
             else Attention.Forward(q, keys, values, z, shape);
             hooks.Fire(n.Z, l, z, B, T, NH, HS);
