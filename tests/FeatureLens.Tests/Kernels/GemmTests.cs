@@ -235,6 +235,43 @@ public unsafe class GemmTests
         }
     }
 
+    /// <summary>
+    /// Many rows on two threads take the row-mode schedule (shared packed B, row groups dealt out per phase): rows
+    /// stay bit-identical to the same rows computed alone (column mode), on one thread, and run to run, for every
+    /// layout, several K slices and a ragged last group and chunk.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Paths))]
+    public void RowModeOnTwoThreadsIsBitIdenticalToFewRows(GemmPath path)
+    {
+        int seed = Random.Shared.Next();
+        var rng = new Random(seed);
+        int m = 200 + rng.Next(0, 120), k = Gemm.KCMax * 2 + rng.Next(1, 100), n = Gemm.ChunkCols + rng.Next(1, 300);
+        var a = new float[m * k];
+        for (int i = 0; i < a.Length; i++) a[i] = (float)(rng.NextDouble() * 2 - 1);
+        foreach (var layout in new[] { Layout.NN, Layout.NT })
+        {
+            var B = new Operand(rng, layout == Layout.NN ? DType.F32 : DType.BF16, k, n, layout == Layout.NT);
+            fixed (byte* pb = B.Bytes)
+            {
+                var bv = B.View(pb);
+                float[] all = Rows(a, 0, m, k, bv, path, 2);
+                Assert.Equal(all, Rows(a, 0, m, k, bv, path, 2));
+                Assert.Equal(all, Rows(a, 0, m, k, bv, path, 1));
+                foreach (var (r0, count) in new[] { (0, 1), (m - 1, 1), (7, 13), (m - 30, 30) })
+                {
+                    float[] part = Rows(a, r0, count, k, bv, path, 2);
+                    for (int i = 0; i < count * n; i++)
+                        if (BitConverter.SingleToInt32Bits(part[i]) != BitConverter.SingleToInt32Bits(all[(r0 + i / n) * n + i % n]))
+                            Assert.Fail($"seed {seed}: path {path}, {layout}, M={m} K={k} N={n}: row {r0 + i / n} col {i % n} differs alone ({part[i]:R}) and in the batch ({all[(r0 + i / n) * n + i % n]:R})");
+                }
+            }
+        }
+        // the same schedule against the double-precision reference, Aᵀ·B included, accumulating into C
+        CheckCase(path, 2, rng, seed, m, k, n, Layout.TN, DType.F32, DType.F32, accumulate: true);
+        CheckCase(path, 2, rng, seed, m, k, n, Layout.NT, DType.F32, DType.F32, accumulate: false);
+    }
+
     [Fact]
     public void PublicSpanOverloadsMatchReference()
     {

@@ -33,10 +33,19 @@ public static unsafe class Gemm
 
     /// <summary>Deepest K slice summed in registers before C is updated (the packed panel height).</summary>
     internal const int KCMax = 256;
-    /// <summary>Widest column chunk of C (packed B is KC·NC floats = 512 KiB, half the L2 of a Zen 5 core).</summary>
+    /// <summary>Widest column chunk of C a worker packs for itself (column mode; packed B is KC·NC floats, 512 KiB).</summary>
     internal const int NCMax = 512;
-    /// <summary>Column chunks per worker thread aimed for (dynamic load balance), and their least width.</summary>
-    const int ChunksPerThread = 2, MinChunkCols = 256;
+    /// <summary>
+    /// Column chunk width: the packed B block (KC × width floats, two of them in row mode) takes at most half of a
+    /// core's L2 as this CPU reports it (256 columns on a 1 MiB L2), within [64, <see cref="NCMax"/>].
+    /// </summary>
+    internal static readonly int ChunkCols = Environment.GetEnvironmentVariable("FL_NC") is string e ? int.Parse(e, System.Globalization.CultureInfo.InvariantCulture) : Math.Clamp(CpuInfo.Current.L2Bytes / 2 / 2 / (KCMax * sizeof(float)) / 64 * 64, 64, NCMax);
+    /// <summary>Column mode: chunks per worker thread aimed for (dynamic load balance), and their least width.</summary>
+    const int ColumnChunksPerThread = 4, MinChunkCols = 128;
+    /// <summary>Row mode: micro-tiles per row group, row groups per worker per phase needed to choose it, B panels per packing item.</summary>
+    const int GroupTiles = 4, RowModeGroupsPerThread = 4, PackPanelsPerItem = 2;
+    /// <summary>At most this many rows of A take the transposed schedule when B is a weight stored by rows.</summary>
+    const int TransposedMaxRows = 64;
     /// <summary>Below this many FLOPs (and this much of B) one thread does the whole product.</summary>
     const double SingleThreadFlops = 4e6;
     const long SingleThreadBElements = 1 << 18;
@@ -179,7 +188,19 @@ public static unsafe class Gemm
         return (k + slices - 1) / slices;
     }
 
-    /// <summary>One multiplication split into work items (column chunk × row chunk) that threads take in turn.</summary>
+    /// <summary>
+    /// One multiplication split into work items that worker threads take in turn — no barrier anywhere: a worker waits
+    /// only for an item another worker has already taken (so it is running), never for a worker to arrive, and a
+    /// worker that never starts (a busy thread pool) leaves its share to the others.
+    /// </summary>
+    /// <remarks>
+    /// Two schedules, chosen by M. Many rows (row mode): the product runs in phases, one per (column chunk, K slice);
+    /// each phase's B block is packed once into a buffer the workers share (two buffers, so a worker that runs out of
+    /// rows packs the next phase while the others finish), and the rows are dealt out in groups of a few micro-tiles,
+    /// so the two cores stay busy to the end of every phase however uneven their speed. A row group's K slices are
+    /// applied in order (a group waits for its previous slice if another worker still has it). Few rows (column
+    /// mode): workers take whole column chunks (all rows, all K), each packing its own B.
+    /// </remarks>
     sealed class GemmJob
     {
         readonly MatrixView a, b;
@@ -187,27 +208,78 @@ public static unsafe class Gemm
         readonly int ldc, m, n, k, kcDepth, nr, threads;
         readonly bool accumulate;
         readonly GemmPath path;
+        readonly PackedMatrix? packed;
+
+        // column mode
         readonly int chunkCols, nChunks, chunkRows, mChunks;
         int next = -1;
 
-        readonly PackedMatrix? packed;
+        // transposed mode: Cᵀ = Bᵀ·Aᵀ, the rows of a column-stored B (a Linear weight's rows) as the micro-kernel's A
+        readonly bool transposed;
+        readonly GemmPath tPath;
+        readonly int tNr, tPanels, tSliceStride;
+        float[]? tPacked;
+
+        // row mode
+        readonly bool rowMode;
+        readonly int nc, slices, phases, groups, groupRows;
+        readonly int[]? packNext, packDone, computeNext, computeDone, groupDone;
+        SharedPanels? shared;
 
         public GemmJob(MatrixView a, MatrixView b, float* c, int ldc, bool accumulate, GemmPath path, int threads, PackedMatrix? packed = null)
         {
+            const int MR = GemmMicroKernels.MR;
             this.a = a; this.b = b; this.c = c; this.ldc = ldc; this.accumulate = accumulate; this.path = path; this.packed = packed;
             m = a.Rows; n = b.Cols; k = a.Cols;
             kcDepth = SliceDepth(k);
             nr = GemmMicroKernels.PanelWidth(path);
             if (2.0 * m * n * k < SingleThreadFlops && (long)k * n < SingleThreadBElements) threads = 1;
-
-            // Column chunks: whole panels, at most NCMax wide. With several threads, aim for a few chunks
-            // per thread so that a thread slowed by other work on its core leaves its share to the others,
-            // but keep chunks at least MinChunkCols wide (every chunk packs the rows of A again).
+            int tiles = (m + MR - 1) / MR;
             int panels = (n + nr - 1) / nr;
-            int chunks = (panels + NCMax / nr - 1) / (NCMax / nr);
+            const int groupRows0 = GroupTiles * MR;
+
+            // Few rows times a Linear weight stored by rows (A·Wᵀ, decode and per-head products): packing W would cost
+            // as much as the arithmetic, so multiply the other way round — W's rows are read as they lie and only the
+            // few rows of A are packed, once. Each element of C is still one FMA chain over k in order per K slice
+            // (fma(w, x, acc) = fma(x, w, acc)), slices added in order: bit-identical to the other schedules.
+            if (packed == null && path != GemmPath.Scalar && m <= TransposedMaxRows && b.ColStride != 1 && b.RowStride == 1)
+            {
+                transposed = true;
+                // 16-column tiles for up to 16 rows where 256-bit FMAs run at the 512-bit rate (double-pumped AVX-512)
+                tPath = m <= 16 && (path == GemmPath.Vector256 || CpuInfo.Current.Avx512DoublePumped) && Gemm.IsSupported(GemmPath.Vector256) ? GemmPath.Vector256 : path;
+                tNr = GemmMicroKernels.PanelWidth(tPath);
+                tPanels = (m + tNr - 1) / tNr;
+                tSliceStride = tPanels * kcDepth * tNr;
+                groups = (n + groupRows0 - 1) / groupRows0;
+                groupRows = groupRows0;
+                this.threads = Math.Min(threads, groups);
+                return;
+            }
+
+            // Row mode when there are enough row groups for every worker to take several in each phase.
+            groupRows = groupRows0;
+            groups = (m + groupRows - 1) / groupRows;
+            if (threads > 1 && groups >= RowModeGroupsPerThread * threads)
+            {
+                rowMode = true;
+                nc = Math.Max(nr, ChunkCols / nr * nr);
+                slices = (k + kcDepth - 1) / kcDepth;
+                phases = (n + nc - 1) / nc * slices;
+                packNext = new int[phases]; packDone = new int[phases];
+                computeNext = new int[phases]; computeDone = new int[phases];
+                groupDone = new int[groups];
+                Array.Fill(groupDone, -1);
+                this.threads = threads;
+                return;
+            }
+
+            // Column chunks: whole panels, at most the chunk width. With several threads, aim for a few chunks per
+            // thread so that a thread slowed by other work on its core leaves its share to the others.
+            int perChunk = Math.Max(1, ChunkCols / nr);
+            int chunks = (panels + perChunk - 1) / perChunk;
             if (threads > 1 && panels >= threads)
             {
-                int wanted = Math.Min(threads * ChunksPerThread, Math.Max(threads, panels * nr / MinChunkCols));
+                int wanted = Math.Min(threads * ColumnChunksPerThread, Math.Max(threads, panels * nr / MinChunkCols));
                 chunks = Math.Min(panels, (Math.Max(chunks, wanted) + threads - 1) / threads * threads);
             }
             int panelsPerChunk = (panels + chunks - 1) / chunks;
@@ -215,17 +287,26 @@ public static unsafe class Gemm
             nChunks = (n + chunkCols - 1) / chunkCols;
 
             // Too few columns for every thread: also cut the rows (in whole micro-tiles).
-            int tiles = (m + GemmMicroKernels.MR - 1) / GemmMicroKernels.MR;
             mChunks = nChunks < threads ? Math.Min(tiles, threads) : 1;
-            chunkRows = (tiles + mChunks - 1) / mChunks * GemmMicroKernels.MR;
+            chunkRows = (tiles + mChunks - 1) / mChunks * MR;
             mChunks = (m + chunkRows - 1) / chunkRows;
             this.threads = Math.Min(threads, nChunks * mChunks);
         }
 
         public void Run()
         {
-            if (threads == 1) Work(0);
-            else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, Work);
+            if (transposed) PackRowsOfA();
+            if (rowMode && packed == null) shared = SharedPanels.Rent(nc);
+            try
+            {
+                if (threads == 1) Work(0);
+                else Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, Work);
+            }
+            finally
+            {
+                if (shared != null) SharedPanels.Return(shared);
+                if (tPacked != null) transposedPool.Add(tPacked);
+            }
         }
 
         void Work(int worker)
@@ -233,6 +314,8 @@ public static unsafe class Gemm
             var buffers = GemmBuffers.Rent();
             try
             {
+                if (rowMode) { WorkRows(buffers); return; }
+                if (transposed) { WorkTransposed(buffers); return; }
                 int item;
                 while ((item = Interlocked.Increment(ref next)) < nChunks * mChunks)
                 {
@@ -243,16 +326,180 @@ public static unsafe class Gemm
             finally { GemmBuffers.Return(buffers); }
         }
 
-        /// <summary>C[i0..i1, n0..n1) for all of K: pack each K slice of B, then sweep the A micro-panels over it.</summary>
-        void Block(int i0, int i1, int n0, int n1, GemmBuffers buf)
+        /// <summary>Transposed mode: Aᵀ packed once, every K slice, as the micro-kernel's B panels (tNr columns = rows of A).</summary>
+        void PackRowsOfA()
+        {
+            int slices = (k + kcDepth - 1) / kcDepth;
+            tPacked = RentPinned(slices * tSliceStride + 16);
+            var buffers = GemmBuffers.Rent();
+            try
+            {
+                fixed (float* dst = tPacked)
+                    for (int s = 0; s < slices; s++)
+                    {
+                        int k0 = s * kcDepth, kc = Math.Min(kcDepth, k - k0);
+                        GemmPacking.PackB(a.T, k0, kc, 0, m, tNr, Aligned(dst) + (nint)s * tSliceStride, buffers.Scratch, buffers.Zeros);
+                    }
+            }
+            finally { GemmBuffers.Return(buffers); }
+        }
+
+        static readonly ConcurrentBag<float[]> transposedPool = new();
+
+        /// <summary>A pinned buffer of at least <paramref name="length"/> floats from a small pool (no page faults per call).</summary>
+        static float[] RentPinned(int length)
+        {
+            if (transposedPool.TryTake(out var buffer) && buffer.Length >= length) return buffer;
+            return GC.AllocateUninitializedArray<float>(Math.Max(length, 1 << 16), pinned: true);
+        }
+
+        static float* Aligned(float* p) => (float*)(((nint)p + 63) & ~(nint)63);
+
+        /// <summary>
+        /// Transposed mode: workers take groups of B's columns (rows of the stored weight) and build the group's block of
+        /// Cᵀ in a scratch tile over all K slices in order (starting from Cᵀ when accumulating, so every element is
+        /// ((C + slice 0) + slice 1) + … exactly as the other schedules add), then write it into C transposed, once.
+        /// </summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        void WorkTransposed(GemmBuffers buf)
         {
             const int MR = GemmMicroKernels.MR;
-            int nc = n1 - n0;
+            var w = b.T; // [N, K]: row j of the weight is column j of B
+            int ldS = tPanels * tNr;
+            float* scratch = buf.Scratch; // groupRows × ldS floats (≤ 24 × 64)
+            bool direct = w.DType == DType.F32 && w.ColStride == 1 && w.RowStride * sizeof(float) % 1024 != 0;
+            fixed (float* pinned = tPacked)
+            {
+                float* xPacked = Aligned(pinned);
+                int g;
+                while ((g = Interlocked.Increment(ref next)) < groups)
+                {
+                    int j0 = g * groupRows, j1 = Math.Min(n, j0 + groupRows);
+                    if (accumulate)
+                        for (int j = j0; j < j1; j++)
+                            for (int i = 0; i < m; i++) scratch[(j - j0) * ldS + i] = c[(long)i * ldc + j];
+                    for (int k0 = 0, s = 0; k0 < k; k0 += kcDepth, s++)
+                    {
+                        int kc = Math.Min(kcDepth, k - k0);
+                        bool add = accumulate || k0 > 0;
+                        for (int j = j0; j < j1; j += MR)
+                        {
+                            int mr = Math.Min(MR, j1 - j);
+                            float* panel = buf.PackedA;
+                            nint aRow, aK;
+                            // the weight streams from L3 or memory: ask for the next rows while these compute
+                            int jn = j + MR < j1 ? j + MR : j1 < n ? j1 : -1;
+                            if (jn >= 0) GemmPacking.PrefetchA(w, jn, Math.Min(MR, n - jn), k0, kc);
+                            // float32 rows are read where they lie unless their stride makes them alias in L1
+                            if (direct) { panel = (float*)w.Pointer + j * w.RowStride + k0; aRow = (nint)w.RowStride; aK = 1; }
+                            else GemmPacking.PackA(w, j, mr, k0, kc, panel, out aRow, out aK);
+                            float* sRow = scratch + (j - j0) * ldS;
+                            for (int q = 0; q < tPanels; q++)
+                                GemmMicroKernels.Run(tPath, mr, panel, aRow, aK, xPacked + (nint)s * tSliceStride + (nint)q * kc * tNr, kc, sRow + q * tNr, ldS, tNr, add);
+                        }
+                    }
+                    int width = j1 - j0;
+                    for (int i = 0; i < m; i++)
+                    {
+                        float* dst = c + (long)i * ldc + j0;
+                        for (int r = 0; r < width; r++) dst[r] = scratch[r * ldS + i];
+                    }
+                }
+            }
+        }
+
+        /// <summary>Row mode: every phase in order; pack what is left of the phase's B block, then take row groups.</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        void WorkRows(GemmBuffers buf)
+        {
+            for (int p = 0; p < phases; p++)
+            {
+                int chunk = p / slices, s = p % slices;
+                int n0 = chunk * nc, ncw = Math.Min(nc, n - n0);
+                int k0 = s * kcDepth, kc = Math.Min(kcDepth, k - k0);
+                int panels = (ncw + nr - 1) / nr;
+                float* bp;
+                if (packed != null) bp = packed.PanelPointer(k0, kc, n0);
+                else
+                {
+                    bp = shared!.Buffer(p & 1);
+                    int items = (panels + PackPanelsPerItem - 1) / PackPanelsPerItem;
+                    // the buffer held phase p - 2: every group of it must be done
+                    if (p >= 2 && Volatile.Read(ref packNext![p]) < items) WaitFor(ref computeDone![p - 2], groups);
+                    int item;
+                    while ((item = Interlocked.Increment(ref packNext![p]) - 1) < items)
+                    {
+                        int p0 = item * PackPanelsPerItem, p1 = Math.Min(panels, p0 + PackPanelsPerItem);
+                        GemmPacking.PackB(b, k0, kc, n0 + p0 * nr, Math.Min(ncw, p1 * nr) - p0 * nr, nr, bp + (nint)p0 * kc * nr, buf.Scratch, buf.Zeros);
+                        Interlocked.Increment(ref packDone![p]);
+                    }
+                    WaitFor(ref packDone![p], items);
+                }
+                int g;
+                while ((g = Interlocked.Increment(ref computeNext![p]) - 1) < groups)
+                {
+                    // this group's previous phase (its previous K slice) may still be with another worker
+                    WaitFor(ref groupDone![g], p - 1);
+                    int i0 = g * groupRows;
+                    Rows(i0, Math.Min(m, i0 + groupRows), n0, ncw, k0, kc, accumulate || s > 0, bp, buf);
+                    Volatile.Write(ref groupDone[g], p);
+                    Interlocked.Increment(ref computeDone![p]);
+                }
+            }
+        }
+
+        /// <summary>Spins (then yields) until <paramref name="value"/> reaches <paramref name="target"/>: work another running worker holds.</summary>
+        static void WaitFor(ref int value, int target)
+        {
+            var spin = new SpinWait();
+            while (Volatile.Read(ref value) < target) spin.SpinOnce(sleep1Threshold: -1);
+        }
+
+        /// <summary>C[i0..i1, n0..n0+nc) (+)= A[i0..i1, k0..k0+kc)·B̃ for one packed K slice of B.</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        void Rows(int i0, int i1, int n0, int nc, int k0, int kc, bool add, float* packedB, GemmBuffers buf)
+        {
+            const int MR = GemmMicroKernels.MR;
             int panels = (nc + nr - 1) / nr;
+            bool byColumns = GemmPacking.PacksGroups(a);
+            for (int g0 = i0; g0 < i1; g0 += GroupTiles * MR)
+            {
+                int g1 = Math.Min(i1, g0 + GroupTiles * MR);
+                // A stored by columns (Aᵀ·B): pack the group's micro-panels together, reading each k's rows as one run
+                if (byColumns)
+                {
+                    GemmPacking.PackAGroup(a, g0, g1 - g0, k0, kc, buf.PackedA);
+                    if (g1 < i1) GemmPacking.PrefetchAGroup(a, g1, Math.Min(GroupTiles * MR, i1 - g1), k0, kc);
+                }
+                for (int i = g0; i < g1; i += MR)
+                {
+                    int mr = Math.Min(MR, g1 - i);
+                    float* panel = buf.PackedA;
+                    nint aRow, aK;
+                    if (byColumns) { panel += (nint)((i - g0) / MR) * GemmPacking.GroupPanelStride(kc); aRow = 1; aK = MR; }
+                    else
+                    {
+                        GemmPacking.PackA(a, i, mr, k0, kc, panel, out aRow, out aK);
+                        if (i + MR < i1) GemmPacking.PrefetchA(a, i + MR, Math.Min(MR, i1 - i - MR), k0, kc);
+                    }
+                    float* cRow = c + (long)i * ldc + n0;
+                    for (int p = 0; p < panels; p++)
+                    {
+                        int nValid = Math.Min(nr, nc - p * nr);
+                        GemmMicroKernels.Run(path, mr, panel, aRow, aK, packedB + (nint)p * kc * nr, kc, cRow + p * nr, ldc, nValid, add);
+                    }
+                }
+            }
+        }
+
+        /// <summary>Column mode: C[i0..i1, n0..n1) for all of K: pack each K slice of B, then sweep the A micro-panels over it.</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        void Block(int i0, int i1, int n0, int n1, GemmBuffers buf)
+        {
+            int nc = n1 - n0;
             for (int k0 = 0; k0 < k; k0 += kcDepth)
             {
                 int kc = Math.Min(kcDepth, k - k0);
-                bool add = accumulate || k0 > 0;
                 float* packedB;
                 if (packed != null) packedB = packed.PanelPointer(k0, kc, n0);
                 else
@@ -260,21 +507,31 @@ public static unsafe class Gemm
                     GemmPacking.PackB(b, k0, kc, n0, nc, nr, buf.PackedB, buf.Scratch, buf.Zeros);
                     packedB = buf.PackedB;
                 }
-                for (int i = i0; i < i1; i += MR)
-                {
-                    int mr = Math.Min(MR, i1 - i);
-                    GemmPacking.PackA(a, i, mr, k0, kc, buf.PackedA, out nint aRow, out nint aK);
-                    if (i + MR < i1) GemmPacking.PrefetchA(a, i + MR, Math.Min(MR, i1 - i - MR), k0, kc);
-                    float* cRow = c + (long)i * ldc + n0;
-                    for (int p = 0; p < panels; p++)
-                    {
-                        int nValid = Math.Min(nr, nc - p * nr);
-                        GemmMicroKernels.Run(path, mr, buf.PackedA, aRow, aK, packedB + (nint)p * kc * nr, kc,
-                                             cRow + p * nr, ldc, nValid, add);
-                    }
-                }
+                Rows(i0, i1, n0, nc, k0, kc, accumulate || k0 > 0, packedB, buf);
             }
         }
+    }
+
+    /// <summary>The two packed-B buffers (KC × chunk width each) that row-mode workers share, pooled.</summary>
+    sealed class SharedPanels
+    {
+        static readonly ConcurrentBag<SharedPanels> pool = new();
+        readonly float[] storage;
+        readonly float* first;
+        readonly int stride;
+        public readonly int Cols;
+
+        SharedPanels(int cols)
+        {
+            Cols = cols;
+            stride = (KCMax * cols + 15) & ~15;
+            storage = GC.AllocateArray<float>(2 * stride + 16, pinned: true);
+            fixed (float* p = storage) first = (float*)(((nint)p + 63) & ~(nint)63);
+        }
+
+        public float* Buffer(int which) => first + which * stride;
+        public static SharedPanels Rent(int cols) => pool.TryTake(out var s) && s.Cols >= cols ? s : new SharedPanels(cols);
+        public static void Return(SharedPanels s) => pool.Add(s);
     }
 
     /// <summary>Per-worker packing buffers (64-byte aligned, pinned), pooled so a call allocates nothing large.</summary>
@@ -282,13 +539,13 @@ public static unsafe class Gemm
     {
         static readonly ConcurrentBag<GemmBuffers> pool = new();
         readonly float[] storage;
-        public readonly float* PackedB, PackedA, Scratch, Zeros;
+        public readonly float* PackedB, PackedA, Scratch, Zeros, Tile;
 
         GemmBuffers()
         {
-            const int packedB = KCMax * NCMax, packedA = GemmMicroKernels.MR * KCMax;
+            const int packedB = KCMax * NCMax, packedA = GroupTiles * (GemmMicroKernels.MR * KCMax + 16);
             int scratch = Math.Max(NCMax, 32 * KCMax), zeros = KCMax;
-            storage = GC.AllocateArray<float>(packedB + packedA + scratch + zeros + 64, pinned: true);
+            storage = GC.AllocateArray<float>(packedB + packedA + scratch + zeros + GemmMicroKernels.MR * 32 + 64, pinned: true);
             fixed (float* p = storage)
             {
                 float* aligned = (float*)(((nint)p + 63) & ~(nint)63);
@@ -296,6 +553,7 @@ public static unsafe class Gemm
                 PackedA = PackedB + packedB;
                 Scratch = PackedA + packedA;
                 Zeros = Scratch + scratch;
+                Tile = Zeros + zeros;
             }
         }
 

@@ -222,6 +222,7 @@ internal static unsafe class GemmMicroKernels
     }
 
     /// <summary>Writes the first <paramref name="nValid"/> columns of an mr×nr tile spilled to <paramref name="t"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void StoreEdge(float* t, int nr, int mr, float* c, nint ldc, int nValid, bool add)
     {
         for (int r = 0; r < mr; r++)

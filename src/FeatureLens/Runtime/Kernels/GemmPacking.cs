@@ -18,6 +18,7 @@ internal static unsafe class GemmPacking
     /// <paramref name="scratch"/> holds max(nc, NR·kc) floats for 16-bit conversion;
     /// <paramref name="zeros"/> holds kc zero floats (the padding columns of the last panel).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PackB(in MatrixView b, int k0, int kc, int n0, int nc, int nr,
                              float* dst, float* scratch, float* zeros)
     {
@@ -28,6 +29,7 @@ internal static unsafe class GemmPacking
     }
 
     /// <summary>B stored by rows (element (k, n) at k·RowStride + n·ColStride, ColStride usually 1): e.g. a GPT-2 Conv1D weight [K,N].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackBRows(in MatrixView b, int k0, int kc, int n0, int nc, int nr, float* dst, float* scratch)
     {
         int panels = (nc + nr - 1) / nr;
@@ -72,6 +74,7 @@ internal static unsafe class GemmPacking
     /// B stored by columns (element (k, n) at k + n·ColStride): the transpose of a row-major [N,K]
     /// Linear weight. Each packed panel is a transpose of NR k-runs, done in 16×16 register blocks.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackBColumns(in MatrixView b, int k0, int kc, int n0, int nc, int nr, float* dst, float* scratch, float* zeros)
     {
         int panels = (nc + nr - 1) / nr;
@@ -110,7 +113,7 @@ internal static unsafe class GemmPacking
     }
 
     /// <summary>dst[kk·ldd + j] = runs[j][k0 + kk] for j, kk in 0..15: a 16×16 transpose in zmm registers.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Transpose16x16(float** runs, int k0, float* dst, int ldd)
     {
         // Stage 1: interleave pairs of rows within 128-bit lanes.
@@ -168,6 +171,7 @@ internal static unsafe class GemmPacking
     /// computes: the rows are separate short streams (often 4 KiB apart) that the hardware prefetcher
     /// does not pick up in time.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PrefetchA(in MatrixView a, int i0, int mr, int k0, int kc)
     {
         if (!Sse.IsSupported || a.ColStride != 1) return;
@@ -179,6 +183,57 @@ internal static unsafe class GemmPacking
         }
     }
 
+    /// <summary>True when A is a float32 matrix stored by columns (Aᵀ of a row-major matrix): packed a row group at a time.</summary>
+    public static bool PacksGroups(in MatrixView a) => a.ColStride != 1 && a.RowStride == 1 && a.DType == DType.F32;
+
+    /// <summary>Floats between consecutive micro-panels packed by <see cref="PackAGroup"/> (MR·kc plus room for an 8-float store past the end).</summary>
+    public static int GroupPanelStride(int kc) => GemmMicroKernels.MR * kc + 16;
+
+    /// <summary>
+    /// Packs A rows [i0, i0+rows) × [k0, k0+kc) of a column-stored A (see <see cref="PacksGroups"/>) as consecutive
+    /// micro-panels: row i0+t·MR+r at dst[t·<see cref="GroupPanelStride"/>(kc) + k·MR + r]. Each k reads the group's
+    /// rows as one contiguous run (instead of MR floats 4 KiB apart per micro-panel) and writes each panel's MR floats
+    /// with one 8-float store, whose 2 extra floats the next k overwrites (the last k's land in the padding).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void PackAGroup(in MatrixView a, int i0, int rows, int k0, int kc, float* dst)
+    {
+        const int MR = GemmMicroKernels.MR;
+        float* src = (float*)a.Pointer + i0 + (long)k0 * a.ColStride;
+        int full = rows / MR, rest = rows - full * MR, stride = GroupPanelStride(kc);
+        bool vector = Vector256.IsHardwareAccelerated;
+        for (int k = 0; k < kc; k++)
+        {
+            float* s = src + (long)k * a.ColStride;
+            float* d = dst + k * MR;
+            int t = 0;
+            // the 8-float load reads 2 floats past the tile: only when the next tile's rows exist in A
+            if (vector)
+                for (; t < full && (t + 1) * MR + 2 <= rows; t++)
+                    Vector256.Load(s + t * MR).Store(d + (nint)t * stride);
+            for (; t < full; t++)
+            {
+                float* st = s + t * MR, dt = d + (nint)t * stride;
+                dt[0] = st[0]; dt[1] = st[1]; dt[2] = st[2]; dt[3] = st[3]; dt[4] = st[4]; dt[5] = st[5];
+            }
+            for (int r = 0; r < rest; r++) d[(nint)full * stride + r] = s[full * MR + r];
+        }
+    }
+
+    /// <summary>Asks for the next group of a column-stored A (one short run 4 KiB apart per k, which the hardware prefetcher misses) to be brought into L2.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void PrefetchAGroup(in MatrixView a, int i0, int rows, int k0, int kc)
+    {
+        if (!Sse.IsSupported || rows <= 0) return;
+        float* src = (float*)a.Pointer + i0 + (long)k0 * a.ColStride;
+        for (int k = 0; k < kc; k++)
+        {
+            float* s = src + (long)k * a.ColStride;
+            Sse.Prefetch1(s);
+            Sse.Prefetch1(s + rows - 1);
+        }
+    }
+
     /// <summary>
     /// Copies A rows [i0, i0+mr) × [k0, k0+kc) into <paramref name="panel"/> (MR·kc floats, converting
     /// 16-bit values) and returns element strides (aRow, aK) such that A(i0+r, k0+k) = panel[r·aRow + k·aK].
@@ -186,6 +241,7 @@ internal static unsafe class GemmPacking
     /// from aliasing in L1 when the row stride is a multiple of 4 KiB); A stored by columns (Aᵀ·B)
     /// gives MR consecutive floats per k (aK = MR).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PackA(in MatrixView a, int i0, int mr, int k0, int kc, float* panel, out nint aRow, out nint aK)
     {
         const int MR = GemmMicroKernels.MR;

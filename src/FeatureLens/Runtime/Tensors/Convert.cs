@@ -9,6 +9,7 @@ namespace FeatureLens.Runtime.Tensors;
 public static class FloatConvert
 {
     /// <summary>bfloat16 bits → float32 (exact: bf16 is the top half of a float32).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void BF16ToF32(ReadOnlySpan<ushort> src, Span<float> dst)
     {
         if (dst.Length < src.Length) throw new ArgumentException("destination too short", nameof(dst));
