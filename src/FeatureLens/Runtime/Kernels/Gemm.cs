@@ -39,11 +39,13 @@ public static unsafe class Gemm
     /// Column chunk width: the packed B block (KC × width floats, two of them in row mode) takes at most half of a
     /// core's L2 as this CPU reports it (256 columns on a 1 MiB L2), within [64, <see cref="NCMax"/>].
     /// </summary>
-    internal static readonly int ChunkCols = Environment.GetEnvironmentVariable("FL_NC") is string e ? int.Parse(e, System.Globalization.CultureInfo.InvariantCulture) : Math.Clamp(CpuInfo.Current.L2Bytes / 2 / 2 / (KCMax * sizeof(float)) / 64 * 64, 64, NCMax);
+    internal static readonly int ChunkCols = Math.Clamp(CpuInfo.Current.L2Bytes / 2 / 2 / (KCMax * sizeof(float)) / 64 * 64, 64, NCMax);
     /// <summary>Column mode: chunks per worker thread aimed for (dynamic load balance), and their least width.</summary>
     const int ColumnChunksPerThread = 4, MinChunkCols = 128;
     /// <summary>Row mode: micro-tiles per row group, row groups per worker per phase needed to choose it, B panels per packing item.</summary>
     const int GroupTiles = 4, RowModeGroupsPerThread = 4, PackPanelsPerItem = 2;
+    /// <summary>A stored by columns is copied to rows first when it has at most this many elements (64 MiB).</summary>
+    const long TransposeAMaxElements = 1L << 24;
     /// <summary>At most this many rows of A take the transposed schedule when B is a weight stored by rows.</summary>
     const int TransposedMaxRows = 64;
     /// <summary>Below this many FLOPs (and this much of B) one thread does the whole product.</summary>
@@ -117,6 +119,22 @@ public static unsafe class Gemm
         {
             if (!accumulate)
                 for (int i = 0; i < m; i++) new Span<float>(c + (long)i * ldc, n).Clear();
+            return;
+        }
+        if (GemmPacking.PacksGroups(a) && m >= 16 && n >= 64 && (long)m * k <= TransposeAMaxElements)
+        {
+            // Aᵀ·B with A stored by columns: one transposing copy of A, then the row-major product (same values, same sums)
+            float[] rows = PinnedPool.Rent(m * k + 16);
+            try
+            {
+                fixed (float* pr = rows)
+                {
+                    float* aligned = (float*)(((nint)pr + 63) & ~(nint)63);
+                    GemmPacking.TransposeToRows(a, aligned);
+                    new GemmJob(MatrixView.F32(aligned, m, k), b, c, ldc, accumulate, path, threads).Run();
+                }
+            }
+            finally { PinnedPool.Return(rows); }
             return;
         }
         var job = new GemmJob(a, b, c, ldc, accumulate, path, threads);
@@ -305,7 +323,7 @@ public static unsafe class Gemm
             finally
             {
                 if (shared != null) SharedPanels.Return(shared);
-                if (tPacked != null) transposedPool.Add(tPacked);
+                if (tPacked != null) PinnedPool.Return(tPacked);
             }
         }
 
@@ -330,7 +348,7 @@ public static unsafe class Gemm
         void PackRowsOfA()
         {
             int slices = (k + kcDepth - 1) / kcDepth;
-            tPacked = RentPinned(slices * tSliceStride + 16);
+            tPacked = PinnedPool.Rent(slices * tSliceStride + 16);
             var buffers = GemmBuffers.Rent();
             try
             {
@@ -342,15 +360,6 @@ public static unsafe class Gemm
                     }
             }
             finally { GemmBuffers.Return(buffers); }
-        }
-
-        static readonly ConcurrentBag<float[]> transposedPool = new();
-
-        /// <summary>A pinned buffer of at least <paramref name="length"/> floats from a small pool (no page faults per call).</summary>
-        static float[] RentPinned(int length)
-        {
-            if (transposedPool.TryTake(out var buffer) && buffer.Length >= length) return buffer;
-            return GC.AllocateUninitializedArray<float>(Math.Max(length, 1 << 16), pinned: true);
         }
 
         static float* Aligned(float* p) => (float*)(((nint)p + 63) & ~(nint)63);
@@ -509,6 +518,29 @@ public static unsafe class Gemm
                 }
                 Rows(i0, i1, n0, nc, k0, kc, accumulate || k0 > 0, packedB, buf);
             }
+        }
+    }
+
+    /// <summary>Pinned scratch arrays reused across calls (a fresh large array would fault its pages in on every product).</summary>
+    static class PinnedPool
+    {
+        static readonly ConcurrentBag<float[]> pool = new();
+
+        /// <summary>An array of at least <paramref name="length"/> floats: a pooled one large enough, else a new one.</summary>
+        public static float[] Rent(int length)
+        {
+            if (pool.TryTake(out var buffer))
+            {
+                if (buffer.Length >= length) return buffer;
+                // too small: drop it and make one that will also serve the next caller of this size
+            }
+            return GC.AllocateUninitializedArray<float>(Math.Max(length, 1 << 16), pinned: true);
+        }
+
+        /// <summary>Keeps up to a few arrays for the next calls.</summary>
+        public static void Return(float[] buffer)
+        {
+            if (pool.Count < 4) pool.Add(buffer);
         }
     }
 

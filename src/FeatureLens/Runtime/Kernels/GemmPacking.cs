@@ -186,6 +186,29 @@ internal static unsafe class GemmPacking
     /// <summary>True when A is a float32 matrix stored by columns (Aᵀ of a row-major matrix): packed a row group at a time.</summary>
     public static bool PacksGroups(in MatrixView a) => a.ColStride != 1 && a.RowStride == 1 && a.DType == DType.F32;
 
+    /// <summary>
+    /// Copies a column-stored float32 A (see <see cref="PacksGroups"/>) into row-major dst [Rows, Cols] (leading
+    /// dimension Cols) in 16×16 register transposes: done once, it spares the product from reading A 4 KiB apart per k.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void TransposeToRows(in MatrixView a, float* dst)
+    {
+        int m = a.Rows, k = a.Cols;
+        float* src = (float*)a.Pointer; // A(i, kk) at src[i + kk·ColStride]
+        float** runs = stackalloc float*[16];
+        int kFull = Avx512F.IsSupported ? k / 16 * 16 : 0, mFull = Avx512F.IsSupported ? m / 16 * 16 : 0;
+        for (int k0 = 0; k0 < kFull; k0 += 16)
+        {
+            for (int j = 0; j < 16; j++) runs[j] = src + (k0 + j) * a.ColStride;
+            for (int i0 = 0; i0 < mFull; i0 += 16) Transpose16x16(runs, i0, dst + (long)i0 * k + k0, k);
+        }
+        for (int i = 0; i < m; i++)
+        {
+            float* d = dst + (long)i * k;
+            for (int kk = i < mFull ? kFull : 0; kk < k; kk++) d[kk] = src[i + kk * a.ColStride];
+        }
+    }
+
     /// <summary>Floats between consecutive micro-panels packed by <see cref="PackAGroup"/> (MR·kc plus room for an 8-float store past the end).</summary>
     public static int GroupPanelStride(int kc) => GemmMicroKernels.MR * kc + 16;
 
