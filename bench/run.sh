@@ -12,9 +12,19 @@ if [[ $(id -u) -eq 0 ]] && { ! /usr/bin/python3 -c 'import torch' 2>/dev/null ||
   apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 python3-torch libopenblas0-pthread >/dev/null
 fi
 bench() { dotnet run -c Release --project "$root/bench/FeatureLens.Bench" -- "$@"; }
+# every run starts with the machine (CPU, AVX-512 width as reported and measured, FMA peak) and ends with one summary
+# table of the headline ratios each benchmark records into this file
+export FL_BENCH_SUMMARY="${FL_BENCH_SUMMARY:-$(mktemp /tmp/featurelens-bench-XXXXXX.jsonl)}"
+bench machine
+status=0
 case "${1:-all}" in
   # the tracker runs as the server does (`featurelens serve` uses the server GC, see FeatureLens.Cli.csproj)
-  tracker) DOTNET_gcServer=1 bench "$@" ;;
-  all) bench gemm && bench forward && bench llama7b && bench sae && DOTNET_gcServer=1 bench tracker && bench attribution && bench grad7b && bench graph && bench scan && bench steering && bench cluster && bench forward-arch && bench track-mistral ;;
-  *) bench "$@" ;;
+  tracker) DOTNET_gcServer=1 bench "$@" || status=$? ;;
+  all)
+    for b in gemm forward llama7b sae tracker attribution grad7b graph scan steering cluster forward-arch track-mistral; do
+      if [[ $b == tracker ]]; then DOTNET_gcServer=1 bench "$b" || status=$?; else bench "$b" || status=$?; fi
+    done ;;
+  *) bench "$@" || status=$? ;;
 esac
+bench summary
+exit "$status"

@@ -198,6 +198,7 @@ public static class AttributionBench
             AnsiConsole.MarkupLineInterpolated($"agreement (relative error ≤ 1e-3): {(worst <= 1e-3 ? "ok" : "NOT ok")}");
             double best = torch.Values.Min(j => j.GetProperty("median_s").GetDouble());
             AnsiConsole.MarkupLine($"target ≥ 2× PyTorch's best thread setting: {(best / oursS >= 2 ? "met" : "NOT met")}");
+            BenchSummary.Record("attribution", $"GPT-2-small {B}×{T}, {S} SAEs: s per iteration", $"{oursS:F2} s", $"{best:F2} s", best / oursS, "≥ 2×", best / oursS >= 2);
             AnsiConsole.MarkupLine($"attribution: {best / oursS:F2}× PyTorch");
             return worst <= 1e-3 ? 0 : 1;
         }

@@ -62,6 +62,7 @@ public static class ClusterBench
         }
         AnsiConsole.Write(table);
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"cluster: {seconds:F1} s for {set.Count} features"));
+        BenchSummary.Record("cluster", $"{set.Count} features (profiles, 10-NN, Louvain)", string.Create(CultureInfo.InvariantCulture, $"{seconds:F1} s"), "", null);
         return 0;
     }
 

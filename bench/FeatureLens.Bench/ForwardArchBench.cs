@@ -113,6 +113,11 @@ public static class ForwardArchBench
                     oursTps is double o3 ? $"{o3 / tps:F2}" : "", $"{100 * tps / peakTps:F0}%");
             table.AddRow("machine peak (measured FMA, 2 cores)", $"{peakTps:F0}", "", $"{peak:F0} GFLOP/s; {perToken / 1e9:F2} GFLOP/token");
             AnsiConsole.Write(table);
+            if (oursTps is double ot && torch.Count > 0)
+            {
+                double bestTorch = torch.Max(t => t.Item2);
+                BenchSummary.Record("forward-arch", $"{label} {B}×{T} (tok/s, % of peak)", $"{ot:F0} ({100 * ot / peakTps:F0} %)", $"{bestTorch:F0}", ot / bestTorch);
+            }
             if (oursError is not null) AnsiConsole.MarkupLine($"[yellow]FeatureLens could not load {Markup.Escape(folder)}: {Markup.Escape(oursError)}[/]");
             if (ours is not null && theirs is not null)
             {

@@ -6,6 +6,8 @@ using Spectre.Console;
 AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 160); // whole rows when piped to a file
 switch (args.Length > 0 ? args[0] : "")
 {
+    case "machine": return BenchSummary.Machine();
+    case "summary": return BenchSummary.Print();
     case "gemm": return GemmBench.Run(args[1..]);
     case "forward": return ForwardBench.Run(args[1..]);
     case "llama7b": return Llama7bBench.Run(args[1..]);
@@ -19,22 +21,7 @@ switch (args.Length > 0 ? args[0] : "")
     case "cluster": return ClusterBench.Run(args[1..]);
     case "forward-arch": return ForwardArchBench.Run(args[1..]);
     case "track-mistral": return TrackMistralBench.Run(args[1..]);
-    case "all":
-        int rc = GemmBench.Run([]);
-        rc |= ForwardBench.Run([]);
-        rc |= Llama7bBench.Run([]);
-        rc |= SaeBench.Run([]);
-        rc |= TrackerBench.Run([]);
-        rc |= AttributionBench.Run([]);
-        rc |= Grad7bBench.Run([]);
-        rc |= GraphBench.Run([]);
-        rc |= ScanBench.Run([]);
-        rc |= SteeringBench.Run([]);
-        rc |= ClusterBench.Run([]);
-        rc |= ForwardArchBench.Run([]);
-        rc |= TrackMistralBench.Run([]);
-        return rc;
     default:
-        Console.Error.WriteLine("usage: FeatureLens.Bench gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--logit-tokens N] [--no-torch] | steering [--runs N] [--tokens N] [--gpt2] | cluster [--layers L] [--latents N] [--d-model C] [--hierarchical] | forward-arch [--presets a,b] [--model DIR] [--layers N] [--batch B] [--seq T] [--repeats R] [--no-torch] | track-mistral [--layers 0,10,20,31] [--latents N] [--k K] [--tokens N] [--tokenizer PATH] | all");
+        Console.Error.WriteLine("usage: FeatureLens.Bench machine | summary | gemm [options] | forward [repeats] | llama7b [repeats] [--no-torch] | sae [--runs N] [--train-runs N] [--no-torch] [--no-train] | tracker [--runs N] | attribution [--runs N] [--no-torch] | grad7b [repeats] [--no-torch] | graph [--case stories|gpt2|all] [--max-feature-nodes N] [--no-torch] | scan [--tokens N] [--runs N] [--partner-tokens N] [--logit-tokens N] [--no-torch] | steering [--runs N] [--tokens N] [--gpt2] | cluster [--layers L] [--latents N] [--d-model C] [--hierarchical] | forward-arch [--presets a,b] [--model DIR] [--layers N] [--batch B] [--seq T] [--repeats R] [--no-torch] | track-mistral [--layers 0,10,20,31] [--latents N] [--k K] [--tokens N] [--tokenizer PATH]");
         return 2;
 }

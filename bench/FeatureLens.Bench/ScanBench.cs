@@ -151,6 +151,7 @@ public static class ScanBench
                 double best = torch.Values.Min(j => j.GetProperty("median_s").GetDouble());
                 AnsiConsole.MarkupLine($"target ≥ 2× PyTorch's best thread setting: {(best / oursS >= 2 ? "met" : "NOT met")}");
                 AnsiConsole.MarkupLine($"scan: {best / oursS:F2}× PyTorch");
+                BenchSummary.Record("scan", $"corpus scan, {counted:N0} tokens", $"{oursS:F1} s", $"{best:F1} s", best / oursS, "≥ 2×", best / oursS >= 2);
                 return ok ? 0 : 1;
             }
             return 0;

@@ -46,6 +46,9 @@ public static class SteeringBench
         AnsiConsole.MarkupLine($"CPU: {Markup.Escape(BenchSupport.CpuName())}, {runs} runs, greedy, KV cache");
         AnsiConsole.Write(t);
         Console.WriteLine($"steering: {Slower(rows[^1]).ToString("F1", CultureInfo.InvariantCulture)} % slower than plain generation");
+        foreach (var r in rows)
+            BenchSummary.Record("steering", $"{r.Case}: steered vs plain generation (ms)", (r.Steered * 1e3).ToString("F2", CultureInfo.InvariantCulture),
+                (r.Plain * 1e3).ToString("F2", CultureInfo.InvariantCulture), r.Plain / r.Steered, "≤ 5 % slower", Slower(r) <= 5);
         return 0;
     }
 

@@ -76,6 +76,7 @@ public static class TrackMistralBench
         table.AddRow($"{layers.Length} SAEs at blocks {string.Join(",", layers)}.hook_resid_post, ~{promptTokens}-token prompt", $"{seconds:F1}", $"{peakGiB:F2}",
             $"≤ {TargetGiB} GiB", peakGiB <= TargetGiB ? "[green]met[/]" : "[red]missed[/]");
         AnsiConsole.Write(table);
+        BenchSummary.Record("track-mistral", $"{layers.Length} SAEs × {latents}: peak RSS", $"{peakGiB:F2} GiB", "", null, $"≤ {TargetGiB} GiB", peakGiB <= TargetGiB);
         AnsiConsole.MarkupLine($"[grey]peak RSS from {how}; SAE weights {layers.Length * 2.0 * latents * dIn * 4 / 1073741824.0:F2} GiB float32 on disk[/]");
         AnsiConsole.MarkupLine($"[grey]{Markup.Escape(string.Join('\n', output.Split('\n').Take(3)))}[/]");
         return peakGiB <= TargetGiB ? 0 : 1;
