@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.Intrinsics;
 
 namespace FeatureLens.Runtime.Kernels;
 
@@ -7,45 +8,61 @@ public static class Activations
 {
     const float Sqrt2OverPi = 0.7978845608028654f;
 
-    /// <summary>GPT-2's gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).</summary>
-    public static void GeluNew(ReadOnlySpan<float> inp, Span<float> output)
+    /// <summary>
+    /// GPT-2's gelu_new: 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³), computed in one pass as the equal
+    /// x / (1 + e^(−2u)) (no cancellation near u = 0, no overflow: e^(−2u) → ∞ gives 0, → 0 gives x). Every element
+    /// goes through the same vector code (the tail through a padded vector), so a value does not depend on where it lies.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void GeluNew(ReadOnlySpan<float> inp, Span<float> output)
     {
-        const int Chunk = 1024;
-        Span<float> t = stackalloc float[Chunk];
-        for (int i = 0; i < inp.Length; i += Chunk)
+        if (output.Length < inp.Length) throw new ArgumentException($"gelu_new: output has {output.Length} elements, input {inp.Length}");
+        int n = inp.Length, i = 0;
+        fixed (float* x = inp) fixed (float* y = output)
         {
-            int n = Math.Min(Chunk, inp.Length - i);
-            var x = inp.Slice(i, n);
-            var u = t[..n];
-            TensorPrimitives.Multiply(x, x, u);                  // x²
-            TensorPrimitives.Multiply(u, 0.044715f, u);
-            TensorPrimitives.Add(u, 1f, u);                      // 1 + 0.044715x²
-            TensorPrimitives.Multiply(u, x, u);                  // x + 0.044715x³
-            TensorPrimitives.Multiply(u, Sqrt2OverPi, u);
-            TensorPrimitives.Tanh(u, u);
-            TensorPrimitives.Add(u, 1f, u);
-            TensorPrimitives.Multiply(u, x, u);
-            TensorPrimitives.Multiply(u, 0.5f, output.Slice(i, n));
+            for (; i + 16 <= n; i += 16) GeluNew16(Vector512.Load(x + i)).Store(y + i);
+            if (i < n)
+            {
+                float* t = stackalloc float[16];
+                new Span<float>(t, 16).Clear();
+                for (int j = i; j < n; j++) t[j - i] = x[j];
+                GeluNew16(Vector512.Load(t)).Store(t);
+                for (int j = i; j < n; j++) y[j] = t[j - i];
+            }
         }
     }
 
-    /// <summary>SwiGLU: out = silu(gate) · up, silu(g) = g / (1 + e^(−g)).</summary>
-    public static void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> output)
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> GeluNew16(Vector512<float> x)
     {
-        const int Chunk = 1024;
-        Span<float> t = stackalloc float[Chunk];
-        for (int i = 0; i < gate.Length; i += Chunk)
+        var u = x * x * 0.044715f;
+        u = (u + Vector512<float>.One) * x * Sqrt2OverPi;
+        return x / (Vector512<float>.One + Vector512.Exp(-(u + u)));
+    }
+
+    /// <summary>SwiGLU: out = silu(gate) · up, silu(g) = g / (1 + e^(−g)); one pass, every element through the same vector code.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void SwiGlu(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, Span<float> output)
+    {
+        if (up.Length < gate.Length || output.Length < gate.Length)
+            throw new ArgumentException($"SwiGLU: gate has {gate.Length} elements, up {up.Length}, output {output.Length}");
+        int n = gate.Length, i = 0;
+        fixed (float* g = gate) fixed (float* u = up) fixed (float* y = output)
         {
-            int n = Math.Min(Chunk, gate.Length - i);
-            var g = gate.Slice(i, n);
-            var s = t[..n];
-            TensorPrimitives.Negate(g, s);
-            TensorPrimitives.Exp(s, s);
-            TensorPrimitives.Add(s, 1f, s);
-            TensorPrimitives.Divide(g, s, s);                    // silu(g)
-            TensorPrimitives.Multiply(s, up.Slice(i, n), output.Slice(i, n));
+            for (; i + 16 <= n; i += 16) SwiGlu16(Vector512.Load(g + i), Vector512.Load(u + i)).Store(y + i);
+            if (i < n)
+            {
+                float* t = stackalloc float[32];
+                new Span<float>(t, 32).Clear();
+                for (int j = i; j < n; j++) { t[j - i] = g[j]; t[16 + j - i] = u[j]; }
+                SwiGlu16(Vector512.Load(t), Vector512.Load(t + 16)).Store(t);
+                for (int j = i; j < n; j++) y[j] = t[j - i];
+            }
         }
     }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> SwiGlu16(Vector512<float> g, Vector512<float> up) => g / (Vector512.Exp(-g) + Vector512<float>.One) * up;
 
     /// <summary>
     /// Backward of <see cref="GeluNew"/>: dInp = dOut · gelu_new′(x), with u = √(2/π)(x + 0.044715x³):

@@ -471,6 +471,7 @@ public static unsafe class Gemm
             const int MR = GemmMicroKernels.MR;
             int panels = (nc + nr - 1) / nr;
             bool byColumns = GemmPacking.PacksGroups(a);
+            bool direct = !byColumns && a.DType == DType.F32 && a.ColStride == 1 && a.RowStride * sizeof(float) % 4096 != 0;
             for (int g0 = i0; g0 < i1; g0 += GroupTiles * MR)
             {
                 int g1 = Math.Min(i1, g0 + GroupTiles * MR);
@@ -488,8 +489,13 @@ public static unsafe class Gemm
                     if (byColumns) { panel += (nint)((i - g0) / MR) * GemmPacking.GroupPanelStride(kc); aRow = 1; aK = MR; }
                     else
                     {
-                        GemmPacking.PackA(a, i, mr, k0, kc, panel, out aRow, out aK);
-                        if (i + MR < i1) GemmPacking.PrefetchA(a, i + MR, Math.Min(MR, i1 - i - MR), k0, kc);
+                        // float32 rows are read where they lie unless their stride makes them alias in L1 (a multiple of 4 KiB)
+                        if (direct) { panel = (float*)a.Pointer + i * a.RowStride + k0; aRow = (nint)a.RowStride; aK = 1; }
+                        else
+                        {
+                            GemmPacking.PackA(a, i, mr, k0, kc, panel, out aRow, out aK);
+                            if (i + MR < i1) GemmPacking.PrefetchA(a, i + MR, Math.Min(MR, i1 - i - MR), k0, kc);
+                        }
                     }
                     float* cRow = c + (long)i * ldc + n0;
                     for (int p = 0; p < panels; p++)
