@@ -30,6 +30,38 @@ internal static class Cli
 
     public static HookedTransformer LoadModel(string model, string? tokenizer) => HookedTransformer.Load(model, tokenizer);
 
+    /// <summary>--compute f32|bf16: how forward passes multiply by the weights (<see cref="ComputeMode"/>).</summary>
+    public static Option<string> ComputeOption()
+    {
+        var o = new Option<string>("--compute")
+        {
+            Description = "Weight products of the forward pass: f32 (default, float32-exact) or bf16 (bf16 weights with AVX512_BF16 dot products: " +
+                "faster, activations rounded to bfloat16 at each product; gradients stay float32)",
+            DefaultValueFactory = _ => "f32",
+        };
+        o.AcceptOnlyFromAmong("f32", "bf16");
+        return o;
+    }
+
+    /// <summary>Loads a model and sets its compute mode (--compute), failing clearly when bf16 cannot be used with it.</summary>
+    public static HookedTransformer LoadModel(string model, string? tokenizer, string? compute)
+    {
+        var m = LoadModel(model, tokenizer);
+        if (compute is null or "f32") return m;
+        try
+        {
+            if (compute != "bf16") throw new ArgumentException($"--compute must be f32 or bf16 (got '{compute}')");
+            if (m.ComputeProblem(ComputeMode.BFloat16) is string problem) throw new ArgumentException($"--compute bf16 {problem}");
+            m.Compute = ComputeMode.BFloat16;
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Encodes text with the model's tokenizer, or fails saying how to give one.</summary>
     public static int[] Encode(HookedTransformer model, string text, bool addBos)
     {

@@ -10,6 +10,7 @@ internal static class GenerateCommand
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
+        var compute = Cli.ComputeOption();
         var prompt = new Option<string>("--prompt") { Description = "Text to continue (default: start from BOS alone)", DefaultValueFactory = _ => "" };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "How many tokens to generate at most", Required = true };
         var temperature = new Option<float>("--temperature") { Description = "0 = greedy (default); higher = more random", DefaultValueFactory = _ => 0f };
@@ -17,11 +18,11 @@ internal static class GenerateCommand
         var seed = new Option<int>("--seed") { Description = "Random seed for sampling", DefaultValueFactory = _ => 0 };
         var cmd = new Command("generate", "Generate text with a KV cache and print it (stdout holds only the generated text)")
         {
-            model, tokenizer, prompt, maxNew, temperature, topP, seed,
+            model, tokenizer, compute, prompt, maxNew, temperature, topP, seed,
         };
         cmd.SetAction(r =>
         {
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer), r.GetValue(compute));
             var tok = m.Tokenizer ?? throw new InvalidOperationException("generate needs a tokenizer: pass --tokenizer PATH");
             int[] promptIds = Cli.Encode(m, r.GetValue(prompt) ?? "", addBos: true);
             var sampling = new SamplingOptions(r.GetValue(temperature), r.GetValue(topP), r.GetValue(seed));

@@ -15,6 +15,7 @@ internal static class RunCommand
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
+        var compute = Cli.ComputeOption();
         var text = new Option<string?>("--text") { Description = "Text to run (BOS is prepended unless --no-bos)" };
         var tokens = new Option<string?>("--tokens") { Description = "Comma-separated token ids to run, e.g. 1,403,407" };
         var hooks = new Option<string?>("--hooks") { Description = "Comma-separated hook-name globs to save, e.g. 'blocks.*.hook_resid_post' (default: none)" };
@@ -30,13 +31,15 @@ internal static class RunCommand
         };
         var cmd = new Command("run", "Run the model on one sequence and save hook activations (shape [pos, ...]), tokens and optionally logits")
         {
-            model, tokenizer, text, tokens, hooks, logits, noBos, output, saes, errorTerm, grad,
+            model, tokenizer, compute, text, tokens, hooks, logits, noBos, output, saes, errorTerm, grad,
         };
         cmd.SetAction(r =>
         {
             string? textValue = r.GetValue(text), tokenValue = r.GetValue(tokens);
             if ((textValue is null) == (tokenValue is null)) throw new ArgumentException("give exactly one of --text or --tokens");
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            if (r.GetValue(compute) == "bf16" && r.GetValue(grad) != null)
+                throw new ArgumentException("--compute bf16 applies to forward passes only: --grad runs its forward and backward in float32; drop one of the two");
+            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer), r.GetValue(compute));
             var saePaths = r.GetValue(saes) ?? [];
             if (saePaths.Length > 0)
                 foreach (var sae in SaeCommand.LoadSaes(saePaths)) m.AddSplice(new SaeSplice(sae, r.GetValue(errorTerm)));

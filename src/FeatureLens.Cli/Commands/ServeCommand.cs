@@ -26,6 +26,7 @@ internal static class ServeCommand
     {
         var model = new Option<string?>("--model") { Description = "A Hugging Face model folder, a llama2.c .bin checkpoint, or a repo id in the local Hugging Face cache" };
         var tokenizer = Cli.TokenizerOption();
+        var compute = Cli.ComputeOption();
         var sae = new Option<string[]>("--sae") { Description = "SAE folder (or a folder of SAE folders); repeat for several", AllowMultipleArgumentsPerToken = true };
         var transcoders = new Option<string[]>("--transcoders") { Description = "Transcoder folder (or a folder of them, one per layer) for the --model set's attribution graphs; repeat for several", AllowMultipleArgumentsPerToken = true };
         var graphs = new Option<string?>("--graphs") { Description = "Folder of saved graph files the Graph page lists; computed graphs are saved there (default: a temporary folder)" };
@@ -39,7 +40,7 @@ internal static class ServeCommand
         var maxText = new Option<int>("--max-text") { Description = "Longest prompt accepted, in characters", DefaultValueFactory = _ => 4000 };
         var cmd = new Command("serve", "Serve the feature activation tracker: a web page and JSON API showing which SAE features fire at every layer, their evolution and cross-layer correlations")
         {
-            model, tokenizer, sae, transcoders, labels, name, config, graphs, dbs, clusters, host, port, maxText,
+            model, tokenizer, compute, sae, transcoders, labels, name, config, graphs, dbs, clusters, host, port, maxText,
         };
         cmd.SetAction(r =>
         {
@@ -67,7 +68,7 @@ internal static class ServeCommand
             var models = new List<HookedTransformer>();
             try
             {
-                var sets = specs.Select(spec => LoadSet(spec, models)).ToList();
+                var sets = specs.Select(spec => LoadSet(spec, models, r.GetValue(compute))).ToList();
                 Serve(sets, r.GetValue(host)!, p, r.GetValue(maxText), graphsDir, databases, clusterFiles);
                 return 0;
             }
@@ -99,9 +100,10 @@ internal static class ServeCommand
 
     sealed record SetSpec(string? Name, string Model, string? Tokenizer, string[] Saes, string? Labels, string[] Transcoders);
 
-    static TrackerSet LoadSet(SetSpec spec, List<HookedTransformer> models)
+    /// <summary>Loads one set's model (with --compute, which applies to every set) and its SAEs, transcoders and labels.</summary>
+    static TrackerSet LoadSet(SetSpec spec, List<HookedTransformer> models, string? compute)
     {
-        var m = Cli.LoadModel(spec.Model, spec.Tokenizer);
+        var m = Cli.LoadModel(spec.Model, spec.Tokenizer, compute);
         models.Add(m);
         var tcs = spec.Transcoders.Length == 0 ? null : SaeCommand.LoadSaes(spec.Transcoders);
         // a set given only transcoders tracks the transcoders' features

@@ -22,6 +22,7 @@ internal static class TrackCommand
     {
         var model = Cli.ModelOption();
         var tokenizer = Cli.TokenizerOption();
+        var compute = Cli.ComputeOption();
         var sae = Cli.SaeOption();
         var text = new Option<string>("--text") { Description = "The prompt to track", Required = true };
         var top = new Option<int>("--top") { Description = "Features shown per SAE", DefaultValueFactory = _ => 10 };
@@ -33,11 +34,11 @@ internal static class TrackCommand
         var json = new Option<string?>("--json") { Description = "Also write the full result to this JSON file" };
         var cmd = new Command("track", "Show which SAE features fire on a prompt at every hook, where they fire, and how they correlate across layers")
         {
-            model, tokenizer, sae, text, top, rank, token, threshold, labels, json,
+            model, tokenizer, compute, sae, text, top, rank, token, threshold, labels, json,
         };
         cmd.SetAction(r =>
         {
-            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer));
+            using var m = Cli.LoadModel(r.GetValue(model)!, r.GetValue(tokenizer), r.GetValue(compute));
             var set = new SaeSet(m, SaeCommand.LoadSaes(r.GetValue(sae)!));
             var lookup = r.GetValue(labels) is string lp ? FeatureLabels.Load(lp, set) : null;
             var by = r.GetValue(rank) switch { "mean" => RankBy.Mean, "token" => RankBy.AtToken, _ => RankBy.Max };

@@ -25,6 +25,36 @@ public sealed class HookedTransformer : IDisposable
     /// <summary>Every hook point, in firing order, including those of attached splices (SAE hooks).</summary>
     public IReadOnlyList<string> HookPointNames => _persistentSplices.Count == 0 ? _baseHookNames : NamesWith(_persistentSplices);
 
+    /// <summary>
+    /// How forward passes (<see cref="Run"/>, <see cref="RunWithCache"/>, <see cref="RunWithHooks"/>, generation) multiply by
+    /// the weights: <see cref="ComputeMode.Float32"/> (the default) or <see cref="ComputeMode.BFloat16"/>, which needs bf16
+    /// weights and a CPU with AVX512_BF16 (setting it otherwise throws, saying what is missing; see <see cref="ComputeProblem"/>).
+    /// <see cref="RunWithGradients"/> ignores it: the recorded forward and its backward always run in float32, so the
+    /// gradients are those of the values they come with.
+    /// </summary>
+    public ComputeMode Compute
+    {
+        get => _compute;
+        set
+        {
+            if (ComputeProblem(value) is string problem) throw new ArgumentException($"bf16 compute {problem}");
+            _compute = value;
+        }
+    }
+    ComputeMode _compute;
+
+    /// <summary>Why <paramref name="mode"/> cannot be used with this model on this machine, completing "bf16 compute …" (null: it can).</summary>
+    public string? ComputeProblem(ComputeMode mode)
+    {
+        if (mode == ComputeMode.Float32) return null;
+        var other = Weights.Layers.SelectMany(l => new[] { l.Wq, l.Wk, l.Wv, l.Wo, l.WIn, l.WOut }.Concat(l.WUp is { } up ? [up] : []))
+            .Select(w => w.DType).FirstOrDefault(t => t != DType.BF16, DType.BF16);
+        if (other != DType.BF16)
+            return $"needs bf16 weights; {Weights.Source.Location} stores {(other == DType.F32 ? "float32" : "float16")}";
+        if (!GemmBf16.IsSupported) return $"cannot run on this machine: {GemmBf16.UnsupportedReason}";
+        return null;
+    }
+
     /// <summary>The splices (SAEs, transcoders) attached with <see cref="AddSplice"/>.</summary>
     public IReadOnlyList<IHookSplice> Splices => _persistentSplices;
 
@@ -197,7 +227,7 @@ public sealed class HookedTransformer : IDisposable
         if (options.Cache != null && options.Cache.Lengths.Length == 0)
             throw new ArgumentException("ActivationCache.Lengths must be set to the sequence lengths");
         return TransformerForward.Run(Config, Weights, _rope, _names, tokens, hooks, options.ReturnLogits, options.KvCache,
-            options.StopAtLayer ?? Config.NLayers);
+            options.StopAtLayer ?? Config.NLayers, compute: _compute);
     }
 
     /// <summary>

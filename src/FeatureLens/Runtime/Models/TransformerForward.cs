@@ -176,10 +176,14 @@ public sealed class KvCache
 /// </summary>
 internal static unsafe class TransformerForward
 {
-    /// <summary>Runs the model; returns logits (B, T, V) or null when <paramref name="computeLogits"/> is false.</summary>
+    /// <summary>
+    /// Runs the model; returns logits (B, T, V) or null when <paramref name="computeLogits"/> is false. <paramref name="compute"/>
+    /// picks the weight products (<see cref="Linear"/>); a recorded forward (<paramref name="tape"/>) always computes in float32.
+    /// </summary>
     public static Tensor? Run(ModelConfig cfg, TransformerWeights w, Rope? rope, LayerHookNames[] names,
-        int[][] tokens, HookSet hooks, bool computeLogits, KvCache? kv, int stopAtLayer, ForwardTape? tape = null)
+        int[][] tokens, HookSet hooks, bool computeLogits, KvCache? kv, int stopAtLayer, ForwardTape? tape = null, ComputeMode compute = ComputeMode.Float32)
     {
+        if (tape != null) compute = ComputeMode.Float32;
         int B = tokens.Length, T = tokens.Max(t => t.Length), R = B * T;
         int C = cfg.DModel, NH = cfg.NHeads, NKV = cfg.NKvHeads, HS = cfg.DHead, M = cfg.DMlp, V = cfg.VocabSize;
         int past = kv?.Length ?? 0;
@@ -251,9 +255,9 @@ internal static unsafe class TransformerForward
 
             // ---- attention ----
             Norm(cfg, resid, L.Ln1Weight, L.Ln1Bias, normIn, scale, normalized, normOut, R, C, hooks, n.Ln1Scale, n.Ln1Normalized, l, B, T);
-            Linear(normOut, R, L.Wq, L.Bq, q);
-            Linear(normOut, R, L.Wk, L.Bk, k);
-            Linear(normOut, R, L.Wv, L.Bv, v);
+            Linear(normOut, R, L.Wq, L.Bq, q, compute);
+            Linear(normOut, R, L.Wk, L.Bk, k, compute);
+            Linear(normOut, R, L.Wv, L.Bv, v, compute);
             hooks.Fire(n.Q, l, q, B, T, NH, HS);
             hooks.Fire(n.K, l, k, B, T, NKV, HS);
             hooks.Fire(n.V, l, v, B, T, NKV, HS);
@@ -307,7 +311,7 @@ internal static unsafe class TransformerForward
                 var result = Buf(R * NH * C);
                 fixed (float* pz = z, pr = result)
                     for (int h = 0; h < NH; h++)
-                        Gemm.Multiply(new MatrixView(pz + h * HS, DType.F32, R, HS, NH * HS, 1), L.Wo.RowSlice(h * HS, HS), pr + h * C, NH * C);
+                        Multiply(new MatrixView(pz + h * HS, DType.F32, R, HS, NH * HS, 1), L.Wo.RowSlice(h * HS, HS), pr + h * C, NH * C, compute);
                 hooks.Fire(n.Result, l, result, B, T, NH, C);
                 ParallelRows.For(R, (long)NH * C, (r0, r1) =>
                 {
@@ -320,7 +324,7 @@ internal static unsafe class TransformerForward
                     }
                 });
             }
-            else Linear(z, R, L.Wo, L.Bo, attnRaw);
+            else Linear(z, R, L.Wo, L.Bo, attnRaw, compute);
             if (cfg.PostNorms)
             {
                 if (bt != null) { scale = Buf(R); bt.Ln1Post = new NormTape(attnRaw, scale); }
@@ -350,18 +354,18 @@ internal static unsafe class TransformerForward
             }
             Norm(cfg, mlpInput, L.Ln2Weight, L.Ln2Bias, normIn, scale, normalized, normOut, R, C, hooks, n.Ln2Scale, n.Ln2Normalized, l, B, T);
             hooks.Fire(n.MlpHookIn, l, normOut, B, T, C);
-            Linear(normOut, R, L.WIn, L.BIn, pre);
+            Linear(normOut, R, L.WIn, L.BIn, pre, compute);
             hooks.Fire(n.MlpPre, l, pre, B, T, M);
             if (gated)
             {
-                Linear(normOut, R, L.WUp!.Value, null, preLinear!);
+                Linear(normOut, R, L.WUp!.Value, null, preLinear!, compute);
                 hooks.Fire(n.MlpPreLinear, l, preLinear!, B, T, M);
                 ParallelRows.For(R, M, (r0, r1) => Activations.Gated(cfg.Activation, pre.AsSpan(r0 * M, (r1 - r0) * M), preLinear.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
             }
             else
                 ParallelRows.For(R, M, (r0, r1) => Activations.Apply(cfg.Activation, pre.AsSpan(r0 * M, (r1 - r0) * M), post.AsSpan(r0 * M, (r1 - r0) * M)));
             hooks.Fire(n.MlpPost, l, post, B, T, M);
-            Linear(post, R, L.WOut, L.BOut, mlpRaw);
+            Linear(post, R, L.WOut, L.BOut, mlpRaw, compute);
             hooks.Fire(n.MlpHookOut, l, mlpRaw, B, T, C);
             if (cfg.PostNorms)
             {
@@ -398,7 +402,7 @@ internal static unsafe class TransformerForward
         if (!computeLogits) return null;
         // a recorded forward's logits come from the pool: the gradient result hands them back when disposed
         var logits = tape != null ? new Tensor([B, T, V], BufferPool.Rent(checked(B * T * V))) : new Tensor(B, T, V);
-        Linear(normOut, R, w.Unembed, w.UnembedBias, logits.Data);
+        Linear(normOut, R, w.Unembed, w.UnembedBias, logits.Data, compute);
         if (cfg.FinalSoftcap > 0) SoftCap(logits.Data, cfg.FinalSoftcap);
         for (int b = 0; b < B; b++)
             logits.Data.AsSpan((b * T + lengths[b]) * V, (T - lengths[b]) * V).Clear();
@@ -423,16 +427,23 @@ internal static unsafe class TransformerForward
     }
 
     /// <summary>y (R, N) = x (R, K) · W (K, N) + bias.</summary>
-    internal static void Linear(float[] x, int rows, MatrixView wt, float[]? bias, float[] y)
+    internal static void Linear(float[] x, int rows, MatrixView wt, float[]? bias, float[] y, ComputeMode compute = ComputeMode.Float32)
     {
         int N = wt.Cols;
         fixed (float* px = x, py = y)
-            Gemm.Multiply(MatrixView.F32(px, rows, wt.Rows), wt, py, N);
+            Multiply(MatrixView.F32(px, rows, wt.Rows), wt, py, N, compute);
         if (bias != null)
             ParallelRows.For(rows, N, (r0, r1) =>
             {
                 for (int r = r0; r < r1; r++) TensorPrimitives.Add(y.AsSpan(r * N, N), bias, y.AsSpan(r * N, N));
             });
+    }
+
+    /// <summary>C = A·W: bf16 weights go to the bf16 kernels under <see cref="ComputeMode.BFloat16"/>, everything else to the float32 GEMM.</summary>
+    static void Multiply(MatrixView a, MatrixView wt, float* c, int ldc, ComputeMode compute)
+    {
+        if (compute == ComputeMode.BFloat16 && wt.DType == DType.BF16) GemmBf16.Multiply(a, wt, c, ldc);
+        else Gemm.Multiply(a, wt, c, ldc);
     }
 
     /// <summary>LayerNorm (GPT-2, GPT-NeoX) or RMSNorm (Llama, Gemma) in TransformerLens's stages, firing hook_scale and hook_normalized.</summary>
