@@ -250,6 +250,7 @@ public static unsafe partial class GemmBf16
     }
 
     /// <summary>B stored by columns (the transpose of a row-major [N,K] weight): a column's pairs are adjacent dwords, transposed 16×16 at a time.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     static void PackBColumns(in MatrixView b, int k0, int kc, int n0, int nc, uint* dst, uint* zeros)
     {
         int pairs = (kc + 1) / 2, fullPairs = kc / 2, panels = (nc + NR - 1) / NR;
@@ -260,6 +261,17 @@ public static unsafe partial class GemmBf16
             for (int j = 0; j < NR; j++)
                 cols[j] = j < valid ? (uint*)((ushort*)b.Pointer + k0 + (long)(n0 + p * NR + j) * b.ColStride) : zeros;
             uint* d = dst + (long)p * pairs * NR;
+            // the weight streams from memory, 32 rows 2·K bytes apart that the hardware prefetcher does not follow:
+            // ask for the next panel's rows (into L2: 32 rows 8 KiB apart would evict each other from L1) while this one is transposed
+            if (p + 1 < panels && Sse.IsSupported)
+            {
+                int nextValid = Math.Min(NR, nc - (p + 1) * NR);
+                for (int j = 0; j < nextValid; j++)
+                {
+                    byte* next = (byte*)((ushort*)b.Pointer + k0 + (long)(n0 + (p + 1) * NR + j) * b.ColStride);
+                    for (int offset = 0; offset < kc * 2; offset += 64) Sse.Prefetch1(next + offset);
+                }
+            }
             int q = 0;
             if (Avx512F.IsSupported)
                 for (; q + 16 <= fullPairs; q += 16)
@@ -301,39 +313,9 @@ public static unsafe partial class GemmBf16
         }
     }
 
-    /// <summary>dst[qq·ldd + j] = rows[j][q0 + qq] for j, qq in 0..15: a 16×16 dword transpose in zmm registers.</summary>
+    /// <summary>dst[qq·ldd + j] = rows[j][q0 + qq] for j, qq in 0..15: the float32 packing's 16×16 register transpose (dwords are dwords).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static void Transpose16x16(uint** rows, int q0, uint* dst, int ldd)
-    {
-        var r = stackalloc Vector512<uint>[16];
-        for (int i = 0; i < 16; i += 2)
-        {
-            var x = Vector512.Load(rows[i] + q0);
-            var y = Vector512.Load(rows[i + 1] + q0);
-            r[i] = Avx512F.UnpackLow(x, y);      // within each 128-bit lane: x0 y0 x1 y1
-            r[i + 1] = Avx512F.UnpackHigh(x, y); // x2 y2 x3 y3
-        }
-        // lane L of u[4i + j] now holds rows 4i..4i+3 of column 4L + j
-        var u = stackalloc Vector512<uint>[16];
-        for (int i = 0; i < 16; i += 4)
-        {
-            u[i] = Avx512F.UnpackLow(r[i].AsUInt64(), r[i + 2].AsUInt64()).AsUInt32();
-            u[i + 1] = Avx512F.UnpackHigh(r[i].AsUInt64(), r[i + 2].AsUInt64()).AsUInt32();
-            u[i + 2] = Avx512F.UnpackLow(r[i + 1].AsUInt64(), r[i + 3].AsUInt64()).AsUInt32();
-            u[i + 3] = Avx512F.UnpackHigh(r[i + 1].AsUInt64(), r[i + 3].AsUInt64()).AsUInt32();
-        }
-        for (int j = 0; j < 4; j++)
-        {
-            var even0 = Avx512F.Shuffle4x128(u[j], u[4 + j], 0x88);  // lanes 0, 2 of u[j] then of u[4+j]
-            var odd0 = Avx512F.Shuffle4x128(u[j], u[4 + j], 0xDD);   // lanes 1, 3
-            var even1 = Avx512F.Shuffle4x128(u[8 + j], u[12 + j], 0x88);
-            var odd1 = Avx512F.Shuffle4x128(u[8 + j], u[12 + j], 0xDD);
-            Avx512F.Shuffle4x128(even0, even1, 0x88).Store(dst + (long)j * ldd);        // lane 0: column j
-            Avx512F.Shuffle4x128(odd0, odd1, 0x88).Store(dst + (long)(4 + j) * ldd);    // lane 1: column 4 + j
-            Avx512F.Shuffle4x128(even0, even1, 0xDD).Store(dst + (long)(8 + j) * ldd);  // lane 2: column 8 + j
-            Avx512F.Shuffle4x128(odd0, odd1, 0xDD).Store(dst + (long)(12 + j) * ldd);   // lane 3: column 12 + j
-        }
-    }
+    static void Transpose16x16(uint** rows, int q0, uint* dst, int ldd) => GemmPacking.Transpose16x16((float**)rows, q0, (float*)dst, ldd);
 
     /// <summary>Per-worker packed-B buffer (KCMax/2 pairs × NCMax columns, 64-byte aligned, pinned) and a row of zeros, pooled.</summary>
     sealed class Buffers

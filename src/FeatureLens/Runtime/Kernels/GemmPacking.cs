@@ -114,7 +114,7 @@ internal static unsafe class GemmPacking
 
     /// <summary>dst[kk·ldd + j] = runs[j][k0 + kk] for j, kk in 0..15: a 16×16 transpose in zmm registers.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Transpose16x16(float** runs, int k0, float* dst, int ldd)
+    internal static void Transpose16x16(float** runs, int k0, float* dst, int ldd)
     {
         // Stage 1: interleave pairs of rows within 128-bit lanes.
         var t0 = Vector512.Load(runs[0] + k0); var t1 = Vector512.Load(runs[1] + k0);
