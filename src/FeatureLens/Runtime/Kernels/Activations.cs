@@ -68,31 +68,71 @@ public static class Activations
     /// Backward of <see cref="GeluNew"/>: dInp = dOut · gelu_new′(x), with u = √(2/π)(x + 0.044715x³):
     /// gelu_new′(x) = 0.5(1 + tanh u) + 0.5x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²). All spans have the same length.
     /// </summary>
-    public static void GeluNewBackward(ReadOnlySpan<float> inp, ReadOnlySpan<float> dOut, Span<float> dInp)
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void GeluNewBackward(ReadOnlySpan<float> inp, ReadOnlySpan<float> dOut, Span<float> dInp)
     {
-        for (int i = 0; i < inp.Length; i++)
+        if (dOut.Length < inp.Length || dInp.Length < inp.Length)
+            throw new ArgumentException($"gelu_new backward: input has {inp.Length} elements, dOut {dOut.Length}, dInp {dInp.Length}");
+        int n = inp.Length, i = 0;
+        fixed (float* x = inp) fixed (float* g = dOut) fixed (float* y = dInp)
         {
-            float x = inp[i];
-            float th = MathF.Tanh(Sqrt2OverPi * (x + 0.044715f * x * x * x));
-            float d = 0.5f * (1f + th) + 0.5f * x * (1f - th * th) * Sqrt2OverPi * (1f + 3f * 0.044715f * x * x);
-            dInp[i] = dOut[i] * d;
+            for (; i + 16 <= n; i += 16) GeluNewGrad16(Vector512.Load(x + i), Vector512.Load(g + i)).Store(y + i);
+            if (i < n)
+            {
+                float* t = stackalloc float[32];
+                new Span<float>(t, 32).Clear();
+                for (int j = i; j < n; j++) { t[j - i] = x[j]; t[16 + j - i] = g[j]; }
+                GeluNewGrad16(Vector512.Load(t), Vector512.Load(t + 16)).Store(t);
+                for (int j = i; j < n; j++) y[j] = t[j - i];
+            }
         }
+    }
+
+    /// <summary>dOut·gelu_new′(x) with s = sigmoid(2u) = (1 + tanh u)/2: gelu_new′ = s + 2x·s(1 − s)·√(2/π)(1 + 3·0.044715x²).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    static Vector512<float> GeluNewGrad16(Vector512<float> x, Vector512<float> dOut)
+    {
+        var x2 = x * x;
+        var u = (x2 * 0.044715f + Vector512<float>.One) * x * Sqrt2OverPi;
+        var s = Vector512<float>.One / (Vector512<float>.One + Vector512.Exp(-(u + u)));
+        var du = (x2 * (3f * 0.044715f) + Vector512<float>.One) * Sqrt2OverPi;
+        return dOut * (s + (x + x) * s * (Vector512<float>.One - s) * du);
     }
 
     /// <summary>
     /// Backward of <see cref="SwiGlu"/>: with s = sigmoid(gate), dGate = dOut·up·s(1 + gate(1 − s)) and
     /// dUp = dOut·gate·s. All spans have the same length.
     /// </summary>
-    public static void SwiGluBackward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, ReadOnlySpan<float> dOut, Span<float> dGate, Span<float> dUp)
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    public static unsafe void SwiGluBackward(ReadOnlySpan<float> gate, ReadOnlySpan<float> up, ReadOnlySpan<float> dOut, Span<float> dGate, Span<float> dUp)
     {
-        for (int i = 0; i < gate.Length; i++)
+        int n = gate.Length, i = 0;
+        if (up.Length < n || dOut.Length < n || dGate.Length < n || dUp.Length < n)
+            throw new ArgumentException($"SwiGLU backward: gate has {n} elements, up {up.Length}, dOut {dOut.Length}, dGate {dGate.Length}, dUp {dUp.Length}");
+        fixed (float* g = gate) fixed (float* u = up) fixed (float* d = dOut) fixed (float* dg = dGate) fixed (float* du = dUp)
         {
-            float g = gate[i];
-            float s = 1f / (1f + MathF.Exp(-g));
-            float silu = g * s;
-            dUp[i] = dOut[i] * silu;
-            dGate[i] = dOut[i] * up[i] * s * (1f + g * (1f - s));
+            for (; i + 16 <= n; i += 16)
+            {
+                var (vg, vu) = SwiGluGrad16(Vector512.Load(g + i), Vector512.Load(u + i), Vector512.Load(d + i));
+                vg.Store(dg + i); vu.Store(du + i);
+            }
+            if (i < n)
+            {
+                float* t = stackalloc float[48];
+                new Span<float>(t, 48).Clear();
+                for (int j = i; j < n; j++) { t[j - i] = g[j]; t[16 + j - i] = u[j]; t[32 + j - i] = d[j]; }
+                var (vg, vu) = SwiGluGrad16(Vector512.Load(t), Vector512.Load(t + 16), Vector512.Load(t + 32));
+                vg.Store(t); vu.Store(t + 16);
+                for (int j = i; j < n; j++) { dg[j] = t[j - i]; du[j] = t[16 + j - i]; }
+            }
         }
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    static (Vector512<float> DGate, Vector512<float> DUp) SwiGluGrad16(Vector512<float> g, Vector512<float> up, Vector512<float> dOut)
+    {
+        var s = Vector512<float>.One / (Vector512<float>.One + Vector512.Exp(-g));
+        return (dOut * up * s * (Vector512<float>.One + g * (Vector512<float>.One - s)), dOut * (g * s));
     }
 
     // ───────────── every activation a config names ("gelu_new", "gelu", "silu", "relu", "quick_gelu") ─────────────
