@@ -24,33 +24,53 @@ public static class TrackerBench
 {
     public static int Run(string[] args)
     {
-        int runs = args.Length >= 2 && args[0] == "--runs" ? int.Parse(args[1]) : 30;
+        int runs = 30;
+        string only = "all";
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--runs" when i + 1 < args.Length: runs = int.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--only" when i + 1 < args.Length && args[i + 1] is "stories" or "gpt2": only = args[++i]; break;
+                default:
+                    Console.Error.WriteLine($"tracker bench: unknown option '{args[i]}' (expected --runs N, --only stories|gpt2)");
+                    return 2;
+            }
+        }
         string shared = Path.Combine(BenchSupport.RepoRoot(), "..", "shared");
         string storiesPath = Path.Combine(shared, "models", "stories260K", "stories260K.bin");
         var rows = new List<(string Case, double Median, double P90, double Target, string Note)>();
 
         // (a) stories260K
-        using (var m = HookedTransformer.Load(storiesPath))
-        {
-            string suite = Path.Combine(BenchSupport.RepoRoot(), "suites", "stories260K", "saes");
-            var saes = Directory.Exists(suite) ? SaeLoader.LoadAll(suite).ToList()
-                : Enumerable.Range(0, m.Config.NLayers).Select(l => RandomTopK(new Random(l), 64, 1024, 16, $"blocks.{l}.hook_resid_post")).ToList();
-            string note = Directory.Exists(suite) ? "the suite's 5 trained TopK SAEs (1024 latents, k 16)" : "5 random TopK SAEs (1024 latents, k 16); suites/stories260K not built";
-            string text = PromptOf(m.Tokenizer!, File.ReadAllText(Path.Combine(shared, "corpora", "tinyshakespeare.txt"))[..4000], 64);
-            var (med, p90) = Latency(new SaeSet(m, saes), text, runs);
-            rows.Add(("stories260K, 5 SAEs, 64 tokens", med, p90, 0.015, note));
+        if (only != "gpt2")
+            using (var m = HookedTransformer.Load(storiesPath))
+            {
+                string suite = Path.Combine(BenchSupport.RepoRoot(), "suites", "stories260K", "saes");
+                var saes = Directory.Exists(suite) ? SaeLoader.LoadAll(suite).ToList()
+                    : Enumerable.Range(0, m.Config.NLayers).Select(l => RandomTopK(new Random(l), 64, 1024, 16, $"blocks.{l}.hook_resid_post")).ToList();
+                string note = Directory.Exists(suite) ? "the suite's 5 trained TopK SAEs (1024 latents, k 16)" : "5 random TopK SAEs (1024 latents, k 16); suites/stories260K not built";
+                string text = PromptOf(m.Tokenizer!, File.ReadAllText(Path.Combine(shared, "corpora", "tinyshakespeare.txt"))[..4000], 64);
+                var (med, p90) = Latency(new SaeSet(m, saes), text, runs);
+                rows.Add(("stories260K, 5 SAEs, 64 tokens", med, p90, 0.015, note));
 
-            // (c) corpus correlation over the shared corpora
-            var docs = Corpus.Documents(Path.Combine(shared, "corpora", "tinyshakespeare.txt")).Concat(Corpus.Documents(Path.Combine(shared, "corpora", "wikitext-2-raw-test.txt")));
-            var windows = Corpus.Windows(docs, m.Tokenizer!, 128, prependBos: true, maxTokens: 100_000).ToList();
-            long tokens = windows.Sum(w => (long)w.Length);
-            var sw = Stopwatch.StartNew();
-            var net = FeatureCorrelation.Corpus(new SaeSet(m, saes), windows, new CorrelationOptions { Threshold = 0.5 });
-            double secs = sw.Elapsed.TotalSeconds;
-            AnsiConsole.MarkupLine($"corpus correlation ({note}): {tokens:N0} tokens of the shared corpora in {secs:F2} s = [bold]{tokens / secs:N0} tokens/s[/]; {net.Nodes.Count} nodes, {net.Edges.Count} edges at |r| ≥ 0.5");
-        }
+                // (c) corpus correlation over the shared corpora
+                var docs = Corpus.Documents(Path.Combine(shared, "corpora", "tinyshakespeare.txt")).Concat(Corpus.Documents(Path.Combine(shared, "corpora", "wikitext-2-raw-test.txt")));
+                var windows = Corpus.Windows(docs, m.Tokenizer!, 128, prependBos: true, maxTokens: 100_000).ToList();
+                long tokens = windows.Sum(w => (long)w.Length);
+                var sw = Stopwatch.StartNew();
+                var net = FeatureCorrelation.Corpus(new SaeSet(m, saes), windows, new CorrelationOptions { Threshold = 0.5 });
+                double secs = sw.Elapsed.TotalSeconds;
+                AnsiConsole.MarkupLine($"corpus correlation ({note}): {tokens:N0} tokens of the shared corpora in {secs:F2} s = [bold]{tokens / secs:N0} tokens/s[/]; {net.Nodes.Count} nodes, {net.Edges.Count} edges at |r| ≥ 0.5");
+            }
 
         // (b) GPT-2-small shape, 12 SAEs of 24576 latents
+        if (only != "stories") LatencyGpt2(shared, storiesPath, runs, rows);
+        Table(rows);
+        return 0;
+    }
+
+    static void LatencyGpt2(string shared, string storiesPath, int runs, List<(string Case, double Median, double P90, double Target, string Note)> rows)
+    {
         string folder = Path.Combine(BenchSupport.ModelsDir(), "gpt2-small-f32");
         if (!File.Exists(Path.Combine(folder, "config.json")))
         {
@@ -65,6 +85,10 @@ public static class TrackerBench
             var (med, p90) = Latency(new SaeSet(g, saes), text, Math.Max(5, runs / 3));
             rows.Add(("GPT-2-small shape, 12 SAEs × 24576, 128 tokens", med, p90, 0.5, "synthetic weights, random TopK SAEs (k 32); ~90 GFLOP"));
         }
+    }
+
+    static void Table(List<(string Case, double Median, double P90, double Target, string Note)> rows)
+    {
 
         var t = new Table().Border(TableBorder.Rounded).AddColumns("case", "median", "p90", "target", "", "SAEs");
         foreach (var r in rows)
@@ -74,7 +98,6 @@ public static class TrackerBench
         }
         t.Title = new TableTitle("POST /api/track latency from an HTTP client on loopback");
         AnsiConsole.Write(t);
-        return 0;
     }
 
     /// <summary>

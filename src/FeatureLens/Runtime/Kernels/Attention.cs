@@ -315,6 +315,7 @@ public static unsafe class Attention
     }
 
     /// <summary>z[b,t,h,:] = Σ_{j &lt; n} p[j] · v[b,j,h/G,:], summed in key order with vector accumulators.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     static void WeightedRow(ReadOnlySpan<float> p, float* v, Shape s, int b, int h, int t, float* z)
     {
         int HS = s.HS;
@@ -347,6 +348,25 @@ public static unsafe class Attention
                 a0.Store(zt + d);
             }
         }
+        // small heads (8 dims: tiny models): the same per-element FMA chain over the keys, 8 or 4 lanes at a time
+        if (Vector256.IsHardwareAccelerated)
+            for (; d + 8 <= HS; d += 8)
+            {
+                var a0 = Vector256<float>.Zero;
+                float* vj = v0 + d;
+                for (int j = 0; j < n; j++, vj += stride)
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(vj), Vector256.Create(p[j]), a0);
+                a0.Store(zt + d);
+            }
+        if (Vector128.IsHardwareAccelerated)
+            for (; d + 4 <= HS; d += 4)
+            {
+                var a0 = Vector128<float>.Zero;
+                float* vj = v0 + d;
+                for (int j = 0; j < n; j++, vj += stride)
+                    a0 = Vector128.FusedMultiplyAdd(Vector128.Load(vj), Vector128.Create(p[j]), a0);
+                a0.Store(zt + d);
+            }
         for (; d < HS; d++)
         {
             float acc = 0f;
@@ -356,6 +376,8 @@ public static unsafe class Attention
         }
     }
 
+    /// <summary>Softmax of one score row in place (max subtracted, exponentiated, divided by the sum).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     static void SoftmaxInPlace(Span<float> x)
     {
         float max = TensorPrimitives.Max(x);
