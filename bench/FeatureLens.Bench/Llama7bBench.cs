@@ -46,6 +46,8 @@ public static class Llama7bBench
         {
             var j = BenchSupport.RunPythonJson("torch_forward.py", "--arch", "llama", "--model", folder, "--batch", "1", "--seq", T.ToString(),
                 "--threads", "2", "--repeats", repeats.ToString());
+            double torchS = j.GetProperty("median_s").GetDouble();
+            BenchSummary.Record("llama7b", $"Llama-7B bf16 forward, {T} tokens, float32 compute (s)", $"{warm:F2}", $"{torchS:F2}", torchS / warm);
             table.AddRow($"PyTorch {ForwardBench.TorchVersion()} (bf16 in memory, f32 compute per layer)", $"{j.GetProperty("load_s").GetDouble():F2}", "",
                 $"{j.GetProperty("median_s").GetDouble():F2}", $"{j.GetProperty("tokens_per_s").GetDouble():F1}", $"{j.GetProperty("peak_rss_gib").GetDouble():F2}");
         }
@@ -55,9 +57,11 @@ public static class Llama7bBench
             var (maxAbs, meanRel, top1) = Accuracy(f32Logits, c.Logits, T);
             AnsiConsole.MarkupLine($"--compute bf16: [bold]{warm / bfWarm:F2}×[/] our float32 forward (target ≥ 1.8×: {(warm / bfWarm >= 1.8 ? "met" : "NOT met")}); " +
                 $"vs float32 logits: max |Δlogit| {maxAbs.Abs:F4} ({maxAbs.Rel:F4} of the logits' std), mean |Δlogit| {meanRel:F5} of the std, top-1 agreement {top1}/{T}");
+            BenchSummary.Record("llama7b", $"--compute bf16 vs our float32 forward (s; top-1 {top1}/{T})", $"{bfWarm:F2}", $"{warm:F2}", warm / bfWarm, "≥ 1.8×", warm / bfWarm >= 1.8);
         }
         else AnsiConsole.MarkupLine($"[grey]--compute bf16 not measured: {Markup.Escape(GemmBf16.UnsupportedReason ?? "")}[/]");
         AnsiConsole.MarkupLine($"peak RSS target ≤ 16 GiB: [bold]{(rss <= 16 ? "met" : "NOT met")}[/] ({rss:F2} GiB; the mapped bf16 weights count toward RSS once touched)");
+        BenchSummary.Record("llama7b", "peak RSS", $"{rss:F2} GiB", "", null, "≤ 16 GiB", rss <= 16);
         return 0;
     }
 
